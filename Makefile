@@ -1,0 +1,41 @@
+# Two commands from a fresh clone: `make demo` and `make test`. Each sets up what it needs first
+# (virtual environment, editable install with dev extras, Kafka jars) and is safe to run again.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.cbx-installed
+
+.PHONY: setup kafka-jars demo test lint typecheck format bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+kafka-jars: setup
+	$(BIN)/cbx kafka install
+
+demo: kafka-jars
+	$(BIN)/cbx demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+test: kafka-jars lint typecheck
+	$(BIN)/pytest
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	-$(BIN)/cbx kafka stop
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

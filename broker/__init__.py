@@ -1,0 +1,1 @@
+"""cbx broker side: Kafka plumbing, codec, protection, routing, delivery tracking."""

@@ -1,0 +1,29 @@
+"""The ``cbx`` command line: one entry point, one sub-app per area."""
+
+from __future__ import annotations
+
+import typer
+
+from broker.cli import demo_cmd, kafka_cmd
+from broker.logging import configure_logging
+
+app = typer.Typer(
+    name="cbx",
+    help="Cross-Boundary Exchange: safeguarding notifications between agencies, over Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _setup() -> None:
+    configure_logging()
+
+
+app.add_typer(kafka_cmd.app, name="kafka")
+app.command("demo")(demo_cmd.demo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,44 @@
+"""The one error hierarchy of cbx.
+
+Every error says what was wrong, where, and what to do. Retry logic reads the ``retriable`` flag
+rather than listing classes; the dead-letter code reads ``stage`` and the class name.
+"""
+
+from __future__ import annotations
+
+
+class CbxError(Exception):
+    """Base of every error cbx raises on purpose."""
+
+    #: Trying the same operation again may succeed (a broker restart, a timeout).
+    retriable: bool = False
+    #: Pipeline stage named in dead-letter headers.
+    stage: str = "cbx"
+
+
+class ConfigurationError(CbxError):
+    """Settings are missing or contradictory; fix the environment and run again."""
+
+    stage = "config"
+
+
+class EmbeddedKafkaError(CbxError):
+    """The embedded development broker could not be installed, started or stopped."""
+
+    stage = "embedded-kafka"
+
+    def __init__(self, reason: str, log_tail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.log_tail = log_tail
+
+
+class JavaNotFoundError(EmbeddedKafkaError):
+    """No Java 17+ runtime for the embedded broker."""
+
+
+class KafkaUnavailableError(CbxError):
+    """The Kafka cluster did not answer in time."""
+
+    retriable = True
+    stage = "kafka"

@@ -1,0 +1,125 @@
+"""Connection settings: the one place every Kafka client gets its address and credentials.
+
+``CBX_BOOTSTRAP_SERVERS`` names an existing cluster. Without it, commands that need Kafka use the
+embedded development broker (``cbx kafka start``), starting it when asked to.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from broker.errors import ConfigurationError
+
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """How to reach a Kafka cluster, and as whom."""
+
+    bootstrap_servers: str
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    client_id: str = "cbx"
+
+    def __post_init__(self) -> None:
+        if not self.bootstrap_servers.strip():
+            raise ConfigurationError("bootstrap_servers is empty: give host:port[,host:port]")
+        if self.security_protocol not in _SECURITY_PROTOCOLS:
+            raise ConfigurationError(
+                f"security_protocol {self.security_protocol!r} is not one of "
+                f"{', '.join(_SECURITY_PROTOCOLS)}"
+            )
+        if self.security_protocol.startswith("SASL"):
+            if self.sasl_mechanism not in _SASL_MECHANISMS:
+                raise ConfigurationError(
+                    f"sasl_mechanism must be one of {', '.join(_SASL_MECHANISMS)} "
+                    f"with {self.security_protocol}"
+                )
+            if not self.sasl_username or self.sasl_password is None:
+                raise ConfigurationError(
+                    f"{self.security_protocol} needs CBX_SASL_USERNAME and CBX_SASL_PASSWORD"
+                )
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> KafkaSettings | None:
+        """Settings from ``CBX_*`` variables, or None when no external cluster is named."""
+        env = dict(os.environ) if env is None else env
+        servers = env.get("CBX_BOOTSTRAP_SERVERS", "").strip()
+        if not servers:
+            return None
+        return cls(
+            bootstrap_servers=servers,
+            security_protocol=env.get("CBX_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
+            sasl_mechanism=env.get("CBX_SASL_MECHANISM") or None,
+            sasl_username=env.get("CBX_SASL_USERNAME") or None,
+            sasl_password=env.get("CBX_SASL_PASSWORD"),
+            ssl_cafile=env.get("CBX_SSL_CAFILE") or None,
+            ssl_certfile=env.get("CBX_SSL_CERTFILE") or None,
+            ssl_keyfile=env.get("CBX_SSL_KEYFILE") or None,
+        )
+
+    def as_principal(self, username: str, password: str) -> KafkaSettings:
+        """The same cluster, authenticated as another principal."""
+        return replace(self, sasl_username=username, sasl_password=password)
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments shared by aiokafka producers, consumers and admin clients."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+        }
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password
+        if self.security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            kwargs["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
+            )
+        return kwargs
+
+
+def cbx_home() -> Path:
+    """Where cbx keeps local state (broker data, keystores): ``CBX_HOME`` or ~/.local/share/cbx."""
+    raw = os.environ.get("CBX_HOME")
+    return Path(raw) if raw else Path.home() / ".local" / "share" / "cbx"
+
+
+def cbx_cache() -> Path:
+    """Where downloaded artefacts (Kafka jars) are cached: ``CBX_CACHE_DIR`` or ~/.cache/cbx."""
+    raw = os.environ.get("CBX_CACHE_DIR")
+    return Path(raw) if raw else Path.home() / ".cache" / "cbx"
+
+
+def resolve_settings(*, start_embedded: bool = True) -> KafkaSettings:
+    """Settings for the cluster this process should use.
+
+    An external cluster from the environment wins; otherwise the embedded broker, started here when
+    ``start_embedded`` is true and it is not running yet.
+    """
+    external = KafkaSettings.from_env()
+    if external is not None:
+        return external
+    from broker import local_kafka
+
+    state = local_kafka.status()
+    if state is None:
+        if not start_embedded:
+            raise ConfigurationError(
+                "no Kafka: set CBX_BOOTSTRAP_SERVERS or start the embedded broker (cbx kafka start)"
+            )
+        state = local_kafka.start()
+    return state.settings()

@@ -1,0 +1,1 @@
+"""cbx connectors: each agency's gateway onto the exchange."""

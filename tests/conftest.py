@@ -1,0 +1,65 @@
+"""Shared fixtures: one real Kafka broker per test session, unique topic names per test.
+
+Which broker: ``CBX_BOOTSTRAP_SERVERS`` (an existing cluster) if set; testcontainers' Kafka in KRaft
+mode if ``CBX_TEST_KAFKA=testcontainers`` and a Docker engine answers; otherwise the embedded broker
+in a private ``CBX_HOME``, so a developer's own ``cbx kafka start`` broker is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker import local_kafka
+from broker.errors import EmbeddedKafkaError
+from broker.settings import KafkaSettings
+
+
+def _testcontainers_kafka() -> Iterator[KafkaSettings]:
+    from testcontainers.kafka import KafkaContainer
+
+    image = os.environ.get("CBX_TEST_KAFKA_IMAGE", "apache/kafka:4.1.1")
+    with KafkaContainer(image).with_kraft() as container:
+        yield KafkaSettings(bootstrap_servers=container.get_bootstrap_server())
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
+    """Settings for the session's real Kafka broker."""
+    external = KafkaSettings.from_env()
+    if external is not None:
+        yield external
+        return
+    if os.environ.get("CBX_TEST_KAFKA") == "testcontainers":
+        yield from _testcontainers_kafka()
+        return
+    home = tmp_path_factory.mktemp("cbx-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CBX_HOME", str(home))
+    try:
+        state = local_kafka.start()
+    except EmbeddedKafkaError as exc:
+        log = Path(home, "kafka", "data", "server.log")
+        sys.stderr.write(f"\nembedded Kafka failed: {exc.reason}\n{exc.log_tail}\n")
+        if log.exists():
+            sys.stderr.write(log.read_text(errors="replace")[-20000:])
+        mp.undo()
+        raise
+    try:
+        yield state.settings()
+    finally:
+        local_kafka.stop(purge=True)
+        mp.undo()
+
+
+@pytest.fixture
+def topic_name(request: pytest.FixtureRequest) -> str:
+    """A topic name unique to this test."""
+    return f"test.{request.node.name[:40]}.{uuid.uuid4().hex[:8]}".replace("[", ".").replace(
+        "]", ""
+    )
