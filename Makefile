@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cbx-installed
 
-.PHONY: setup kafka-jars demo test lint typecheck format bench clean
+.PHONY: setup kafka-jars demo test lint typecheck schemas-check format bench clean
 
 setup: $(STAMP)
 
@@ -29,8 +29,14 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: kafka-jars lint typecheck
+schemas-check: setup
+	$(BIN)/cbx schemas check
+
+test: kafka-jars lint typecheck schemas-check
 	$(BIN)/pytest
+
+bench: kafka-jars
+	$(BIN)/python -m benchmarks.bench_codec
 
 format: setup
 	$(BIN)/ruff format .

@@ -42,3 +42,28 @@ class KafkaUnavailableError(CbxError):
 
     retriable = True
     stage = "kafka"
+
+
+class SchemaError(CbxError):
+    """A schema file is missing, malformed, or breaks compatibility."""
+
+    stage = "schema"
+
+
+class SerializationError(CbxError):
+    """Bytes could not be encoded or decoded as the schema says."""
+
+    stage = "codec"
+
+
+class UnknownSchemaError(SerializationError):
+    """A message names a writer schema fingerprint nobody has published."""
+
+    retriable = True
+
+    def __init__(self, fingerprint: bytes) -> None:
+        super().__init__(
+            f"unknown writer schema fingerprint {fingerprint.hex()}: publish it to cbx.schemas "
+            "(cbx schemas publish) and replay"
+        )
+        self.fingerprint = fingerprint

@@ -100,3 +100,17 @@ async def _wait_for_metadata(client: AIOKafkaAdminClient, names: list[str]) -> N
         if set(names) <= set(await client.list_topics()):
             return
         await asyncio.sleep(0.1)
+
+
+async def partitions(settings: KafkaSettings, topic: str) -> list[int]:
+    """Partition ids of ``topic`` (empty when it does not exist)."""
+    client = admin(settings)
+    await client.start()
+    try:
+        described = await client.describe_topics([topic])
+    finally:
+        await client.close()
+    for t in described:
+        if t.get("topic") == topic and not t.get("error_code"):
+            return sorted(p["partition"] for p in t.get("partitions", []))
+    return []

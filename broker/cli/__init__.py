@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from broker.cli import demo_cmd, kafka_cmd
+from broker.cli import demo_cmd, kafka_cmd, schemas_cmd
 from broker.logging import configure_logging
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ def _setup() -> None:
 
 
 app.add_typer(kafka_cmd.app, name="kafka")
+app.add_typer(schemas_cmd.app, name="schemas")
 app.command("demo")(demo_cmd.demo)
 
 

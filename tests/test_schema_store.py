@@ -1,0 +1,69 @@
+"""The schema store on a real broker: publish to cbx.schemas, resolve unknown fingerprints."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import fastavro
+import pytest
+
+from broker import codec, kafka, topics
+from broker.catalogue import Catalogue, schema_fingerprint
+from broker.errors import UnknownSchemaError
+from broker.schema_store import SchemaStore
+from broker.settings import KafkaSettings
+
+pytestmark = pytest.mark.kafka
+
+
+async def test_unknown_writer_schema_is_fetched_from_cbx_schemas(
+    kafka_settings: KafkaSettings,
+) -> None:
+    catalogue = Catalogue.load()
+    # A newer version some agency published: v2 of ChildFound with an added defaulted field.
+    v1 = catalogue.latest("ChildFound")
+    v2_raw = copy.deepcopy(v1.raw)
+    v2_raw["fields"].append(
+        {"name": "found_by_role", "type": ["null", "string"], "default": None, "doc": "who"}
+    )
+    v2 = fastavro.parse_schema(copy.deepcopy(v2_raw))
+    fp2 = schema_fingerprint(v2)
+    publisher = SchemaStore(catalogue)
+    publisher.register(v2_raw)
+    await publisher.publish(kafka_settings, catalogue.all_versions())
+    producer = kafka.producer(kafka_settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topics.SCHEMAS, json.dumps(v2_raw).encode(), key=fp2.hex().encode()
+        )
+        # A poisoned entry: a schema under a fingerprint that is not its own.
+        await producer.send_and_wait(topics.SCHEMAS, json.dumps(v1.raw).encode(), key=b"00" * 8)
+    finally:
+        await producer.stop()
+
+    record = {
+        "episode_id": "0f5c2b7a-3d8e-4a35-a8c1-6a2e51c1a001",
+        "found_at": 1_700_000_000_000,
+        "returned_to_placement": True,
+        "location": None,
+        "prevention_interview": None,
+        "health_concerns": None,
+        "found_by_role": "PC",
+    }
+    data = codec.encode(v2, fp2, record)
+
+    reader = SchemaStore(catalogue)  # knows only the committed catalogue
+    with pytest.raises(UnknownSchemaError):
+        codec.decode(data, reader.writer_for, v1.parsed)
+    await reader.resolve(kafka_settings, fp2)
+    decoded = codec.decode(data, reader.writer_for, v1.parsed)
+    assert "found_by_role" not in decoded
+    assert decoded["returned_to_placement"] is True
+    assert bytes(8) not in reader, "a schema under a wrong fingerprint must be refused"
+
+    fresh = SchemaStore()
+    added = await fresh.refresh(kafka_settings)
+    assert added >= len(catalogue.all_versions()) + 1
+    assert v1.fingerprint in fresh
