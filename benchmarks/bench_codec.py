@@ -139,16 +139,15 @@ def main() -> None:
     result = run(args.seconds)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "codec.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(
-        f"{'message':24} {'bytes':>6} {'encode µs':>10} {'(raw)':>7} {'decode µs':>10} {'(raw)':>7} "
-        f"{'json→rec µs':>12} {'(validate)':>11} {'speed-up':>9}"
-    )
+    cols = ["message", "bytes", "encode µs", "(raw)", "decode µs", "(raw)", "json→rec µs"]
+    cols += ["(validate)", "speed-up"]
+    print("  ".join(f"{c:>12}" for c in cols))
     for r in result["rows"]:
-        print(
-            f"{r['message']:24} {r['bytes']:6d} {r['encode_us']:10.1f} {r['encode_baseline_us']:7.1f} "
-            f"{r['decode_us']:10.1f} {r['decode_baseline_us']:7.1f} {r['json_to_record_us']:12.1f} "
-            f"{r['json_validate_baseline_us']:11.1f} {r['json_speedup']:8.2f}x"
-        )
+        cells = [r["message"][:12], str(r["bytes"])]
+        cells += [f"{r[k]:.1f}" for k in ("encode_us", "encode_baseline_us", "decode_us")]
+        cells += [f"{r[k]:.1f}" for k in ("decode_baseline_us", "json_to_record_us")]
+        cells += [f"{r['json_validate_baseline_us']:.1f}", f"{r['json_speedup']:.2f}x"]
+        print("  ".join(f"{c:>12}" for c in cells))
 
 
 if __name__ == "__main__":
