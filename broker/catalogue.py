@@ -23,6 +23,7 @@ from broker.errors import SchemaError
 
 _VERSION_FILE = re.compile(r"^v(\d+)\.avsc$")
 ENVELOPE = "Envelope"
+EVENTS_NAMESPACE = "cbx.events"
 
 
 class SensitivityClass(StrEnum):
@@ -112,7 +113,7 @@ class Catalogue:
         versions: dict[str, list[SchemaVersion]] = {}
         if not root.is_dir():
             raise SchemaError(f"schema folder {root} does not exist")
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "reference"):
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name[0].isupper()):
             found = []
             for path in folder.iterdir():
                 m = _VERSION_FILE.match(path.name)
@@ -135,8 +136,8 @@ class Catalogue:
         return sorted(self.versions)
 
     def event_types(self) -> list[str]:
-        """Names of message body schemas (everything but the envelope)."""
-        return [n for n in self.names() if n != ENVELOPE]
+        """Names of message body schemas (namespace ``cbx.events``); the rest is infrastructure."""
+        return [n for n in self.names() if self.latest(n).raw.get("namespace") == EVENTS_NAMESPACE]
 
     def latest(self, name: str) -> SchemaVersion:
         try:

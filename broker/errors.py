@@ -67,3 +67,25 @@ class UnknownSchemaError(SerializationError):
             "(cbx schemas publish) and replay"
         )
         self.fingerprint = fingerprint
+
+
+class ProtectionError(CbxError):
+    """Sealing, unsealing, signing or verifying failed; the message must not be delivered."""
+
+    stage = "protection"
+
+
+class SignatureError(ProtectionError):
+    """The signature is missing, made with an unknown or expired key, or does not verify."""
+
+
+class KeystoreError(CbxError):
+    """An agency keystore is missing, unreadable, or the passphrase is wrong."""
+
+    stage = "keystore"
+
+
+class PolicyError(CbxError):
+    """A message breaks the sharing policy or the routing rules."""
+
+    stage = "policy"

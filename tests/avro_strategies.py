@@ -18,15 +18,27 @@ _DATE = st.dates(min_value=dt.date(1990, 1, 1), max_value=dt.date(2100, 1, 1))
 _TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
 
 
-def records(schema: Any, named: dict[str, Any] | None = None) -> st.SearchStrategy[Any]:
-    """Records for a raw (JSON) Avro schema, with logical types as Python objects."""
+def records(
+    schema: Any,
+    named: dict[str, Any] | None = None,
+    text: st.SearchStrategy[str] | None = None,
+) -> st.SearchStrategy[Any]:
+    """Records for a raw (JSON) Avro schema, with logical types as Python objects.
+
+    ``text`` replaces the strategy for strings (for example, distinctive values to look for).
+    """
     named = {} if named is None else named
+    text = _TEXT if text is None else text
     if isinstance(schema, str):
         if schema in named:
-            return st.deferred(lambda: records(named[schema], named))
+            return st.deferred(lambda: records(named[schema], named, text))
+        if schema == "string":
+            return text
+        if schema == "bytes" and text is not _TEXT:
+            return text.map(str.encode)
         return _primitive(schema)
     if isinstance(schema, list):
-        return st.one_of(*[records(s, named) for s in schema])
+        return st.one_of(*[records(s, named, text) for s in schema])
     t = schema["type"]
     lt = schema.get("logicalType")
     if lt == "date":
@@ -39,7 +51,7 @@ def records(schema: Any, named: dict[str, Any] | None = None) -> st.SearchStrate
         full = _full(schema)
         named[full] = schema
         return st.fixed_dictionaries(
-            {f["name"]: records(f["type"], named) for f in schema["fields"]}
+            {f["name"]: records(f["type"], named, text) for f in schema["fields"]}
         )
     if t == "enum":
         named[_full(schema)] = schema
@@ -48,10 +60,10 @@ def records(schema: Any, named: dict[str, Any] | None = None) -> st.SearchStrate
         named[_full(schema)] = schema
         return st.binary(min_size=schema["size"], max_size=schema["size"])
     if t == "array":
-        return st.lists(records(schema["items"], named), max_size=3)
+        return st.lists(records(schema["items"], named, text), max_size=3)
     if t == "map":
-        return st.dictionaries(_TEXT, records(schema["values"], named), max_size=3)
-    return records(t, named)
+        return st.dictionaries(_TEXT, records(schema["values"], named, text), max_size=3)
+    return records(t, named, text)
 
 
 def _full(schema: dict[str, Any]) -> str:

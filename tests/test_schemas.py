@@ -154,9 +154,11 @@ def _has_tag(raw: dict[str, Any], path: str) -> bool:
     return "sensitivity" in field
 
 
-def test_envelope_and_receipt_carry_no_sensitive_fields() -> None:
-    assert CATALOGUE.latest(ENVELOPE).sensitive_fields == {}
-    assert CATALOGUE.latest("Receipt").sensitive_fields == {}
+def test_infrastructure_schemas_and_receipts_carry_no_sensitive_fields() -> None:
+    infrastructure = set(CATALOGUE.names()) - set(CATALOGUE.event_types())
+    assert {ENVELOPE, "SealedValue", "Sealing", "DirectoryEntry"} <= infrastructure
+    for name in [*infrastructure, "Receipt"]:
+        assert CATALOGUE.latest(name).sensitive_fields == {}, name
 
 
 def test_shared_named_types_are_identical_in_every_file() -> None:

@@ -1,0 +1,1 @@
+"""End-to-end protection: agency keys, data-key wrapping, field sealing, batch signatures."""

@@ -1,0 +1,223 @@
+"""The agency directory: who is on the exchange and their public keys, kept in ``cbx.directory``.
+
+``cbx.directory`` is compacted and keyed by agency id; each value is a single-object encoded
+``cbx.DirectoryEntry``. Every service builds its :class:`Directory` by reading the topic; nobody
+holds a second copy of the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from broker import codec, kafka, topics
+from broker.catalogue import Catalogue
+from broker.crypto.keys import AgencyKeys, KeyPair
+from broker.errors import SerializationError, SignatureError
+from broker.logging import get_logger
+from broker.schema_store import SchemaStore
+from broker.settings import KafkaSettings
+
+log = get_logger("directory")
+SCHEMA = "DirectoryEntry"
+
+
+@dataclass(frozen=True)
+class PublicKeyInfo:
+    key_id: str
+    public_key: bytes
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+    def valid_at(self, at: dt.datetime) -> bool:
+        return self.not_before <= at <= self.not_after
+
+
+@dataclass(frozen=True)
+class AgencyEntry:
+    """An agency's directory record."""
+
+    agency: str
+    name: str
+    kind: str
+    areas: tuple[str, ...] = ()
+    encryption_keys: tuple[PublicKeyInfo, ...] = ()
+    signing_keys: tuple[PublicKeyInfo, ...] = ()
+    updated_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    revoked: bool = False
+
+    @classmethod
+    def from_keys(
+        cls, keys: AgencyKeys, name: str, kind: str, areas: tuple[str, ...] = ()
+    ) -> AgencyEntry:
+        def info(p: KeyPair) -> PublicKeyInfo:
+            return PublicKeyInfo(p.key_id, p.public_bytes, p.not_before, p.not_after)
+
+        return cls(
+            agency=keys.agency,
+            name=name,
+            kind=kind,
+            areas=areas,
+            encryption_keys=tuple(info(p) for p in keys.of("enc")),
+            signing_keys=tuple(info(p) for p in keys.of("sig")),
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        def key(k: PublicKeyInfo) -> dict[str, Any]:
+            return {
+                "key_id": k.key_id,
+                "public_key": k.public_key,
+                "not_before": k.not_before,
+                "not_after": k.not_after,
+            }
+
+        return {
+            "agency": self.agency,
+            "name": self.name,
+            "kind": self.kind,
+            "areas": list(self.areas),
+            "encryption_keys": [key(k) for k in self.encryption_keys],
+            "signing_keys": [key(k) for k in self.signing_keys],
+            "updated_at": self.updated_at,
+            "revoked": self.revoked,
+        }
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> AgencyEntry:
+        def key(k: dict[str, Any]) -> PublicKeyInfo:
+            return PublicKeyInfo(k["key_id"], k["public_key"], k["not_before"], k["not_after"])
+
+        return cls(
+            agency=r["agency"],
+            name=r["name"],
+            kind=r["kind"],
+            areas=tuple(r["areas"]),
+            encryption_keys=tuple(key(k) for k in r["encryption_keys"]),
+            signing_keys=tuple(key(k) for k in r["signing_keys"]),
+            updated_at=r["updated_at"],
+            revoked=r["revoked"],
+        )
+
+
+class Directory:
+    """Agencies by id, with the key lookups that sealing and verification need."""
+
+    def __init__(self, entries: list[AgencyEntry] | None = None) -> None:
+        self._entries: dict[str, AgencyEntry] = {}
+        for e in entries or []:
+            self.put(e)
+
+    def put(self, entry: AgencyEntry) -> None:
+        self._entries[entry.agency] = entry
+
+    def remove(self, agency: str) -> None:
+        self._entries.pop(agency, None)
+
+    def __contains__(self, agency: str) -> bool:
+        e = self._entries.get(agency)
+        return e is not None and not e.revoked
+
+    def get(self, agency: str) -> AgencyEntry | None:
+        return self._entries.get(agency)
+
+    def agencies(self) -> list[AgencyEntry]:
+        return [self._entries[a] for a in sorted(self._entries)]
+
+    def encryption_key(self, agency: str, at: dt.datetime | None = None) -> PublicKeyInfo | None:
+        """The newest valid X25519 key of a live agency, or None."""
+        e = self._entries.get(agency)
+        if e is None or e.revoked:
+            return None
+        at = at or dt.datetime.now(dt.UTC)
+        valid = [k for k in e.encryption_keys if k.valid_at(at)]
+        return max(valid, key=lambda k: k.not_before) if valid else None
+
+    def signing_key(self, agency: str, key_id: str, at: dt.datetime | None = None) -> bytes:
+        """The raw Ed25519 public key ``key_id`` of ``agency``, if valid at ``at``."""
+        e = self._entries.get(agency)
+        if e is None:
+            raise SignatureError(f"signer {agency} is not in the directory")
+        if e.revoked:
+            raise SignatureError(f"signer {agency} has been removed from the exchange")
+        at = at or dt.datetime.now(dt.UTC)
+        for k in e.signing_keys:
+            if k.key_id == key_id:
+                if not k.valid_at(at):
+                    raise SignatureError(f"signing key {key_id} of {agency} is not valid now")
+                return k.public_key
+        raise SignatureError(f"signing key {key_id} is not a key of {agency} in the directory")
+
+
+class DirectoryCodec:
+    """Encode and decode DirectoryEntry records (single-object Avro)."""
+
+    def __init__(self, catalogue: Catalogue | None = None) -> None:
+        cat = catalogue or Catalogue.load()
+        self._version = cat.latest(SCHEMA)
+        self._store = SchemaStore(cat)
+
+    def encode(self, entry: AgencyEntry) -> bytes:
+        return codec.encode(self._version.parsed, self._version.fingerprint, entry.to_record())
+
+    def decode(self, data: bytes) -> AgencyEntry:
+        return AgencyEntry.from_record(
+            codec.decode(data, self._store.writer_for, self._version.parsed)
+        )
+
+
+async def publish(
+    settings: KafkaSettings, entry: AgencyEntry, dcodec: DirectoryCodec | None = None
+) -> None:
+    """Write ``entry`` to ``cbx.directory`` (compacted; the newest record per agency wins)."""
+    await kafka.ensure_topics(
+        settings, [s for s in topics.core_topics() if s.name == topics.DIRECTORY]
+    )
+    dcodec = dcodec or DirectoryCodec()
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topics.DIRECTORY, dcodec.encode(entry), key=entry.agency.encode()
+        )
+    finally:
+        await producer.stop()
+
+
+async def load(
+    settings: KafkaSettings, dcodec: DirectoryCodec | None = None, timeout_s: float = 10.0
+) -> Directory:
+    """Read ``cbx.directory`` to its current end."""
+    dcodec = dcodec or DirectoryCodec()
+    directory = Directory()
+    parts = await kafka.partitions(settings, topics.DIRECTORY)
+    if not parts:
+        return directory
+    consumer = kafka.consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topics.DIRECTORY, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
+                break
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for r in records:
+                    if r.value is None:  # tombstone: agency deleted
+                        directory.remove(r.key.decode())
+                        continue
+                    try:
+                        directory.put(dcodec.decode(r.value))
+                    except SerializationError as exc:
+                        log.warning("directory_entry_rejected", offset=r.offset, error=str(exc))
+    finally:
+        await consumer.stop()
+    return directory
