@@ -133,7 +133,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "protection.json").write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"{'configuration':28} {'seal+sign µs':>13} {'x base':>7} {'verify+open µs':>15} {'x base':>7} {'bytes':>6}"
+        f"{'configuration':28} {'seal+sign µs':>13} {'x base':>7} "
+        f"{'verify+open µs':>15} {'x base':>7} {'bytes':>6}"
     )
     for name, c in result["configs"].items():
         print(
