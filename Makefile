@@ -37,6 +37,7 @@ test: kafka-jars lint typecheck schemas-check
 
 bench: kafka-jars
 	$(BIN)/python -m benchmarks.bench_codec
+	$(BIN)/python -m benchmarks.bench_protection
 
 format: setup
 	$(BIN)/ruff format .
