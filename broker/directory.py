@@ -7,14 +7,11 @@ holds a second copy of the truth.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import TopicPartition
-
-from broker import codec, kafka, topics
+from broker import codec, kafka
 from broker.catalogue import Catalogue
 from broker.crypto.keys import AgencyKeys, KeyPair
 from broker.errors import SerializationError, SignatureError
@@ -174,14 +171,14 @@ async def publish(
 ) -> None:
     """Write ``entry`` to ``cbx.directory`` (compacted; the newest record per agency wins)."""
     await kafka.ensure_topics(
-        settings, [s for s in topics.core_topics() if s.name == topics.DIRECTORY]
+        settings, [s for s in settings.topics.core() if s.name == settings.topics.directory]
     )
     dcodec = dcodec or DirectoryCodec()
     producer = kafka.producer(settings)
     await producer.start()
     try:
         await producer.send_and_wait(
-            topics.DIRECTORY, dcodec.encode(entry), key=entry.agency.encode()
+            settings.topics.directory, dcodec.encode(entry), key=entry.agency.encode()
         )
     finally:
         await producer.stop()
@@ -193,31 +190,18 @@ async def load(
     """Read ``cbx.directory`` to its current end."""
     dcodec = dcodec or DirectoryCodec()
     directory = Directory()
-    parts = await kafka.partitions(settings, topics.DIRECTORY)
-    if not parts:
-        return directory
-    consumer = kafka.consumer(settings, group_id=None)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topics.DIRECTORY, p) for p in parts]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while loop.time() < deadline:
-            positions = [await consumer.position(tp) for tp in tps]
-            if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
-                break
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                for r in records:
-                    if r.value is None:  # tombstone: agency deleted
-                        directory.remove(r.key.decode())
-                        continue
-                    try:
-                        directory.put(dcodec.decode(r.value))
-                    except SerializationError as exc:
-                        log.warning("directory_entry_rejected", offset=r.offset, error=str(exc))
-    finally:
-        await consumer.stop()
+    await kafka.read_to_end(
+        settings, settings.topics.directory, lambda r: apply(directory, dcodec, r), timeout_s
+    )
     return directory
+
+
+def apply(directory: Directory, dcodec: DirectoryCodec, record: Any) -> None:
+    """Apply one ``cbx.directory`` record (a tombstone removes the agency)."""
+    if record.value is None:
+        directory.remove(record.key.decode())
+        return
+    try:
+        directory.put(dcodec.decode(record.value))
+    except SerializationError as exc:
+        log.warning("directory_entry_rejected", offset=record.offset, error=str(exc))

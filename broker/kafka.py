@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from broker.errors import KafkaUnavailableError
 from broker.settings import KafkaSettings
 
 
@@ -114,3 +115,40 @@ async def partitions(settings: KafkaSettings, topic: str) -> list[int]:
         if t.get("topic") == topic and not t.get("error_code"):
             return sorted(p["partition"] for p in t.get("partitions", []))
     return []
+
+
+async def read_to_end(
+    settings: KafkaSettings,
+    topic: str,
+    handle: Callable[[Any], object],
+    timeout_s: float = 30.0,
+) -> int:
+    """Feed every record of ``topic`` (committed ones, from the start to the current end) to
+    ``handle``; returns how many were read. Used to rebuild views from compacted topics."""
+    parts = await partitions(settings, topic)
+    if not parts:
+        return 0
+    c = consumer(settings, group_id=None)
+    await c.start()
+    count = 0
+    try:
+        tps = [TopicPartition(topic, p) for p in parts]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        end = await c.end_offsets(tps)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            positions = [await c.position(tp) for tp in tps]
+            if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
+                return count
+            if loop.time() > deadline:
+                raise KafkaUnavailableError(
+                    f"reading {topic} to its end took over {timeout_s:.0f}s"
+                )
+            for records in (await c.getmany(timeout_ms=200, max_records=5000)).values():
+                for r in records:
+                    handle(r)
+                    count += 1
+    finally:
+        await c.stop()

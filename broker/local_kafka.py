@@ -54,7 +54,10 @@ class BrokerState:
 
     def settings(self) -> KafkaSettings:
         """Client settings for this broker."""
-        return KafkaSettings(bootstrap_servers=self.bootstrap)
+        return KafkaSettings(
+            bootstrap_servers=self.bootstrap,
+            topic_prefix=os.environ.get("CBX_TOPIC_PREFIX") or "cbx",
+        )
 
     @property
     def log_file(self) -> Path:

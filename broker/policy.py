@@ -47,6 +47,8 @@ class Role(StrEnum):
     """Any other police force with an interest."""
     OFSTED = "OFSTED"
     """The regulator."""
+    EXCHANGE = "EXCHANGE"
+    """cbx itself (router, tracker), sending notices; never a recipient of personal data."""
 
 
 @dataclass(frozen=True)

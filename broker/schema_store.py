@@ -12,10 +12,9 @@ import json
 from typing import Any
 
 import fastavro
-from aiokafka import TopicPartition
 from fastavro.schema import SchemaParseException
 
-from broker import kafka, topics
+from broker import kafka
 from broker.catalogue import Catalogue, SchemaVersion, schema_fingerprint
 from broker.errors import SchemaError, UnknownSchemaError
 from broker.logging import get_logger
@@ -66,14 +65,14 @@ class SchemaStore:
     async def publish(self, settings: KafkaSettings, versions: list[SchemaVersion]) -> int:
         """Publish schema versions to ``cbx.schemas`` (idempotent: same key, same value)."""
         await kafka.ensure_topics(
-            settings, [s for s in topics.core_topics() if s.name == topics.SCHEMAS]
+            settings, [s for s in settings.topics.core() if s.name == settings.topics.schemas]
         )
         producer = kafka.producer(settings)
         await producer.start()
         try:
             futures = [
                 await producer.send(
-                    topics.SCHEMAS,
+                    settings.topics.schemas,
                     json.dumps(v.raw, sort_keys=True).encode(),
                     key=v.fingerprint.hex().encode(),
                 )
@@ -86,30 +85,11 @@ class SchemaStore:
 
     async def refresh(self, settings: KafkaSettings, timeout_s: float = 10.0) -> int:
         """Read ``cbx.schemas`` from the start to its current end; returns schemas added."""
-        partitions = await kafka.partitions(settings, topics.SCHEMAS)
-        if not partitions:
-            return 0
-        consumer = kafka.consumer(settings, group_id=None, enable_auto_commit=False)
-        await consumer.start()
-        added = 0
-        try:
-            tps = [TopicPartition(topics.SCHEMAS, p) for p in partitions]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout_s
-            while loop.time() < deadline:
-                positions = [await consumer.position(tp) for tp in tps]
-                if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
-                    break
-                batch = await consumer.getmany(timeout_ms=200)
-                for records in batch.values():
-                    for r in records:
-                        added += self._accept(r.key, r.value)
-        finally:
-            await consumer.stop()
-        return added
+        before = len(self._parsed)
+        await kafka.read_to_end(
+            settings, settings.topics.schemas, lambda r: self._accept(r.key, r.value), timeout_s
+        )
+        return len(self._parsed) - before
 
     def _accept(self, key: bytes | None, value: bytes | None) -> int:
         if key is None or value is None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from broker.topics import Topics
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
@@ -30,6 +33,7 @@ class KafkaSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     client_id: str = "cbx"
+    topic_prefix: str = "cbx"
 
     def __post_init__(self) -> None:
         if not self.bootstrap_servers.strip():
@@ -66,7 +70,19 @@ class KafkaSettings:
             ssl_cafile=env.get("CBX_SSL_CAFILE") or None,
             ssl_certfile=env.get("CBX_SSL_CERTFILE") or None,
             ssl_keyfile=env.get("CBX_SSL_KEYFILE") or None,
+            topic_prefix=env.get("CBX_TOPIC_PREFIX") or "cbx",
         )
+
+    @property
+    def topics(self) -> Topics:
+        """Topic names of this deployment's namespace."""
+        from broker.topics import Topics
+
+        return Topics(self.topic_prefix)
+
+    def with_prefix(self, prefix: str) -> KafkaSettings:
+        """The same cluster, another topic namespace."""
+        return replace(self, topic_prefix=prefix)
 
     def as_principal(self, username: str, password: str) -> KafkaSettings:
         """The same cluster, authenticated as another principal."""

@@ -1,23 +1,23 @@
-"""Topic names and settings: the one place that says which topics exist and how they are kept."""
+"""Topic names and settings: the one place that says which topics exist and how they are kept.
+
+Every name starts with a namespace prefix (``cbx`` unless ``CBX_TOPIC_PREFIX`` says otherwise), so
+several partnerships or environments can share one Kafka cluster, each with its own ACL prefix, and
+tests can run side by side on one broker. Services take the names from their :class:`KafkaSettings`.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from broker.errors import ConfigurationError
 from broker.kafka import TopicSpec
 
-SCHEMAS = "cbx.schemas"
-DIRECTORY = "cbx.directory"
-PLACEMENTS = "cbx.placements"
-RECEIPTS = "cbx.receipts"
-DELIVERY_LOG = "cbx.delivery-log"
-DEADLETTER = "cbx.deadletter"
-OUTBOUND_PREFIX = "cbx.outbound."
-INBOX_PREFIX = "cbx.inbox."
-
 _AGENCY_ID = re.compile(r"^[a-z]{2,4}-[a-z0-9]{3,20}$")
+_PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+# Message ids the router has routed: compacted, and kept a week (retries come within minutes).
+_ROUTED = {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
 
 
 def check_agency_id(agency: str) -> str:
@@ -30,28 +30,88 @@ def check_agency_id(agency: str) -> str:
     return agency
 
 
-def outbound(agency: str) -> str:
-    """The topic only ``agency`` writes and the router reads."""
-    return OUTBOUND_PREFIX + check_agency_id(agency)
+@dataclass(frozen=True)
+class Topics:
+    """All topic names of one cbx namespace."""
 
+    prefix: str = "cbx"
 
-def inbox(agency: str) -> str:
-    """The topic the router writes and only ``agency`` reads."""
-    return INBOX_PREFIX + check_agency_id(agency)
+    def __post_init__(self) -> None:
+        if not _PREFIX.match(self.prefix):
+            raise ConfigurationError(
+                f"topic prefix {self.prefix!r} must be lower-case letters, digits and dashes"
+            )
 
+    @property
+    def schemas(self) -> str:
+        return f"{self.prefix}.schemas"
 
-def core_topics(partitions: int = 3) -> list[TopicSpec]:
-    """The shared topics every deployment has."""
-    return [
-        TopicSpec(SCHEMAS, 1, dict(_COMPACTED)),
-        TopicSpec(DIRECTORY, 1, dict(_COMPACTED)),
-        TopicSpec(PLACEMENTS, partitions, dict(_COMPACTED)),
-        TopicSpec(RECEIPTS, partitions),
-        TopicSpec(DELIVERY_LOG, partitions),
-        TopicSpec(DEADLETTER, 1),
-    ]
+    @property
+    def directory(self) -> str:
+        return f"{self.prefix}.directory"
 
+    @property
+    def placements(self) -> str:
+        return f"{self.prefix}.placements"
 
-def agency_topics(agency: str, partitions: int = 3) -> list[TopicSpec]:
-    """An agency's outbound and inbox topics."""
-    return [TopicSpec(outbound(agency), partitions), TopicSpec(inbox(agency), partitions)]
+    @property
+    def receipts(self) -> str:
+        return f"{self.prefix}.receipts"
+
+    @property
+    def delivery_log(self) -> str:
+        return f"{self.prefix}.delivery-log"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.prefix}.deadletter"
+
+    @property
+    def routed(self) -> str:
+        return f"{self.prefix}.router.routed"
+
+    @property
+    def outbound_prefix(self) -> str:
+        return f"{self.prefix}.outbound."
+
+    @property
+    def inbox_prefix(self) -> str:
+        return f"{self.prefix}.inbox."
+
+    @property
+    def outbound_pattern(self) -> str:
+        return "^" + re.escape(self.outbound_prefix) + ".+"
+
+    def outbound(self, agency: str) -> str:
+        """The topic only ``agency`` writes and the router reads."""
+        return self.outbound_prefix + check_agency_id(agency)
+
+    def inbox(self, agency: str) -> str:
+        """The topic the router writes and only ``agency`` reads."""
+        return self.inbox_prefix + check_agency_id(agency)
+
+    def owner_of_outbound(self, topic: str) -> str:
+        return topic.removeprefix(self.outbound_prefix)
+
+    def group(self, name: str) -> str:
+        """A consumer group or transactional id in this namespace."""
+        return f"{self.prefix}-{name}"
+
+    def core(self, partitions: int = 3) -> list[TopicSpec]:
+        """The shared topics every deployment has."""
+        return [
+            TopicSpec(self.schemas, 1, dict(_COMPACTED)),
+            TopicSpec(self.directory, 1, dict(_COMPACTED)),
+            TopicSpec(self.placements, partitions, dict(_COMPACTED)),
+            TopicSpec(self.receipts, partitions),
+            TopicSpec(self.delivery_log, partitions),
+            TopicSpec(self.deadletter, 1),
+            TopicSpec(self.routed, partitions, dict(_ROUTED)),
+        ]
+
+    def agency(self, agency: str, partitions: int = 3) -> list[TopicSpec]:
+        """An agency's outbound and inbox topics."""
+        return [
+            TopicSpec(self.outbound(agency), partitions),
+            TopicSpec(self.inbox(agency), partitions),
+        ]

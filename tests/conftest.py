@@ -63,3 +63,9 @@ def topic_name(request: pytest.FixtureRequest) -> str:
     return f"test.{request.node.name[:40]}.{uuid.uuid4().hex[:8]}".replace("[", ".").replace(
         "]", ""
     )
+
+
+@pytest.fixture
+def kafka_ns(kafka_settings: KafkaSettings) -> KafkaSettings:
+    """The session broker with a topic namespace of this test's own."""
+    return kafka_settings.with_prefix(f"t{uuid.uuid4().hex[:10]}")

@@ -8,7 +8,7 @@ import json
 import fastavro
 import pytest
 
-from broker import codec, kafka, topics
+from broker import codec, kafka
 from broker.catalogue import Catalogue, schema_fingerprint
 from broker.errors import UnknownSchemaError
 from broker.schema_store import SchemaStore
@@ -36,10 +36,12 @@ async def test_unknown_writer_schema_is_fetched_from_cbx_schemas(
     await producer.start()
     try:
         await producer.send_and_wait(
-            topics.SCHEMAS, json.dumps(v2_raw).encode(), key=fp2.hex().encode()
+            kafka_settings.topics.schemas, json.dumps(v2_raw).encode(), key=fp2.hex().encode()
         )
         # A poisoned entry: a schema under a fingerprint that is not its own.
-        await producer.send_and_wait(topics.SCHEMAS, json.dumps(v1.raw).encode(), key=b"00" * 8)
+        await producer.send_and_wait(
+            kafka_settings.topics.schemas, json.dumps(v1.raw).encode(), key=b"00" * 8
+        )
     finally:
         await producer.stop()
 

@@ -143,7 +143,7 @@ def publish(
         asyncio.run(directory_mod.publish(resolve_settings(), entry))
     except CbxError as exc:
         fail(str(exc))
-    console.print(f"published {agency} ({entry.name}) to {topics.DIRECTORY}", highlight=False)
+    console.print(f"published {agency} ({entry.name}) to the directory", highlight=False)
 
 
 @directory_app.command("list")

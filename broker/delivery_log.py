@@ -1,0 +1,90 @@
+"""The delivery log (``cbx.delivery-log``): every state change of every message, metadata only."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from broker import codec
+from broker.catalogue import Catalogue
+from broker.schema_store import SchemaStore
+
+SCHEMA = "DeliveryLogEntry"
+
+
+class Status(StrEnum):
+    """A state in a message's life (mirrors the Avro ``cbx.DeliveryStatus``)."""
+
+    ACCEPTED = "ACCEPTED"
+    """Well-formed, signed by its sender, within policy."""
+    ROUTED = "ROUTED"
+    """Written to the recipient's inbox."""
+    ROUTE_GAP = "ROUTE_GAP"
+    """Required by the rules, but the sender did not seal for this recipient."""
+    REPAIRED = "REPAIRED"
+    """A route gap closed by a re-send."""
+    REJECTED = "REJECTED"
+    """Refused by the router; in the dead-letter topic."""
+    DELIVERED = "DELIVERED"
+    """Handed to the recipient agency's system."""
+    ACKNOWLEDGED = "ACKNOWLEDGED"
+    """Confirmed by the recipient agency."""
+    RECIPIENT_REJECTED = "RECIPIENT_REJECTED"
+    """Refused by the recipient's connector or system."""
+    OVERDUE = "OVERDUE"
+    """The acknowledgement deadline passed."""
+    ESCALATED = "ESCALATED"
+    """An overdue urgent notification was escalated."""
+    REPLAYED = "REPLAYED"
+    """Replayed by an operator from the dead-letter topic."""
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One delivery-log record."""
+
+    message_id: str | None
+    status: Status
+    at: dt.datetime
+    event_type: str | None = None
+    sender: str | None = None
+    recipient: str | None = None
+    role: str | None = None
+    case_ref: str | None = None
+    urgency: str | None = None
+    occurred_at: dt.datetime | None = None
+    ack_deadline: dt.datetime | None = None
+    reason: str | None = None
+    related_message_id: str | None = None
+    source: str | None = None
+    writer: str = "router"
+
+    def to_record(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = str(self.status)
+        return d
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> LogEntry:
+        return cls(**{**r, "status": Status(r["status"])})
+
+    def as_json(self) -> dict[str, Any]:
+        d = self.to_record()
+        for k in ("at", "occurred_at", "ack_deadline"):
+            if d[k] is not None:
+                d[k] = d[k].isoformat()
+        return d
+
+
+class LogCodec:
+    def __init__(self, catalogue: Catalogue) -> None:
+        self._v = catalogue.latest(SCHEMA)
+        self._store = SchemaStore(catalogue)
+
+    def encode(self, entry: LogEntry) -> bytes:
+        return codec.encode(self._v.parsed, self._v.fingerprint, entry.to_record())
+
+    def decode(self, data: bytes) -> LogEntry:
+        return LogEntry.from_record(codec.decode(data, self._store.writer_for, self._v.parsed))

@@ -1,0 +1,294 @@
+"""``cbx router``: the router as a Kafka service, exactly once.
+
+Consume-transform-produce runs in Kafka transactions with ``read_committed`` consumers. aiokafka's
+``send_offsets_to_transaction`` uses the TxnOffsetCommit version without consumer-group fencing
+(KIP-447), so a producer's transactional id alone must fence a zombie: the router keeps one
+transactional producer per assigned input partition, with the id ``cbx-router.<topic>.<partition>``.
+Whoever owns a partition next initialises the same id, which aborts (or completes) the previous
+owner's open transaction and fences it, and only then reads the committed offset for the partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from prometheus_client import Counter, Histogram, start_http_server
+
+from broker import codec, kafka
+from broker.catalogue import Catalogue
+from broker.crypto.sealing import BodyForms, Sealer
+from broker.directory import Directory, DirectoryCodec, apply
+from broker.identity import ensure_identity
+from broker.logging import get_logger
+from broker.policy import SharingPolicy
+from broker.router import ROUTER_ID, InRecord, Outcome, RouterCore, RouterState
+from broker.routing import Placement, Rules
+from broker.schema_store import SchemaStore
+from broker.settings import KafkaSettings
+
+log = get_logger("router")
+
+MESSAGES = Counter(
+    "cbx_router_messages_total", "Messages read by the router, by outcome", ["outcome"]
+)
+ROUTED = Counter("cbx_router_routed_total", "Inbox copies written (one per recipient)")
+GAPS = Counter("cbx_router_route_gaps_total", "Required recipients left out by senders")
+DEAD = Counter("cbx_router_dead_letters_total", "Messages dead-lettered, by reason", ["reason"])
+LATENCY = Histogram(
+    "cbx_router_latency_seconds",
+    "From the record's append to the outbound topic to the commit of its routing",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class DirectoryFollower:
+    """Keeps a Directory current by reading ``cbx.directory``; ``sync`` catches up on demand."""
+
+    def __init__(
+        self, settings: KafkaSettings, directory: Directory, dcodec: DirectoryCodec
+    ) -> None:
+        self.settings = settings
+        self.directory = directory
+        self.dcodec = dcodec
+        self._last_sync = 0.0
+
+    async def sync(self, min_interval_s: float = 1.0) -> bool:
+        """Re-read the directory (at most once per ``min_interval_s``); True if it ran."""
+        now = time.monotonic()
+        if now - self._last_sync < min_interval_s:
+            return False
+        self._last_sync = now
+        await kafka.read_to_end(
+            self.settings,
+            self.settings.topics.directory,
+            lambda r: apply(self.directory, self.dcodec, r),
+        )
+        return True
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: RouterService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.service.release(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.service.acquire(list(assigned))
+
+
+class RouterService:
+    """Reads every ``cbx.outbound.*`` topic and routes it through :class:`RouterCore`."""
+
+    def __init__(self, settings: KafkaSettings, group: str = "router") -> None:
+        self.settings = settings
+        self.group = settings.topics.group(group)
+        self.catalogue = Catalogue.load()
+        self.forms = BodyForms(self.catalogue)
+        self.rules = Rules.load()
+        self.directory = Directory()
+        self.dcodec = DirectoryCodec(self.catalogue)
+        self.follower = DirectoryFollower(settings, self.directory, self.dcodec)
+        self.state = RouterState()
+        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self.stop_event = asyncio.Event()
+        self.core: RouterCore | None = None
+        self.consumer: Any = None
+
+    # --- start-up -----------------------------------------------------------------------------
+
+    async def _load_state(self) -> None:
+        placements = self.catalogue.latest("PlacementRecord")
+        store = SchemaStore(self.catalogue)
+
+        def placement(r: Any) -> None:
+            if r.value is not None:
+                rec = codec.decode(r.value, store.writer_for, placements.parsed)
+                self.state.registry.put(Placement.from_record(rec))
+
+        def routed(r: Any) -> None:
+            if r.key is not None:
+                self.state.routed.add(r.key.decode())
+
+        n_cases = await kafka.read_to_end(self.settings, self.settings.topics.placements, placement)
+        n_ids = await kafka.read_to_end(self.settings, self.settings.topics.routed, routed)
+        await self.follower.sync(0)
+        log.info(
+            "router_state_loaded",
+            placements=n_cases,
+            routed_ids=n_ids,
+            agencies=len(self.directory.agencies()),
+        )
+
+    async def start(self) -> None:
+        await kafka.ensure_topics(self.settings, self.settings.topics.core())
+        keys = await ensure_identity(self.settings, ROUTER_ID, "cbx router", "SERVICE")
+        await self._load_state()
+        sealer = Sealer(keys, self.directory, SharingPolicy.load(), self.forms)
+        self.core = RouterCore(
+            self.catalogue,
+            self.forms,
+            self.rules,
+            self.directory,
+            sealer,
+            self.state,
+            self.settings.topics,
+        )
+        self.consumer = kafka.consumer(
+            self.settings,
+            group_id=self.group,
+            metadata_max_age_ms=3000,
+            max_poll_records=500,
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
+        )
+        self.consumer.subscribe(
+            pattern=self.settings.topics.outbound_pattern, listener=_Listener(self)
+        )
+        await self.consumer.start()
+
+    # --- partition ownership -----------------------------------------------------------------
+
+    async def acquire(self, tps: list[TopicPartition]) -> None:
+        """Own ``tps``: fence their previous owners, then resume from the committed offsets."""
+        for tp in tps:
+            if tp in self.producers:
+                continue
+            producer = kafka.transactional_producer(
+                self.settings, f"{self.group}.{tp.topic}.{tp.partition}", linger_ms=2
+            )
+            await producer.start()  # InitProducerId: completes or aborts the old owner's txn
+            self.producers[tp] = producer
+        for tp in tps:
+            committed = await self.consumer.committed(tp)
+            if committed is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        log.info("partitions_assigned", partitions=[f"{t.topic}/{t.partition}" for t in tps])
+
+    async def release(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            producer = self.producers.pop(tp, None)
+            if producer is not None:
+                await producer.stop()
+        if tps:
+            log.info("partitions_revoked", partitions=[f"{t.topic}/{t.partition}" for t in tps])
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def _route_partition(self, tp: TopicPartition, records: list[Any]) -> None:
+        assert self.core is not None
+        producer = self.producers[tp]
+        outcomes: list[tuple[Outcome, Any]] = []
+        try:
+            async with producer.transaction():
+                futures = []
+                for r in records:
+                    rec = InRecord(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers))
+                    outcome = self.core.process(rec)
+                    # A bad signature may be a key published a moment ago: catch up, try again.
+                    if (
+                        outcome.status == "rejected"
+                        and outcome.reason == "bad-signature"
+                        and await self.follower.sync()
+                    ):
+                        outcome = self.core.process(rec)
+                    outcomes.append((outcome, r))
+                    for out in outcome.outputs:
+                        futures.append(
+                            await producer.send(
+                                out.topic, out.value, key=out.key, headers=out.headers
+                            )
+                        )
+                await asyncio.gather(*futures)
+                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group)
+        except BaseException:
+            self.state.rollback()
+            raise
+        self.state.commit()
+        now = time.time()
+        for outcome, r in outcomes:
+            MESSAGES.labels(outcome.status).inc()
+            if outcome.status == "routed":
+                ROUTED.inc(outcome.recipients)
+                GAPS.inc(outcome.gaps)
+                LATENCY.observe(max(0.0, now - r.timestamp / 1000))
+                log.info(
+                    "message_routed",
+                    message_id=outcome.message_id,
+                    event_type=outcome.event_type,
+                    sender=outcome.sender,
+                    recipients=outcome.recipients,
+                    route_gaps=outcome.gaps,
+                )
+            elif outcome.status == "rejected":
+                DEAD.labels(outcome.reason or "unknown").inc()
+
+    async def run(self) -> None:
+        """Route until stopped; a stop finishes the transaction in progress, then closes."""
+        await self.start()
+        log.info("router_started", bootstrap=self.settings.bootstrap_servers, group=self.group)
+        try:
+            while not self.stop_event.is_set():
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=2000)
+                for tp, records in batch.items():
+                    if not records or tp not in self.producers:
+                        continue
+                    try:
+                        await self._route_partition(tp, records)
+                    except Exception as exc:  # the transaction was aborted: go back and retry
+                        log.error(
+                            "transaction_aborted",
+                            partition=f"{tp.topic}/{tp.partition}",
+                            error=str(exc),
+                            error_class=type(exc).__name__,
+                        )
+                        committed = await self.consumer.committed(tp)
+                        if committed is not None:
+                            self.consumer.seek(tp, committed)
+                        await asyncio.sleep(0.5)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+        for producer in list(self.producers.values()):
+            with contextlib.suppress(Exception):
+                await producer.stop()
+        self.producers.clear()
+        log.info("router_stopped")
+
+    def install_signal_handlers(self) -> None:
+        """First SIGTERM/SIGINT: finish the open transaction and stop. Second: exit at once."""
+        loop = asyncio.get_running_loop()
+
+        def handle(sig: signal.Signals) -> None:
+            if self.stop_event.is_set():
+                os._exit(128 + sig.value)
+            log.info("router_stopping", signal=sig.name)
+            self.stop_event.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, handle, sig)
+
+
+async def serve(
+    settings: KafkaSettings, metrics_port: int | None = None, group: str = "router"
+) -> None:
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr="127.0.0.1")
+        log.info("metrics_listening", port=metrics_port)
+    service = RouterService(settings, group)
+    service.install_signal_handlers()
+    await service.run()
