@@ -160,7 +160,7 @@ class RouterCore:
         assert rec.value is not None
         return self.verifier.verify(rec.value, rec.headers)
 
-    def _notice(self, header: Header, gaps: list[Recipient]) -> Out:
+    def _notice(self, header: Header, gaps: list[Recipient], original: bytes) -> Out:
         """A signed RouteGapNotice to the sender's inbox."""
         now = dt.datetime.now(dt.UTC)
         notice_header = Header(
@@ -187,6 +187,7 @@ class RouterCore:
             "subject_message_id": str(header.message_id),
             "missing": [{"agency": g.agency, "role": str(g.role)} for g in gaps],
             "rule": f"{header.event_type}: required {', '.join(str(g.role) for g in gaps)}",
+            "original": original,
         }
         sealed = self.sealer.seal("RouteGapNotice", notice_header.message_id, body, [])
         value = self.envelopes.encode(notice_header, sealed.body)
@@ -227,6 +228,7 @@ class RouterCore:
             raise
 
     def _route_decoded(self, rec: InRecord, owner: str, header: Header, body: bytes) -> Outcome:
+        value = rec.value or b""
         if header.sender != owner:
             raise _fail(
                 "sender-mismatch",
@@ -354,7 +356,7 @@ class RouterCore:
                 )
             )
         if decision.gaps:
-            outs.append(self._notice(header, decision.gaps))
+            outs.append(self._notice(header, decision.gaps, value))
         placement = decision.placement_update
         if placement is not None:
             placement.case_ref = header.case_ref

@@ -26,6 +26,7 @@ from broker import codec, kafka
 from broker.catalogue import Catalogue
 from broker.crypto.sealing import BodyForms, Sealer
 from broker.directory import Directory, DirectoryCodec, apply
+from broker.follow import TopicFollower
 from broker.identity import ensure_identity
 from broker.logging import get_logger
 from broker.policy import SharingPolicy
@@ -47,31 +48,6 @@ LATENCY = Histogram(
     "From the record's append to the outbound topic to the commit of its routing",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-
-
-class DirectoryFollower:
-    """Keeps a Directory current by reading ``cbx.directory``; ``sync`` catches up on demand."""
-
-    def __init__(
-        self, settings: KafkaSettings, directory: Directory, dcodec: DirectoryCodec
-    ) -> None:
-        self.settings = settings
-        self.directory = directory
-        self.dcodec = dcodec
-        self._last_sync = 0.0
-
-    async def sync(self, min_interval_s: float = 1.0) -> bool:
-        """Re-read the directory (at most once per ``min_interval_s``); True if it ran."""
-        now = time.monotonic()
-        if now - self._last_sync < min_interval_s:
-            return False
-        self._last_sync = now
-        await kafka.read_to_end(
-            self.settings,
-            self.settings.topics.directory,
-            lambda r: apply(self.directory, self.dcodec, r),
-        )
-        return True
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -96,7 +72,11 @@ class RouterService:
         self.rules = Rules.load()
         self.directory = Directory()
         self.dcodec = DirectoryCodec(self.catalogue)
-        self.follower = DirectoryFollower(settings, self.directory, self.dcodec)
+        self.follower = TopicFollower(
+            settings, settings.topics.directory, lambda r: apply(self.directory, self.dcodec, r)
+        )
+        self._last_sync = 0.0
+        self.placement_follower: TopicFollower | None = None
         self.state = RouterState()
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self.stop_event = asyncio.Event()
@@ -110,20 +90,27 @@ class RouterService:
         store = SchemaStore(self.catalogue)
 
         def placement(r: Any) -> None:
+            # Other router instances write here too; an older record never replaces a newer one.
             if r.value is not None:
                 rec = codec.decode(r.value, store.writer_for, placements.parsed)
-                self.state.registry.put(Placement.from_record(rec))
+                new = Placement.from_record(rec)
+                old = self.state.registry.get(new.case_ref)
+                if old is None or old.updated_at <= new.updated_at:
+                    self.state.registry.put(new)
 
         def routed(r: Any) -> None:
             if r.key is not None:
                 self.state.routed.add(r.key.decode())
 
-        n_cases = await kafka.read_to_end(self.settings, self.settings.topics.placements, placement)
+        self.placement_follower = TopicFollower(
+            self.settings, self.settings.topics.placements, placement
+        )
+        await self.placement_follower.start()
         n_ids = await kafka.read_to_end(self.settings, self.settings.topics.routed, routed)
-        await self.follower.sync(0)
+        await self.follower.start()
         log.info(
             "router_state_loaded",
-            placements=n_cases,
+            placements=len(self.state.registry),
             routed_ids=n_ids,
             agencies=len(self.directory.agencies()),
         )
@@ -183,6 +170,15 @@ class RouterService:
         if tps:
             log.info("partitions_revoked", partitions=[f"{t.topic}/{t.partition}" for t in tps])
 
+    async def _catch_up_directory(self) -> bool:
+        """Wait for the directory to include everything published so far (once a second)."""
+        now = time.monotonic()
+        if now - self._last_sync < 1.0:
+            return False
+        self._last_sync = now
+        await self.follower.sync()
+        return True
+
     # --- the loop ------------------------------------------------------------------------------
 
     async def _route_partition(self, tp: TopicPartition, records: list[Any]) -> None:
@@ -199,7 +195,7 @@ class RouterService:
                     if (
                         outcome.status == "rejected"
                         and outcome.reason == "bad-signature"
-                        and await self.follower.sync()
+                        and await self._catch_up_directory()
                     ):
                         outcome = self.core.process(rec)
                     outcomes.append((outcome, r))
@@ -260,6 +256,10 @@ class RouterService:
             await self.close()
 
     async def close(self) -> None:
+        for follower in (self.follower, self.placement_follower):
+            if follower is not None:
+                with contextlib.suppress(Exception):
+                    await follower.stop()
         if self.consumer is not None:
             with contextlib.suppress(Exception):
                 await self.consumer.stop()

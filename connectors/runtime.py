@@ -1,0 +1,325 @@
+"""The connector runtime: an agency's gateway onto the exchange.
+
+Outbound: take an event of the agency's system, choose the statutory recipients (routing rules plus
+the placement registry), seal, sign and publish it on the agency's outbound topic with an idempotent
+producer. Inbound: read the agency's inbox, verify and open each message, hand it to the agency's
+system (a sink), and answer route-gap notices from the router by re-sending to the missing
+recipients, without the agency's system doing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker import codec, kafka
+from broker.catalogue import Catalogue
+from broker.crypto.keys import AgencyKeys
+from broker.crypto.sealing import BodyForms, KeyReuse, Recipient, Sealer
+from broker.crypto.signing import Verifier
+from broker.directory import Directory, DirectoryCodec, apply
+from broker.envelope import Header, Outgoing, Protector, SharingDecision
+from broker.errors import CbxError, PolicyError, ProtectionError
+from broker.follow import TopicFollower
+from broker.json_to_avro import JsonToAvro
+from broker.logging import get_logger
+from broker.policy import Role, SharingPolicy
+from broker.router import ROUTER_ID
+from broker.routing import Placement, PlacementRegistry, Rules
+from broker.schema_store import SchemaStore
+from broker.settings import KafkaSettings
+
+log = get_logger("connector")
+
+
+@dataclass
+class Delivered:
+    """A message opened for this agency: header, and body with withheld fields marked."""
+
+    header: Header
+    body: dict[str, Any]
+    topic: str
+    partition: int
+    offset: int
+
+
+Sink = Callable[[Delivered], Awaitable[None]]
+
+
+@dataclass
+class ConnectorStats:
+    published: int = 0
+    delivered: int = 0
+    repaired: int = 0
+    rejected: int = 0
+    repairs: list[tuple[str, str, list[str]]] = field(default_factory=list)
+
+
+class Connector:
+    """One agency's gateway. ``start`` before use; ``stop`` when done."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        keys: AgencyKeys,
+        *,
+        catalogue: Catalogue | None = None,
+        rules: Rules | None = None,
+        reuse: KeyReuse | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.keys = keys
+        self.agency = keys.agency
+        self.catalogue = catalogue or Catalogue.load()
+        self.forms = BodyForms(self.catalogue)
+        self.rules = rules or Rules.load()
+        self.directory = Directory()
+        self.registry = PlacementRegistry()
+        self.protector = Protector(
+            self.catalogue,
+            self.forms,
+            Sealer(keys, self.directory, SharingPolicy.load(), self.forms, reuse),
+            Verifier(self.directory),
+        )
+        self.converters = {
+            n: JsonToAvro(self.catalogue.latest(n).parsed) for n in self.catalogue.event_types()
+        }
+        self.stats = ConnectorStats()
+        self._dcodec = DirectoryCodec(self.catalogue)
+        self._placement_v = self.catalogue.latest("PlacementRecord")
+        self._store = SchemaStore(self.catalogue)
+        self._followers: list[TopicFollower] = []
+        self._producer: Any = None
+        self._inbox_task: asyncio.Task[None] | None = None
+        self._inbox_consumer: Any = None
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await kafka.ensure_topics(
+            self.settings, [*self.topics.core(), *self.topics.agency(self.agency)]
+        )
+        self._followers = [
+            TopicFollower(
+                self.settings,
+                self.topics.directory,
+                lambda r: apply(self.directory, self._dcodec, r),
+            ),
+            TopicFollower(self.settings, self.topics.placements, self._apply_placement),
+        ]
+        for f in self._followers:
+            await f.start()
+        self._producer = kafka.producer(self.settings, client_id=f"cbx-connector-{self.agency}")
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._inbox_task is not None:
+            self._inbox_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._inbox_task
+        if self._inbox_consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._inbox_consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        for f in self._followers:
+            await f.stop()
+
+    async def sync(self) -> None:
+        """Catch up with the directory and the placement registry."""
+        for f in self._followers:
+            await f.sync()
+
+    def _apply_placement(self, r: Any) -> None:
+        if r.value is None:
+            return
+        rec = codec.decode(r.value, self._store.writer_for, self._placement_v.parsed)
+        self.registry.put(Placement.from_record(rec))
+
+    # --- outbound -----------------------------------------------------------------------------
+
+    def route(
+        self,
+        event_type: str,
+        case_ref: str,
+        body: dict[str, Any],
+        extra: list[Recipient] | None = None,
+    ) -> tuple[Role, list[Recipient]]:
+        """This agency's role in the case and the recipients the rules require."""
+        rule = self.rules.rule(event_type)
+        if rule.registers_placement:
+            parties = self.rules.placement_parties(
+                self.agency, body["host_authority"], body.get("provider")
+            )
+        else:
+            case = self.registry.get(case_ref)
+            if case is None:
+                raise PolicyError(
+                    f"case {case_ref} is not in the placement registry: name the recipients"
+                )
+            parties = case.parties
+        roles = [
+            role
+            for role, agency in parties.items()
+            if agency == self.agency and role in rule.senders
+        ]
+        if not roles:
+            raise PolicyError(
+                f"{self.agency} has no role in case {case_ref} that may send {event_type}"
+            )
+        return roles[0], self.rules.recipients(event_type, self.agency, parties, extra)
+
+    def prepare(
+        self,
+        event_type: str,
+        body: dict[str, Any],
+        *,
+        case_ref: str,
+        sharing: SharingDecision,
+        urgency: str = "ROUTINE",
+        occurred_at: dt.datetime | None = None,
+        recipients: list[Recipient] | None = None,
+        sender_role: Role | None = None,
+        extra: list[Recipient] | None = None,
+        message_id: uuid.UUID | None = None,
+        related_message_id: uuid.UUID | None = None,
+    ) -> Outgoing:
+        """Choose recipients (unless given), build the header, seal. Not yet signed or sent."""
+        if recipients is None or sender_role is None:
+            role, chosen = self.route(event_type, case_ref, body, extra)
+            sender_role = sender_role or role
+            recipients = chosen if recipients is None else recipients
+        now = dt.datetime.now(dt.UTC)
+        header = Header(
+            message_id=message_id or uuid.uuid4(),
+            event_type=event_type,
+            sender=self.agency,
+            sender_role=sender_role,
+            recipients=tuple(recipients),
+            case_ref=case_ref,
+            urgency=urgency,
+            occurred_at=occurred_at or now,
+            recorded_at=now,
+            schema_fingerprint=self.forms.latest[event_type].plain.fingerprint,
+            sharing=sharing,
+            related_message_id=related_message_id,
+        )
+        return self.protector.seal(header, body)
+
+    def convert(self, event_type: str, payload: Any) -> dict[str, Any]:
+        """Agency JSON to a body record (JsonConversionError lists every bad field)."""
+        try:
+            conv = self.converters[event_type]
+        except KeyError:
+            raise PolicyError(f"unknown message type {event_type}") from None
+        return dict(conv.convert(payload))
+
+    async def publish(self, batch: list[Outgoing]) -> list[Outgoing]:
+        """Sign a batch with one signature and publish it (idempotent producer, acks=all)."""
+        self.protector.sign(batch)
+        topic = self.topics.outbound(self.agency)
+        futures = [
+            await self._producer.send(topic, o.value, key=o.key, headers=o.headers) for o in batch
+        ]
+        await asyncio.gather(*futures)
+        self.stats.published += len(batch)
+        return batch
+
+    async def send(self, event_type: str, body: dict[str, Any], **kwargs: Any) -> Outgoing:
+        """Prepare and publish one message."""
+        out = self.prepare(event_type, body, **kwargs)
+        await self.publish([out])
+        return out
+
+    # --- inbound ------------------------------------------------------------------------------
+
+    def open(self, value: bytes, headers: Any) -> tuple[Header, dict[str, Any]]:
+        return self.protector.open(value, headers)
+
+    async def repair(self, notice: dict[str, Any]) -> Outgoing | None:
+        """Re-send a message of ours to the recipients a route-gap notice says it missed."""
+        original = bytes(notice["original"])
+        header, body_bytes = self.protector.envelopes.decode(original)
+        if header.sender != self.agency:
+            raise ProtectionError("route-gap notice about a message this agency did not send")
+        _, body = self.protector.opener.open(
+            body_bytes, header.message_id, header.schema_fingerprint
+        )
+        missing = [Recipient(m["agency"], Role(m["role"])) for m in notice["missing"]]
+        out = self.prepare(
+            header.event_type,
+            body,
+            case_ref=header.case_ref,
+            sharing=header.sharing,
+            urgency=header.urgency,
+            occurred_at=header.occurred_at,
+            recipients=missing,
+            sender_role=header.sender_role,
+            related_message_id=header.message_id,
+        )
+        await self.publish([out])
+        self.stats.repaired += 1
+        self.stats.repairs.append(
+            (str(header.message_id), str(out.header.message_id), [m.agency for m in missing])
+        )
+        log.info(
+            "route_gap_repaired",
+            message_id=str(header.message_id),
+            repair_message_id=str(out.header.message_id),
+            missing=[m.agency for m in missing],
+        )
+        return out
+
+    async def handle(self, record: Any, sink: Sink | None) -> None:
+        """Verify, open and dispatch one inbox record."""
+        try:
+            header, body = self.open(record.value, list(record.headers))
+        except CbxError as exc:
+            self.stats.rejected += 1
+            log.warning(
+                "inbox_message_rejected",
+                offset=record.offset,
+                error=str(exc),
+                error_class=type(exc).__name__,
+            )
+            return
+        if header.event_type == "RouteGapNotice":
+            if header.sender != ROUTER_ID:
+                log.warning("notice_not_from_router", sender=header.sender)
+                return
+            await self.repair(body)
+            return
+        self.stats.delivered += 1
+        if sink is not None:
+            await sink(Delivered(header, body, record.topic, record.partition, record.offset))
+
+    async def run_inbox(self, sink: Sink | None = None, group: str | None = None) -> None:
+        """Consume the inbox until cancelled (committing after each handled batch)."""
+        consumer = kafka.consumer(
+            self.settings,
+            self.topics.inbox(self.agency),
+            group_id=group or self.topics.group(f"connector-{self.agency}"),
+        )
+        self._inbox_consumer = consumer
+        await consumer.start()
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=200, max_records=500)
+                for records in batch.values():
+                    for r in records:
+                        await self.handle(r, sink)
+                if batch:
+                    await consumer.commit()
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            self._inbox_consumer = None
+
+    def start_inbox(self, sink: Sink | None = None) -> None:
+        self._inbox_task = asyncio.create_task(self.run_inbox(sink), name=f"inbox {self.agency}")
