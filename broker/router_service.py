@@ -20,6 +20,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import IllegalStateError
 from prometheus_client import Counter, Histogram, start_http_server
 
 from broker import codec, kafka
@@ -79,6 +80,9 @@ class RouterService:
         self.placement_follower: TopicFollower | None = None
         self.state = RouterState()
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self.committed_offsets: dict[TopicPartition, int] = {}
+        self.lock = asyncio.Lock()
+        self.generation = 0
         self.stop_event = asyncio.Event()
         self.core: RouterCore | None = None
         self.consumer: Any = None
@@ -144,29 +148,63 @@ class RouterService:
 
     # --- partition ownership -----------------------------------------------------------------
 
+    async def _new_producer(self, tp: TopicPartition) -> None:
+        """(Re)create the transactional producer of ``tp``.
+
+        InitProducerId with the partition's transactional id completes or aborts whatever
+        transaction a previous owner (or a failed attempt of ours) left open, and fences it.
+        """
+        old = self.producers.pop(tp, None)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
+        producer = kafka.transactional_producer(
+            self.settings, f"{self.group}.{tp.topic}.{tp.partition}", linger_ms=2
+        )
+        await producer.start()
+        self.producers[tp] = producer
+
     async def acquire(self, tps: list[TopicPartition]) -> None:
         """Own ``tps``: fence their previous owners, then resume from the committed offsets."""
-        for tp in tps:
-            if tp in self.producers:
-                continue
-            producer = kafka.transactional_producer(
-                self.settings, f"{self.group}.{tp.topic}.{tp.partition}", linger_ms=2
-            )
-            await producer.start()  # InitProducerId: completes or aborts the old owner's txn
-            self.producers[tp] = producer
-        for tp in tps:
+        async with self.lock:
+            self.generation += 1
+            for tp in tps:
+                if tp not in self.producers:
+                    await self._new_producer(tp)
+            for tp in tps:
+                await self._rewind(tp)
+        log.info("partitions_assigned", partitions=[f"{t.topic}/{t.partition}" for t in tps])
+
+    async def _rewind(self, tp: TopicPartition) -> None:
+        """Position ``tp`` at the next record not yet routed.
+
+        The group's committed offset can lag a transaction this process committed a moment ago
+        (its markers are written after EndTxn returns, and aiokafka cannot ask for stable
+        offsets), so what this process itself committed wins when it is further on.
+        """
+        try:
             committed = await self.consumer.committed(tp)
+            ours = self.committed_offsets.get(tp)
+            if ours is not None and (committed is None or ours > committed):
+                committed = ours
             if committed is None:
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
-        log.info("partitions_assigned", partitions=[f"{t.topic}/{t.partition}" for t in tps])
+        except IllegalStateError:
+            # The assignment changed again while we were here; the next rebalance handles it.
+            log.info("partition_moved_during_assignment", partition=f"{tp.topic}/{tp.partition}")
 
     async def release(self, tps: list[TopicPartition]) -> None:
-        for tp in tps:
-            producer = self.producers.pop(tp, None)
-            if producer is not None:
-                await producer.stop()
+        # Under the lock: a transaction in progress finishes before its partition is given up.
+        async with self.lock:
+            self.generation += 1
+            for tp in tps:
+                producer = self.producers.pop(tp, None)
+                self.committed_offsets.pop(tp, None)
+                if producer is not None:
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
         if tps:
             log.info("partitions_revoked", partitions=[f"{t.topic}/{t.partition}" for t in tps])
 
@@ -211,6 +249,7 @@ class RouterService:
             self.state.rollback()
             raise
         self.state.commit()
+        self.committed_offsets[tp] = records[-1].offset + 1
         now = time.time()
         for outcome, r in outcomes:
             MESSAGES.labels(outcome.status).inc()
@@ -229,29 +268,41 @@ class RouterService:
             elif outcome.status == "rejected":
                 DEAD.labels(outcome.reason or "unknown").inc()
 
+    async def _route_batch(self, tp: TopicPartition, records: list[Any], generation: int) -> None:
+        async with self.lock:
+            if generation != self.generation or tp not in self.producers:
+                # A rebalance came between fetch and now: these records are stale. Partitions
+                # still ours were rewound to their committed offsets and will be read again.
+                return
+            try:
+                await self._route_partition(tp, records)
+            except Exception as exc:
+                # The transaction did not commit. The producer may be unusable (fenced, out of
+                # sequence, closed): replace it, which aborts the transaction for good, then read
+                # the partition again from what was committed.
+                log.error(
+                    "transaction_aborted",
+                    partition=f"{tp.topic}/{tp.partition}",
+                    error=str(exc),
+                    error_class=type(exc).__name__,
+                )
+                await asyncio.sleep(0.5)
+                try:
+                    await self._new_producer(tp)
+                finally:
+                    await self._rewind(tp)
+
     async def run(self) -> None:
         """Route until stopped; a stop finishes the transaction in progress, then closes."""
         await self.start()
         log.info("router_started", bootstrap=self.settings.bootstrap_servers, group=self.group)
         try:
             while not self.stop_event.is_set():
+                generation = self.generation
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=2000)
                 for tp, records in batch.items():
-                    if not records or tp not in self.producers:
-                        continue
-                    try:
-                        await self._route_partition(tp, records)
-                    except Exception as exc:  # the transaction was aborted: go back and retry
-                        log.error(
-                            "transaction_aborted",
-                            partition=f"{tp.topic}/{tp.partition}",
-                            error=str(exc),
-                            error_class=type(exc).__name__,
-                        )
-                        committed = await self.consumer.committed(tp)
-                        if committed is not None:
-                            self.consumer.seek(tp, committed)
-                        await asyncio.sleep(0.5)
+                    if records:
+                        await self._route_batch(tp, records, generation)
         finally:
             await self.close()
 

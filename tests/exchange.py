@@ -1,0 +1,210 @@
+"""A whole exchange on the real broker for integration tests: a router process and connectors.
+
+Each test gets its own topic namespace, so tests share the session broker without seeing each
+other's messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agencies import SHARING
+from aiokafka import TopicPartition
+
+from broker import kafka
+from broker.catalogue import Catalogue
+from broker.crypto.keys import AgencyKeys
+from broker.deadletter import DeadLetter, list_dead_letters
+from broker.delivery_log import LogCodec, LogEntry
+from broker.directory import AgencyEntry, publish
+from broker.envelope import EnvelopeCodec, Header
+from broker.settings import KafkaSettings
+from connectors.runtime import Connector
+
+CATALOGUE = Catalogue.load()
+ENVELOPES = EnvelopeCodec(CATALOGUE)
+LOGS = LogCodec(CATALOGUE)
+KINDS = {"la": "COUNCIL", "pf": "POLICE", "icb": "HEALTH", "cp": "CARE_PROVIDER"}
+
+
+class RouterProcess:
+    """``cbx router`` as a child process, with its log kept for failures."""
+
+    def __init__(
+        self, settings: KafkaSettings, home: Path, metrics_port: int | None = None
+    ) -> None:
+        self.settings = settings
+        self.home = home
+        self.metrics_port = metrics_port
+        self.log_path = home / "router.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "CBX_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
+            "CBX_TOPIC_PREFIX": self.settings.topic_prefix,
+            "CBX_HOME": str(self.home),
+            "CBX_LOG_FORMAT": "json",
+        }
+        args = [sys.executable, "-m", "broker.cli", "router"]
+        if self.metrics_port is not None:
+            args += ["--metrics-port", str(self.metrics_port)]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.starts += 1
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Exchange:
+    settings: KafkaSettings
+    home: Path
+    router: RouterProcess
+    connectors: dict[str, Connector] = field(default_factory=dict)
+
+    async def agency(
+        self, agency: str, *, publish_keys: bool = True, inbox: bool = False, sink: Any = None
+    ) -> Connector:
+        keys = AgencyKeys.new(agency)
+        conn = Connector(self.settings, keys)
+        await conn.start()
+        if publish_keys:
+            await self.publish_keys(conn)
+        if inbox:
+            conn.start_inbox(sink)
+        self.connectors[agency] = conn
+        return conn
+
+    async def publish_keys(self, conn: Connector) -> None:
+        entry = AgencyEntry.from_keys(conn.keys, conn.agency, KINDS[conn.agency.split("-")[0]])
+        await publish(self.settings, entry)
+
+    async def sync_all(self) -> None:
+        for c in self.connectors.values():
+            await c.sync()
+
+    async def inbox(self, agency: str) -> list[tuple[Header, Any]]:
+        """Everything committed to an agency's inbox, decoded (header only)."""
+        out: list[tuple[Header, Any]] = []
+
+        def handle(r: Any) -> None:
+            header, _ = ENVELOPES.decode(r.value)
+            out.append((header, r))
+
+        await kafka.read_to_end(self.settings, self.settings.topics.inbox(agency), handle)
+        return out
+
+    async def log(self) -> list[LogEntry]:
+        out: list[LogEntry] = []
+        await kafka.read_to_end(
+            self.settings,
+            self.settings.topics.delivery_log,
+            lambda r: out.append(LOGS.decode(r.value)),
+        )
+        return out
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        return await list_dead_letters(self.settings)
+
+    async def wait_for(self, predicate: Any, within_s: float = 60, what: str = "condition") -> Any:
+        deadline = time.monotonic() + within_s
+        while True:
+            result = await predicate()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                tail = self.router.log_text()[-6000:]
+                raise AssertionError(f"timed out waiting for {what}\n--- router log ---\n{tail}")
+            if not self.router.alive() and self.router.starts:
+                raise AssertionError(f"router exited\n{self.router.log_text()[-6000:]}")
+            await asyncio.sleep(0.3)
+
+    async def router_progress(self) -> tuple[int, int]:
+        """(records the router has committed, records on outbound topics), from offsets only."""
+        admin = kafka.admin(self.settings)
+        await admin.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(
+                self.settings.topics.group("router")
+            )
+            topics = [
+                t
+                for t in await admin.list_topics()
+                if t.startswith(self.settings.topics.outbound_prefix)
+            ]
+        finally:
+            await admin.close()
+        c = kafka.consumer(self.settings, group_id=None)
+        await c.start()
+        try:
+            tps = [
+                TopicPartition(t, p)
+                for t in topics
+                for p in await kafka.partitions(self.settings, t)
+            ]
+            ends = await c.end_offsets(tps) if tps else {}
+        finally:
+            await c.stop()
+        done = sum(m.offset for tp, m in committed.items() if tp in ends and m.offset >= 0)
+        return done, sum(ends.values())
+
+    async def inbox_ids(self, agency: str) -> dict[str, int]:
+        counts: dict[str, int] = defaultdict(int)
+        for header, _ in await self.inbox(agency):
+            counts[str(header.message_id)] += 1
+        return counts
+
+
+@asynccontextmanager
+async def exchange(
+    settings: KafkaSettings,
+    home: Path,
+    *,
+    start_router: bool = True,
+    metrics_port: int | None = None,
+) -> AsyncIterator[Exchange]:
+    await kafka.ensure_topics(settings, settings.topics.core())
+    router = RouterProcess(settings, home, metrics_port)
+    ex = Exchange(settings, home, router)
+    if start_router:
+        router.start()
+    try:
+        yield ex
+    finally:
+        for c in ex.connectors.values():
+            await c.stop()
+        if router.alive():
+            router.terminate()
+
+
+__all__ = ["SHARING", "Exchange", "exchange"]

@@ -1,0 +1,114 @@
+"""Exactly once through crashes: a router killed mid-stream loses and repeats nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+from agencies import SHARING, body_of
+from exchange import exchange
+from test_router import (
+    ALL,
+    CASE,
+    KENT,
+    KENT_POLICE,
+    LANCS,
+    LANCS_POLICE,
+    placement_body,
+)
+
+from broker.settings import KafkaSettings
+
+pytestmark = pytest.mark.kafka
+
+MESSAGES = 10_000
+KILLS = 4
+
+
+async def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    rng = random.Random(20261126)
+    async with exchange(kafka_ns, tmp_path) as ex:
+        for agency in ALL:
+            await ex.agency(agency)
+        await ex.sync_all()
+        await ex.connectors[KENT].send(
+            "PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING
+        )
+        host_force = ex.connectors[LANCS_POLICE]
+
+        async def registered() -> bool:
+            await host_force.sync()
+            return host_force.registry.get(CASE) is not None
+
+        await ex.wait_for(registered, what="placement registered")
+
+        body = body_of("ChildMissingReported")
+        sent: set[str] = set()
+
+        async def produce() -> None:
+            for start in range(0, MESSAGES, 250):
+                batch = [
+                    host_force.prepare(
+                        "ChildMissingReported",
+                        body,
+                        case_ref=CASE,
+                        sharing=SHARING,
+                        urgency="IMMEDIATE",
+                    )
+                    for _ in range(min(250, MESSAGES - start))
+                ]
+                await host_force.publish(batch)
+                sent.update(str(o.header.message_id) for o in batch)
+                await asyncio.sleep(0.02)
+
+        progress_at_kill: list[tuple[int, int]] = []
+
+        async def chaos() -> None:
+            for _ in range(KILLS):
+                # Let the (re)started router get going, then kill it at a random moment.
+                before, _ = await ex.router_progress()
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    done, _ = await ex.router_progress()
+                    if done > before + 50:
+                        break
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(rng.uniform(0.0, 0.8))
+                progress_at_kill.append(await ex.router_progress())
+                ex.router.kill()
+                await asyncio.sleep(rng.uniform(0.1, 1.0))
+                ex.router.start()
+
+        await asyncio.gather(produce(), chaos())
+        assert len(sent) == MESSAGES
+
+        async def drained() -> bool:
+            done, total = await ex.router_progress()
+            return done >= total
+
+        t0 = time.monotonic()
+        await ex.wait_for(drained, within_s=600, what="the router to reach the end of its input")
+        drain_s = time.monotonic() - t0
+
+        dead = await ex.dead_letters()
+        assert dead == [], {d.reason for d in dead}
+        for agency in (KENT, KENT_POLICE, LANCS):
+            ids = await ex.inbox_ids(agency)
+            missing_ids = {i for i in ids if i in sent}
+            assert len(missing_ids) == MESSAGES, f"{agency} lost {MESSAGES - len(missing_ids)}"
+            dupes = {i: n for i, n in ids.items() if n != 1}
+            assert dupes == {}, f"{agency} got duplicates: {len(dupes)}"
+        # The sender and parties not concerned got none of them.
+        for agency in (LANCS_POLICE, *[a for a in ALL if a not in (KENT, KENT_POLICE, LANCS)]):
+            ids = await ex.inbox_ids(agency)
+            assert not (set(ids) & sent), agency
+        # The kills really came mid-stream.
+        assert ex.router.starts == KILLS + 1
+        mid_stream = [0 < done < total for done, total in progress_at_kill]
+        assert all(mid_stream), progress_at_kill
+        print(f"\nprogress at kills: {progress_at_kill}; drained in {drain_s:.1f}s")
