@@ -13,7 +13,7 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "placement_type": "CHILDRENS_HOME",
         "emergency": False,
         "start_date": "2026-03-02",
-        "host_authority": "la-e10000016",
+        "host_authority": "la-e10000017",
         "provider": "cp-sc482913",
         "distant_placement": True,
         "approved_by_role": "Director of Children's Services",

@@ -50,5 +50,9 @@ def configure_logging(*, json: bool | None = None, level: str | None = None) -> 
 
 
 def get_logger(name: str, **context: Any) -> Any:
-    """A structlog logger with ``component`` and any extra context bound."""
-    return structlog.get_logger(name).bind(component=name, **context)
+    """A structlog logger with ``component`` and any extra context bound.
+
+    The logger stays lazy (configuration is read at first use, not at import), so modules can
+    create their loggers at import time and still follow :func:`configure_logging`.
+    """
+    return structlog.get_logger(name, component=name, **context)

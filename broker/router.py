@@ -113,6 +113,10 @@ class RouterState:
         if placement is not None:
             self._pending_cases[placement.case_ref] = placement
 
+    def unstage(self, key: str) -> None:
+        """Forget a tentative decision about ``key`` (before deciding again)."""
+        self._pending_ids.discard(key)
+
     def commit(self) -> None:
         self.routed |= self._pending_ids
         for p in self._pending_cases.values():
@@ -263,7 +267,7 @@ class RouterCore:
             raise _fail("unsealed-or-malformed-body", exc) from exc
 
         message_id = str(header.message_id)
-        if self.state.seen(message_id):
+        if self.state.seen(message_id) or self.state.seen(rec.source):
             log.info("duplicate_ignored", message_id=message_id, source=rec.source)
             return Outcome([], "duplicate", message_id, header.event_type, header.sender)
 
@@ -363,7 +367,9 @@ class RouterCore:
             placement.source_message_id = header.message_id
             outs.append(self._placement_out(placement))
         outs.append(Out(self.topics.routed, message_id.encode(), rec.source.encode()))
+        outs.append(Out(self.topics.routed, rec.source.encode(), message_id.encode()))
         self.state.stage(message_id, placement)
+        self.state.stage(rec.source, None)
         return Outcome(
             outs,
             "routed",
@@ -377,6 +383,8 @@ class RouterCore:
 
     def _dead_letter(self, rec: InRecord, failure: Failure, header: Header | None) -> Outcome:
         message_id = str(header.message_id) if header else None
+        if self.state.seen(rec.source):  # read again after a rebalance: already dead-lettered
+            return Outcome([], "duplicate", message_id)
         headers = [(k, bytes(v)) for k, v in rec.headers]
         headers += error_headers(
             failure, rec.topic, rec.partition, rec.offset, message_id, ROUTER_ID
@@ -399,6 +407,8 @@ class RouterCore:
                 )
             ),
         ]
+        outs.append(Out(self.topics.routed, rec.source.encode(), (message_id or "").encode()))
+        self.state.stage(rec.source, None)
         log.warning(
             "message_rejected",
             message_id=message_id,

@@ -82,6 +82,7 @@ class RouterService:
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self.committed_offsets: dict[TopicPartition, int] = {}
         self.lock = asyncio.Lock()
+        self.assigned: set[TopicPartition] = set()
         self.generation = 0
         self.stop_event = asyncio.Event()
         self.core: RouterCore | None = None
@@ -171,6 +172,7 @@ class RouterService:
             for tp in tps:
                 if tp not in self.producers:
                     await self._new_producer(tp)
+            self.assigned |= set(tps)
             for tp in tps:
                 await self._rewind(tp)
         log.info("partitions_assigned", partitions=[f"{t.topic}/{t.partition}" for t in tps])
@@ -197,14 +199,11 @@ class RouterService:
 
     async def release(self, tps: list[TopicPartition]) -> None:
         # Under the lock: a transaction in progress finishes before its partition is given up.
+        # Producers are kept: if the partition comes back, its producer is reused (and if someone
+        # else owned it meanwhile and fenced it, the first failed transaction replaces it).
         async with self.lock:
             self.generation += 1
-            for tp in tps:
-                producer = self.producers.pop(tp, None)
-                self.committed_offsets.pop(tp, None)
-                if producer is not None:
-                    with contextlib.suppress(Exception):
-                        await producer.stop()
+            self.assigned -= set(tps)
         if tps:
             log.info("partitions_revoked", partitions=[f"{t.topic}/{t.partition}" for t in tps])
 
@@ -235,6 +234,7 @@ class RouterService:
                         and outcome.reason == "bad-signature"
                         and await self._catch_up_directory()
                     ):
+                        self.state.unstage(rec.source)
                         outcome = self.core.process(rec)
                     outcomes.append((outcome, r))
                     for out in outcome.outputs:
@@ -270,7 +270,7 @@ class RouterService:
 
     async def _route_batch(self, tp: TopicPartition, records: list[Any], generation: int) -> None:
         async with self.lock:
-            if generation != self.generation or tp not in self.producers:
+            if generation != self.generation or tp not in self.assigned:
                 # A rebalance came between fetch and now: these records are stale. Partitions
                 # still ours were rewound to their committed offsets and will be read again.
                 return
@@ -332,6 +332,25 @@ class RouterService:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, handle, sig)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: write every asyncio task's await chain to stderr (to chase a hang)."""
+    import sys
+
+    for task in asyncio.all_tasks():
+        lines = [f"--- task {task.get_name()} ---"]
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                lines.append(
+                    f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
+                )
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
 
 
 async def serve(

@@ -136,6 +136,23 @@ class Exchange:
     async def dead_letters(self) -> list[DeadLetter]:
         return await list_dead_letters(self.settings)
 
+    async def uncommitted_count(self, topic: str) -> int:
+        """Records on ``topic`` including those of open or aborted transactions (diagnostics)."""
+        c = kafka.consumer(self.settings, group_id=None, isolation_level="read_uncommitted")
+        await c.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in await kafka.partitions(self.settings, topic)]
+            c.assign(tps)
+            await c.seek_to_beginning(*tps)
+            n = 0
+            while True:
+                batch = await c.getmany(timeout_ms=1000)
+                if not batch:
+                    return n
+                n += sum(len(v) for v in batch.values())
+        finally:
+            await c.stop()
+
     async def wait_for(self, predicate: Any, within_s: float = 60, what: str = "condition") -> Any:
         deadline = time.monotonic() + within_s
         while True:
