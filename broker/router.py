@@ -268,7 +268,7 @@ class RouterCore:
 
         message_id = str(header.message_id)
         if self.state.seen(message_id) or self.state.seen(rec.source):
-            log.info("duplicate_ignored", message_id=message_id, source=rec.source)
+            log.debug("duplicate_ignored", message_id=message_id, source=rec.source)
             return Outcome([], "duplicate", message_id, header.event_type, header.sender)
 
         case = self.state.case(header.case_ref)

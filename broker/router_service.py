@@ -251,13 +251,19 @@ class RouterService:
         self.state.commit()
         self.committed_offsets[tp] = records[-1].offset + 1
         now = time.time()
+        log.info(
+            "batch_committed",
+            partition=f"{tp.topic}/{tp.partition}",
+            records=len(records),
+            next_offset=records[-1].offset + 1,
+        )
         for outcome, r in outcomes:
             MESSAGES.labels(outcome.status).inc()
             if outcome.status == "routed":
                 ROUTED.inc(outcome.recipients)
                 GAPS.inc(outcome.gaps)
                 LATENCY.observe(max(0.0, now - r.timestamp / 1000))
-                log.info(
+                log.debug(
                     "message_routed",
                     message_id=outcome.message_id,
                     event_type=outcome.event_type,
