@@ -89,3 +89,24 @@ class PolicyError(CbxError):
     """A message breaks the sharing policy or the routing rules."""
 
     stage = "policy"
+
+
+class AccessDeniedError(CbxError):
+    """Kafka refused the principal access to a topic, group or transactional id (ACLs)."""
+
+    stage = "access"
+
+    def __init__(self, principal: str, kind: str, name: str) -> None:
+        super().__init__(
+            f"Kafka refused principal User:{principal} access to {kind} {name}: "
+            "not in its ACLs (see cbx agency show)"
+        )
+        self.principal = principal
+        self.kind = kind
+        self.name = name
+
+
+class AuthenticationFailedError(CbxError):
+    """Kafka did not accept the client's credentials."""
+
+    stage = "access"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from broker.errors import KafkaUnavailableError
+from broker.errors import (
+    AccessDeniedError,
+    AuthenticationFailedError,
+    CbxError,
+    KafkaUnavailableError,
+)
 from broker.settings import KafkaSettings
 
 
@@ -152,3 +157,75 @@ async def read_to_end(
                     count += 1
     finally:
         await c.stop()
+
+
+def _principal(settings: KafkaSettings) -> str:
+    return settings.sasl_username or "ANONYMOUS"
+
+
+def explain(exc: BaseException, settings: KafkaSettings) -> CbxError | None:
+    """A cbx error naming the principal and the resource for Kafka's authorization errors."""
+    from aiokafka import errors as ke
+
+    name = str(exc).rsplit(": ", 1)[-1] if ": " in str(exc) else str(exc)
+    if isinstance(exc, ke.TopicAuthorizationFailedError):
+        return AccessDeniedError(_principal(settings), "topic", name)
+    if isinstance(exc, ke.GroupAuthorizationFailedError):
+        return AccessDeniedError(_principal(settings), "consumer group", name)
+    if isinstance(exc, ke.TransactionalIdAuthorizationFailed):
+        return AccessDeniedError(_principal(settings), "transactional id", name)
+    if isinstance(exc, ke.ClusterAuthorizationFailedError):
+        return AccessDeniedError(_principal(settings), "cluster", "operation")
+    return None
+
+
+async def diagnose_connection(settings: KafkaSettings) -> CbxError:
+    """Why a client could not bootstrap: bad credentials, or the cluster is unreachable."""
+    from aiokafka import errors as ke
+    from aiokafka.conn import create_conn
+
+    host, port = settings.bootstrap_servers.split(",")[0].rsplit(":", 1)
+    kwargs = settings.aiokafka_kwargs()
+    try:
+        conn = await create_conn(
+            host,
+            int(port),
+            security_protocol=settings.security_protocol,
+            sasl_mechanism=kwargs.get("sasl_mechanism", "PLAIN"),
+            sasl_plain_username=kwargs.get("sasl_plain_username"),
+            sasl_plain_password=kwargs.get("sasl_plain_password"),
+            ssl_context=kwargs.get("ssl_context"),
+            request_timeout_ms=5000,
+        )
+        conn.close()
+    except ke.SaslAuthenticationFailed:
+        return AuthenticationFailedError(
+            f"authentication failed for principal {_principal(settings)} at "
+            f"{settings.bootstrap_servers}: wrong or unknown credentials"
+        )
+    except (OSError, ke.KafkaError) as exc:
+        return KafkaUnavailableError(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {type(exc).__name__}"
+        )
+    if not settings.security_protocol.startswith("SASL"):
+        return AuthenticationFailedError(
+            f"authentication failed at {settings.bootstrap_servers}: the cluster closed an "
+            "unauthenticated connection (set CBX_SECURITY_PROTOCOL and CBX_SASL_* credentials)"
+        )
+    return KafkaUnavailableError(f"Kafka at {settings.bootstrap_servers} did not answer")
+
+
+@contextlib.asynccontextmanager
+async def access(settings: KafkaSettings) -> AsyncIterator[None]:
+    """Turn Kafka's authentication and authorization failures into clear cbx errors."""
+    from aiokafka import errors as ke
+
+    try:
+        yield
+    except ke.KafkaConnectionError as exc:
+        raise await diagnose_connection(settings) from exc
+    except ke.KafkaError as exc:
+        mapped = explain(exc, settings)
+        if mapped is None:
+            raise
+        raise mapped from exc

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -53,15 +54,39 @@ class BrokerState:
     started_at: float
 
     def settings(self) -> KafkaSettings:
-        """Client settings for this broker."""
+        """Client settings for this broker, as its administrator (super user)."""
         return KafkaSettings(
             bootstrap_servers=self.bootstrap,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism=MECHANISM,
+            sasl_username=ADMIN,
+            sasl_password=admin_password(Path(self.data_dir)),
             topic_prefix=os.environ.get("CBX_TOPIC_PREFIX") or "cbx",
         )
 
     @property
     def log_file(self) -> Path:
         return Path(self.data_dir) / "server.log"
+
+
+def admin_password(data: Path) -> str:
+    """The embedded broker's admin password (created with its storage, kept 0600 beside it)."""
+    try:
+        return str(json.loads((data / "admin-credentials.json").read_text())["password"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise EmbeddedKafkaError(
+            f"the embedded broker's admin credentials are missing from {data}: "
+            "run `cbx kafka stop --purge` and start afresh"
+        ) from exc
+
+
+def _write_admin_password(data: Path) -> str:
+    password = secrets.token_urlsafe(24)
+    path = data / "admin-credentials.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"username": ADMIN, "password": password}, fh)
+    return password
 
 
 def kafka_dir() -> Path:
@@ -196,16 +221,37 @@ def _kafka_cluster_id() -> str:
             return text
 
 
-def _server_properties(data: Path, broker_port: int, controller_port: int) -> str:
+ADMIN = "admin"
+MECHANISM = "SCRAM-SHA-512"
+
+
+def _server_properties(
+    data: Path, broker_port: int, controller_port: int, admin_password: str
+) -> str:
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{ADMIN}" password="{admin_password}";'
+    )
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker_port}",
+        "listeners": (
+            f"SASL_PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}"
+        ),
+        "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{broker_port}",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+        # Clients authenticate with SCRAM-SHA-512; every topic, group and transactional id
+        # needs an ACL. The admin super user administers; the loopback-only controller listener
+        # (ANONYMOUS) is the broker talking to its own controller.
+        "sasl.enabled.mechanisms": MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": MECHANISM,
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": jaas,
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{ADMIN};User:ANONYMOUS",
+        "allow.everyone.if.no.acl.found": "false",
         "log.dirs": str(data / "kraft-logs"),
         "num.partitions": "1",
         "default.replication.factor": "1",
@@ -295,7 +341,9 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
         broker_port, controller_port = _free_port(), _free_port()
         while controller_port == broker_port:
             controller_port = _free_port()
-        props_file.write_text(_server_properties(data, broker_port, controller_port))
+        password = _write_admin_password(data)
+        props_file.write_text(_server_properties(data, broker_port, controller_port, password))
+        os.chmod(props_file, 0o600)
         ports_file.write_text(json.dumps({"broker": broker_port, "controller": controller_port}))
         fmt = subprocess.run(
             _java_cmd(
@@ -309,6 +357,8 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
                 _kafka_cluster_id(),
                 "--config",
                 str(props_file),
+                "--add-scram",
+                f"{MECHANISM}=[name={ADMIN},password={password}]",
             ),
             capture_output=True,
             text=True,

@@ -121,8 +121,9 @@ class RouterService:
         )
 
     async def start(self) -> None:
-        await kafka.ensure_topics(self.settings, self.settings.topics.core())
-        keys = await ensure_identity(self.settings, ROUTER_ID, "cbx router", "SERVICE")
+        keys = await ensure_identity(
+            self.settings, ROUTER_ID, "cbx router", "SERVICE", publish=False
+        )
         await self._load_state()
         sealer = Sealer(keys, self.directory, SharingPolicy.load(), self.forms)
         self.core = RouterCore(

@@ -73,6 +73,24 @@ class KafkaSettings:
             topic_prefix=env.get("CBX_TOPIC_PREFIX") or "cbx",
         )
 
+    def to_env(self) -> dict[str, str]:
+        """The ``CBX_*`` environment that selects this cluster, principal and namespace."""
+        env = {
+            "CBX_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "CBX_SECURITY_PROTOCOL": self.security_protocol,
+            "CBX_TOPIC_PREFIX": self.topic_prefix,
+        }
+        optional = {
+            "CBX_SASL_MECHANISM": self.sasl_mechanism,
+            "CBX_SASL_USERNAME": self.sasl_username,
+            "CBX_SASL_PASSWORD": self.sasl_password,
+            "CBX_SSL_CAFILE": self.ssl_cafile,
+            "CBX_SSL_CERTFILE": self.ssl_certfile,
+            "CBX_SSL_KEYFILE": self.ssl_keyfile,
+        }
+        env.update({k: v for k, v in optional.items() if v})
+        return env
+
     @property
     def topics(self) -> Topics:
         """Topic names of this deployment's namespace."""

@@ -94,8 +94,12 @@ class Topics:
         return topic.removeprefix(self.outbound_prefix)
 
     def group(self, name: str) -> str:
-        """A consumer group or transactional id in this namespace."""
+        """A service's consumer group or transactional id in this namespace."""
         return f"{self.prefix}-{name}"
+
+    def agency_group(self, agency: str, name: str) -> str:
+        """An agency's consumer group or transactional id (its ACLs allow the prefix)."""
+        return f"{self.prefix}-{check_agency_id(agency)}.{name}"
 
     def core(self, partitions: int = 3) -> list[TopicSpec]:
         """The shared topics every deployment has."""

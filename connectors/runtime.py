@@ -102,21 +102,20 @@ class Connector:
     # --- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        await kafka.ensure_topics(
-            self.settings, [*self.topics.core(), *self.topics.agency(self.agency)]
-        )
-        self._followers = [
-            TopicFollower(
-                self.settings,
-                self.topics.directory,
-                lambda r: apply(self.directory, self._dcodec, r),
-            ),
-            TopicFollower(self.settings, self.topics.placements, self._apply_placement),
-        ]
-        for f in self._followers:
-            await f.start()
-        self._producer = kafka.producer(self.settings, client_id=f"cbx-connector-{self.agency}")
-        await self._producer.start()
+        # Topics and ACLs come from provisioning (cbx agency add); a connector creates nothing.
+        async with kafka.access(self.settings):
+            self._followers = [
+                TopicFollower(
+                    self.settings,
+                    self.topics.directory,
+                    lambda r: apply(self.directory, self._dcodec, r),
+                ),
+                TopicFollower(self.settings, self.topics.placements, self._apply_placement),
+            ]
+            for f in self._followers:
+                await f.start()
+            self._producer = kafka.producer(self.settings, client_id=f"cbx-connector-{self.agency}")
+            await self._producer.start()
 
     async def stop(self) -> None:
         if self._inbox_task is not None:
@@ -224,6 +223,10 @@ class Connector:
         """Sign a batch with one signature and publish it (idempotent producer, acks=all)."""
         self.protector.sign(batch)
         topic = self.topics.outbound(self.agency)
+        async with kafka.access(self.settings):
+            return await self._send(topic, batch)
+
+    async def _send(self, topic: str, batch: list[Outgoing]) -> list[Outgoing]:
         futures = [
             await self._producer.send(topic, o.value, key=o.key, headers=o.headers) for o in batch
         ]
@@ -304,22 +307,26 @@ class Connector:
         consumer = kafka.consumer(
             self.settings,
             self.topics.inbox(self.agency),
-            group_id=group or self.topics.group(f"connector-{self.agency}"),
+            group_id=group or self.topics.agency_group(self.agency, "inbox"),
         )
         self._inbox_consumer = consumer
-        await consumer.start()
         try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=200, max_records=500)
-                for records in batch.values():
-                    for r in records:
-                        await self.handle(r, sink)
-                if batch:
-                    await consumer.commit()
+            async with kafka.access(self.settings):
+                await consumer.start()
+                await self._inbox_loop(consumer, sink)
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
             self._inbox_consumer = None
+
+    async def _inbox_loop(self, consumer: Any, sink: Sink | None) -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=500)
+            for records in batch.values():
+                for r in records:
+                    await self.handle(r, sink)
+            if batch:
+                await consumer.commit()
 
     def start_inbox(self, sink: Sink | None = None) -> None:
         self._inbox_task = asyncio.create_task(self.run_inbox(sink), name=f"inbox {self.agency}")

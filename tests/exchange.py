@@ -22,7 +22,7 @@ from typing import Any
 from agencies import SHARING
 from aiokafka import TopicPartition
 
-from broker import kafka
+from broker import kafka, principals, provision
 from broker.catalogue import Catalogue
 from broker.crypto.keys import AgencyKeys
 from broker.deadletter import DeadLetter, list_dead_letters
@@ -52,10 +52,10 @@ class RouterProcess:
         self.starts = 0
 
     def start(self) -> None:
+        router = principals.settings_for(self.settings, principals.ROUTER)
         env = {
             **os.environ,
-            "CBX_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
-            "CBX_TOPIC_PREFIX": self.settings.topic_prefix,
+            **router.to_env(),
             "CBX_HOME": str(self.home),
             "CBX_LOG_FORMAT": "json",
         }
@@ -95,8 +95,10 @@ class Exchange:
     async def agency(
         self, agency: str, *, publish_keys: bool = True, inbox: bool = False, sink: Any = None
     ) -> Connector:
+        """Provision an agency (principal, topics, ACLs) and start its connector as itself."""
+        await provision.add_agency(self.settings, agency)
         keys = AgencyKeys.new(agency)
-        conn = Connector(self.settings, keys)
+        conn = Connector(principals.settings_for(self.settings, agency), keys)
         await conn.start()
         if publish_keys:
             await self.publish_keys(conn)
@@ -210,7 +212,9 @@ async def exchange(
     start_router: bool = True,
     metrics_port: int | None = None,
 ) -> AsyncIterator[Exchange]:
-    await kafka.ensure_topics(settings, settings.topics.core())
+    saved = os.environ.get("CBX_HOME")
+    os.environ["CBX_HOME"] = str(home)  # credentials and keystores of this exchange
+    await provision.setup(settings)
     router = RouterProcess(settings, home, metrics_port)
     ex = Exchange(settings, home, router)
     if start_router:
@@ -222,6 +226,10 @@ async def exchange(
             await c.stop()
         if router.alive():
             router.terminate()
+        if saved is None:
+            os.environ.pop("CBX_HOME", None)
+        else:
+            os.environ["CBX_HOME"] = saved
 
 
 __all__ = ["SHARING", "Exchange", "exchange"]

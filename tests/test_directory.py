@@ -29,7 +29,7 @@ def _cbx(
     full = {
         **os.environ,
         "CBX_HOME": str(home),
-        "CBX_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        **settings.to_env(),
         **env,
     }
     return subprocess.run(

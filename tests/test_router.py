@@ -212,8 +212,7 @@ async def test_a_message_published_twice_is_routed_once(
 def _cbx(settings: KafkaSettings, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
-        "CBX_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "CBX_TOPIC_PREFIX": settings.topic_prefix,
+        **settings.to_env(),
         "CBX_HOME": str(home),
     }
     return subprocess.run(

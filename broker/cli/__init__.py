@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import typer
 
-from broker.cli import deadletter_cmd, demo_cmd, kafka_cmd, keys_cmd, router_cmd, schemas_cmd
+from broker.cli import (
+    agency_cmd,
+    deadletter_cmd,
+    demo_cmd,
+    kafka_cmd,
+    keys_cmd,
+    router_cmd,
+    schemas_cmd,
+)
 from broker.logging import configure_logging
 
 app = typer.Typer(
@@ -25,6 +33,8 @@ app.add_typer(schemas_cmd.app, name="schemas")
 app.add_typer(keys_cmd.keys_app, name="keys")
 app.add_typer(keys_cmd.directory_app, name="directory")
 app.add_typer(deadletter_cmd.app, name="deadletter")
+app.add_typer(agency_cmd.app, name="agency")
+app.command("setup")(agency_cmd.setup)
 app.command("demo")(demo_cmd.demo)
 app.command("router")(router_cmd.router)
 

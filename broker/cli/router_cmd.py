@@ -7,8 +7,23 @@ from typing import Annotated
 
 import typer
 
+from broker import principals
 from broker.cli.output import fail
 from broker.errors import CbxError
+from broker.settings import KafkaSettings
+
+
+def service_settings(principal: str) -> KafkaSettings:
+    """Settings for a service: its own principal (set up on first use on the embedded broker)."""
+    from broker.provision import ensure_service
+    from broker.settings import resolve_settings
+
+    external = KafkaSettings.from_env()
+    if external is not None:
+        return external
+    admin = resolve_settings()
+    asyncio.run(ensure_service(admin, principal))
+    return principals.settings_for(admin, principal)
 
 
 def router(
@@ -21,10 +36,9 @@ def router(
 ) -> None:
     """Route every agency's outbound messages to their recipients' inboxes, exactly once."""
     from broker.router_service import serve
-    from broker.settings import resolve_settings
 
     try:
-        settings = resolve_settings()
+        settings = service_settings(principals.ROUTER)
         asyncio.run(serve(settings, metrics_port, group))
     except CbxError as exc:
         fail(str(exc))
