@@ -38,6 +38,7 @@ test: kafka-jars lint typecheck schemas-check
 bench: kafka-jars
 	$(BIN)/python -m benchmarks.bench_codec
 	$(BIN)/python -m benchmarks.bench_protection
+	$(BIN)/python -m benchmarks.bench_router
 
 format: setup
 	$(BIN)/ruff format .

@@ -154,6 +154,7 @@ async def baseline(settings: KafkaSettings, topic: str, total: int) -> float:
 
 async def run(n: int) -> dict[str, Any]:
     external = KafkaSettings.from_env()
+    started_here = external is None and local_kafka.status() is None
     settings = external or local_kafka.start().settings()
     settings = settings.with_prefix(f"bench{uuid.uuid4().hex[:6]}")
     await kafka.ensure_topics(settings, settings.topics.core())
@@ -171,6 +172,8 @@ async def run(n: int) -> dict[str, Any]:
     finally:
         service.stop_event.set()
         await task
+        if started_here:
+            local_kafka.stop()
     return {
         "benchmark": "router",
         "messages": n,
