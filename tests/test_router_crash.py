@@ -68,17 +68,19 @@ async def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
 
         progress_at_kill: list[tuple[int, int]] = []
 
+        # Kill points: a random fraction of the stream in each of four bands, so every kill
+        # lands while messages are in flight, at a point nobody chose.
+        bands = [(0.10, 0.25), (0.30, 0.45), (0.50, 0.65), (0.70, 0.85)][:KILLS]
+        kill_at = [int(MESSAGES * rng.uniform(lo, hi)) for lo, hi in bands]
+
         async def chaos() -> None:
-            for _ in range(KILLS):
-                # Let the (re)started router get going, then kill it at a random moment.
-                before, _ = await ex.router_progress()
-                deadline = time.monotonic() + 60
+            for target in kill_at:
+                deadline = time.monotonic() + 120
                 while time.monotonic() < deadline:
                     done, _ = await ex.router_progress()
-                    if done > before + 50:
+                    if done >= target:
                         break
-                    await asyncio.sleep(0.2)
-                await asyncio.sleep(rng.uniform(0.0, 0.8))
+                    await asyncio.sleep(0.05)
                 progress_at_kill.append(await ex.router_progress())
                 ex.router.kill()
                 await asyncio.sleep(rng.uniform(0.1, 1.0))
