@@ -145,6 +145,19 @@ def _wait(futures: dict[Any, Any], what: str) -> None:
             raise AccessError(f"{what} failed for {key}: {err.str()}") from exc
 
 
+def _everything_of(principal: str) -> AclBindingFilter:
+    """A filter matching every ACL of ``principal``."""
+    return AclBindingFilter(
+        ResourceType.ANY,
+        None,
+        ResourcePatternType.ANY,
+        f"User:{principal}",
+        None,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+
+
 class AccessControl:
     """Principals and ACLs on one cluster, administered as its super user."""
 
@@ -172,29 +185,11 @@ class AccessControl:
         _wait(self.admin.create_acls([g.binding(principal) for g in entries]), "creating ACLs")
 
     def revoke_all(self, principal: str) -> None:
-        flt = AclBindingFilter(
-            ResourceType.ANY,
-            None,
-            ResourcePatternType.ANY,
-            f"User:{principal}",
-            None,
-            AclOperation.ANY,
-            AclPermissionType.ANY,
-        )
-        _wait(self.admin.delete_acls([flt]), "deleting ACLs")
+        _wait(self.admin.delete_acls([_everything_of(principal)]), "deleting ACLs")
 
     def describe(self, principal: str) -> list[Grant]:
-        flt = AclBindingFilter(
-            ResourceType.ANY,
-            None,
-            ResourcePatternType.ANY,
-            f"User:{principal}",
-            None,
-            AclOperation.ANY,
-            AclPermissionType.ANY,
-        )
         try:
-            found = self.admin.describe_acls(flt).result(timeout=30)
+            found = self.admin.describe_acls(_everything_of(principal)).result(timeout=30)
         except KafkaException as exc:
             raise AccessError(f"describing ACLs of {principal}: {exc.args[0].str()}") from exc
         names = {v: k for k, v in _RESOURCES.items()}

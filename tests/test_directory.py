@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agencies import CATALOGUE, FORMS, MISSING_RECIPIENTS, POLICY, body_of, header
+from cli import cbx
 
 from broker import directory
 from broker.crypto import keys as keystore
@@ -23,22 +23,8 @@ from broker.settings import KafkaSettings
 pytestmark = pytest.mark.kafka
 
 
-def _cbx(
-    home: Path, settings: KafkaSettings, *args: str, **env: str
-) -> subprocess.CompletedProcess[str]:
-    full = {
-        **os.environ,
-        "CBX_HOME": str(home),
-        **settings.to_env(),
-        **env,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "broker.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full,
-        timeout=120,
-    )
+def _cbx(home: Path, settings: KafkaSettings, *args: str, **env: str) -> Any:
+    return cbx(settings, home, *args, **env)
 
 
 async def test_keys_new_publish_and_messages_between_agencies(

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 from agencies import SHARING, body_of
+from cli import cbx
 from exchange import Exchange, exchange
 
 from broker import codec
@@ -209,19 +207,8 @@ async def test_a_message_published_twice_is_routed_once(
         assert ids[str(out.header.message_id)] == 1
 
 
-def _cbx(settings: KafkaSettings, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        **settings.to_env(),
-        "CBX_HOME": str(home),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "broker.cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+def _cbx(settings: KafkaSettings, home: Path, *args: str) -> Any:
+    return cbx(settings, home, *args)
 
 
 async def test_every_dead_letter_reason_and_replay_after_fix(
