@@ -29,6 +29,7 @@ from pathlib import Path
 
 from broker.errors import EmbeddedKafkaError, JavaNotFoundError
 from broker.settings import KafkaSettings, cbx_cache, cbx_home
+from broker.tls import ensure_dev_pki
 
 KAFKA_VERSION = "4.1.1"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -52,12 +53,18 @@ class BrokerState:
     data_dir: str
     version: str
     started_at: float
+    tls_bootstrap: str = ""
+    ca_file: str = ""
 
-    def settings(self) -> KafkaSettings:
-        """Client settings for this broker, as its administrator (super user)."""
+    def settings(self, tls: bool = False) -> KafkaSettings:
+        """Client settings for this broker, as its administrator (super user).
+
+        With ``tls`` the SASL_SSL listener, verified against the development CA.
+        """
         return KafkaSettings(
-            bootstrap_servers=self.bootstrap,
-            security_protocol="SASL_PLAINTEXT",
+            bootstrap_servers=self.tls_bootstrap if tls else self.bootstrap,
+            security_protocol="SASL_SSL" if tls else "SASL_PLAINTEXT",
+            ssl_cafile=self.ca_file if tls else None,
             sasl_mechanism=MECHANISM,
             sasl_username=ADMIN,
             sasl_password=admin_password(Path(self.data_dir)),
@@ -226,8 +233,9 @@ MECHANISM = "SCRAM-SHA-512"
 
 
 def _server_properties(
-    data: Path, broker_port: int, controller_port: int, admin_password: str
+    data: Path, broker_port: int, controller_port: int, tls_port: int, admin_password: str
 ) -> str:
+    pki = ensure_dev_pki(data / "tls")
     jaas = (
         "org.apache.kafka.common.security.scram.ScramLoginModule required "
         f'username="{ADMIN}" password="{admin_password}";'
@@ -237,12 +245,22 @@ def _server_properties(
         "node.id": "1",
         "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
         "listeners": (
-            f"SASL_PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}"
+            f"SASL_PLAINTEXT://127.0.0.1:{broker_port},SASL_SSL://127.0.0.1:{tls_port},"
+            f"CONTROLLER://127.0.0.1:{controller_port}"
         ),
-        "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{broker_port}",
+        "advertised.listeners": (
+            f"SASL_PLAINTEXT://127.0.0.1:{broker_port},SASL_SSL://127.0.0.1:{tls_port}"
+        ),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "SASL_PLAINTEXT",
-        "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": (
+            "SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT"
+        ),
+        # TLS for clients that want it (what production uses), with a development CA.
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(pki.keystore_file),
+        "ssl.client.auth": "none",
         # Clients authenticate with SCRAM-SHA-512; every topic, group and transactional id
         # needs an ACL. The admin super user administers; the loopback-only controller listener
         # (ANONYMOUS) is the broker talking to its own controller.
@@ -330,7 +348,8 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
     if formatted and ports_file.exists():
         ports = json.loads(ports_file.read_text())
         broker_port, controller_port = int(ports["broker"]), int(ports["controller"])
-        busy = [p for p in (broker_port, controller_port) if not _port_free(p)]
+        tls_port = int(ports["tls"])
+        busy = [p for p in (broker_port, controller_port, tls_port) if not _port_free(p)]
         if busy:
             raise EmbeddedKafkaError(
                 f"ports {busy} of the existing embedded broker data are taken by another process; "
@@ -338,13 +357,18 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
             )
     else:
         shutil.rmtree(data / "kraft-logs", ignore_errors=True)
-        broker_port, controller_port = _free_port(), _free_port()
-        while controller_port == broker_port:
-            controller_port = _free_port()
+        ports_taken: set[int] = set()
+        while len(ports_taken) < 3:
+            ports_taken.add(_free_port())
+        broker_port, controller_port, tls_port = sorted(ports_taken)
         password = _write_admin_password(data)
-        props_file.write_text(_server_properties(data, broker_port, controller_port, password))
+        props_file.write_text(
+            _server_properties(data, broker_port, controller_port, tls_port, password)
+        )
         os.chmod(props_file, 0o600)
-        ports_file.write_text(json.dumps({"broker": broker_port, "controller": controller_port}))
+        ports_file.write_text(
+            json.dumps({"broker": broker_port, "controller": controller_port, "tls": tls_port})
+        )
         fmt = subprocess.run(
             _java_cmd(
                 java,
@@ -389,6 +413,8 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
         data_dir=str(data),
         version=version,
         started_at=time.time(),
+        tls_bootstrap=f"127.0.0.1:{tls_port}",
+        ca_file=str(data / "tls" / "ca.pem"),
     )
     deadline = time.monotonic() + _STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:

@@ -19,6 +19,8 @@ from broker import local_kafka
 from broker.errors import EmbeddedKafkaError
 from broker.settings import KafkaSettings
 
+EMBEDDED: list[local_kafka.BrokerState] = []
+
 
 def _testcontainers_kafka() -> Iterator[KafkaSettings]:
     from testcontainers.kafka import KafkaContainer
@@ -50,9 +52,11 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSe
             sys.stderr.write(log.read_text(errors="replace")[-20000:])
         mp.undo()
         raise
+    EMBEDDED.append(state)
     try:
         yield state.settings()
     finally:
+        EMBEDDED.clear()
         local_kafka.stop(purge=True)
         mp.undo()
 
@@ -63,6 +67,14 @@ def topic_name(request: pytest.FixtureRequest) -> str:
     return f"test.{request.node.name[:40]}.{uuid.uuid4().hex[:8]}".replace("[", ".").replace(
         "]", ""
     )
+
+
+@pytest.fixture
+def kafka_tls(kafka_settings: KafkaSettings) -> KafkaSettings:
+    """The session broker's SASL_SSL listener (embedded broker with its development CA)."""
+    if not EMBEDDED:
+        pytest.skip("TLS listener checks need the embedded broker (its development CA)")
+    return EMBEDDED[0].settings(tls=True).with_prefix(f"t{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture

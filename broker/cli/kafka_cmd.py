@@ -56,6 +56,8 @@ def status(json_out: JsonOpt = False) -> None:
                     "pid": state.pid,
                     "version": state.version,
                     "data_dir": state.data_dir,
+                    "tls_bootstrap": state.tls_bootstrap,
+                    "ca_file": state.ca_file,
                 }
             )
     elif state is None:
