@@ -385,11 +385,42 @@ def _cse() -> dict[str, Any]:
     }
 
 
-async def test_sigterm_stops_the_router_cleanly(kafka_ns: KafkaSettings, tmp_path: Path) -> None:
-    async with exchange(kafka_ns, tmp_path) as ex:
+async def test_metrics_and_sigterm(kafka_ns: KafkaSettings, tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    from broker import kafka
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with exchange(kafka_ns, tmp_path, metrics_port=port) as ex:
         await ex.agency(KENT)
-        await asyncio.sleep(3)
-        assert ex.router.alive()
+        producer = kafka.producer(kafka_ns)
+        await producer.start()
+        await producer.send_and_wait(kafka_ns.topics.outbound(KENT), b"junk", key=b"x")
+        await producer.stop()
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                return str(r.read().decode())
+
+        async def counted() -> str | None:
+            try:
+                text = await asyncio.to_thread(scrape)
+            except OSError:
+                return None
+            line = 'cbx_router_dead_letters_total{reason="malformed"} 1.0'
+            return text if line in text else None
+
+        text = await ex.wait_for(counted, what="metrics with one dead letter")
+        for name in (
+            "cbx_router_messages_total",
+            "cbx_router_routed_total",
+            "cbx_router_route_gaps_total",
+            "cbx_router_latency_seconds_bucket",
+        ):
+            assert name in text
         code = ex.router.terminate(timeout=30)
         assert code == 0, ex.router.log_text()[-3000:]
         assert "router_stopped" in ex.router.log_text()
