@@ -346,15 +346,28 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
     formatted = (data / "kraft-logs" / "meta.properties").exists()
 
     if formatted and ports_file.exists():
+        if not (data / "admin-credentials.json").exists():
+            raise EmbeddedKafkaError(
+                "the embedded broker's data was created by an older cbx without authentication; "
+                "run `cbx kafka stop --purge` to start afresh"
+            )
         ports = json.loads(ports_file.read_text())
         broker_port, controller_port = int(ports["broker"]), int(ports["controller"])
-        tls_port = int(ports["tls"])
+        # Broker listeners may move between starts (only the controller's is in the metadata).
+        tls_port = int(ports.get("tls") or _free_port())
         busy = [p for p in (broker_port, controller_port, tls_port) if not _port_free(p)]
         if busy:
             raise EmbeddedKafkaError(
                 f"ports {busy} of the existing embedded broker data are taken by another process; "
                 "free them or run `cbx kafka stop --purge` to start afresh"
             )
+        # The configuration is always written afresh, so a newer cbx's settings take effect.
+        props_file.write_text(
+            _server_properties(data, broker_port, controller_port, tls_port, admin_password(data))
+        )
+        ports_file.write_text(
+            json.dumps({"broker": broker_port, "controller": controller_port, "tls": tls_port})
+        )
     else:
         shutil.rmtree(data / "kraft-logs", ignore_errors=True)
         ports_taken: set[int] = set()
