@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from functools import cache
 from pathlib import Path
@@ -26,7 +27,9 @@ def parse_duration(text: str) -> dt.timedelta:
 
 @cache
 def ack_windows(path: Path | None = None) -> dict[str, dt.timedelta | None]:
-    path = path or schemas_dir() / "policy" / "deadlines.yaml"
+    """Windows by urgency, from ``CBX_DEADLINES`` (a file) or the shipped policy."""
+    env = os.environ.get("CBX_DEADLINES")
+    path = path or (Path(env) if env else schemas_dir() / "policy" / "deadlines.yaml")
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:

@@ -35,6 +35,13 @@ from broker.schema_store import SchemaStore
 from broker.settings import KafkaSettings
 
 log = get_logger("connector")
+RECEIPT_SHARING = SharingDecision(
+    purpose="record that a safeguarding notification was received and acted on",
+    lawful_basis=("UK_GDPR_6_1_E_PUBLIC_TASK",),
+    consent="NOT_SOUGHT",
+    consent_not_sought_reason="no personal data: delivery metadata only",
+    decision_maker_role="cbx connector",
+)
 
 
 @dataclass
@@ -98,6 +105,7 @@ class Connector:
         self._producer: Any = None
         self._inbox_task: asyncio.Task[None] | None = None
         self._inbox_consumer: Any = None
+        self._delivered: dict[str, Header] = {}
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -279,6 +287,51 @@ class Connector:
         )
         return out
 
+    async def receipt(self, subject: Header, status: str, reason: str | None = None) -> Outgoing:
+        """Tell the sender (and the tracker) what became of a message this agency received."""
+        now = dt.datetime.now(dt.UTC)
+        my_role = next(
+            (r.role for r in subject.recipients if r.agency == self.agency), subject.sender_role
+        )
+        header = Header(
+            message_id=uuid.uuid4(),
+            event_type="Receipt",
+            sender=self.agency,
+            sender_role=my_role,
+            recipients=(Recipient(subject.sender, subject.sender_role),),
+            case_ref=subject.case_ref,
+            urgency=subject.urgency,
+            occurred_at=now,
+            recorded_at=now,
+            schema_fingerprint=self.forms.latest["Receipt"].plain.fingerprint,
+            sharing=RECEIPT_SHARING,
+            related_message_id=subject.message_id,
+        )
+        body = {
+            "subject_message_id": str(subject.message_id),
+            "status": status,
+            "at": now,
+            "recipient": self.agency,
+            "reason": reason,
+        }
+        out = self.protector.seal(header, body)
+        self.protector.sign([out])
+        async with kafka.access(self.settings):
+            await self._producer.send_and_wait(
+                self.topics.receipts,
+                out.value,
+                key=str(subject.message_id).encode(),
+                headers=out.headers,
+            )
+        return out
+
+    async def acknowledge(self, message_id: str | uuid.UUID) -> Outgoing:
+        """The agency's system confirms it has seen and acted on a message."""
+        subject = self._delivered.get(str(message_id))
+        if subject is None:
+            raise PolicyError(f"message {message_id} was not delivered to {self.agency}")
+        return await self.receipt(subject, "ACKNOWLEDGED")
+
     async def handle(self, record: Any, sink: Sink | None) -> None:
         """Verify, open and dispatch one inbox record."""
         try:
@@ -298,9 +351,25 @@ class Connector:
                 return
             await self.repair(body)
             return
-        self.stats.delivered += 1
         if sink is not None:
-            await sink(Delivered(header, body, record.topic, record.partition, record.offset))
+            try:
+                await sink(Delivered(header, body, record.topic, record.partition, record.offset))
+            except Exception as exc:  # the agency's system refused it: say so, keep going
+                self.stats.rejected += 1
+                log.warning(
+                    "delivery_failed",
+                    message_id=str(header.message_id),
+                    error_class=type(exc).__name__,
+                )
+                await self.receipt(
+                    header, "REJECTED", f"agency system refused it ({type(exc).__name__})"
+                )
+                return
+        self.stats.delivered += 1
+        self._delivered[str(header.message_id)] = header
+        if len(self._delivered) > 100_000:
+            self._delivered.pop(next(iter(self._delivered)))
+        await self.receipt(header, "DELIVERED")
 
     async def run_inbox(self, sink: Sink | None = None, group: str | None = None) -> None:
         """Consume the inbox until cancelled (committing after each handled batch)."""

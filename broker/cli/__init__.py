@@ -7,6 +7,7 @@ import typer
 from broker.cli import (
     agency_cmd,
     deadletter_cmd,
+    deliveries_cmd,
     demo_cmd,
     kafka_cmd,
     keys_cmd,
@@ -35,6 +36,9 @@ app.add_typer(keys_cmd.directory_app, name="directory")
 app.add_typer(deadletter_cmd.app, name="deadletter")
 app.add_typer(agency_cmd.app, name="agency")
 app.command("setup")(agency_cmd.setup)
+app.command("tracker")(deliveries_cmd.tracker)
+app.command("deliveries")(deliveries_cmd.deliveries)
+app.command("trace")(deliveries_cmd.trace)
 app.command("demo")(demo_cmd.demo)
 app.command("router")(router_cmd.router)
 

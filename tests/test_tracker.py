@@ -1,0 +1,122 @@
+"""Receipts, acknowledgement deadlines and the operator's view, on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agencies import SHARING, body_of
+from cli import cbx
+from exchange import exchange
+from test_router import ALL, CASE, KENT, KENT_POLICE, LANCS, LANCS_POLICE, placement_body
+
+from broker import principals
+from broker.delivery_log import Status
+from broker.settings import KafkaSettings
+from broker.tracker import TrackerService
+from connectors.runtime import Delivered
+
+pytestmark = pytest.mark.kafka
+
+SECRETS = [
+    "Whitcombe",
+    "Larch House",
+    "grey hoodie",
+    "bus station, Elwick Road",
+    "older males",
+    "phone call",
+    "9434765919",
+]
+
+
+async def test_receipts_acknowledgement_and_escalation(
+    kafka_ns: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deadlines = tmp_path / "deadlines.yaml"
+    deadlines.write_text(
+        "acknowledge_within:\n  IMMEDIATE: 3s\n  URGENT: 1h\n  PRIORITY: 8h\n  ROUTINE: null\n"
+    )
+    monkeypatch.setenv("CBX_DEADLINES", str(deadlines))
+    delivered: list[Delivered] = []
+
+    async def sink(d: Delivered) -> None:
+        delivered.append(d)
+
+    async with exchange(kafka_ns, tmp_path) as ex:
+        for agency in ALL:
+            await ex.agency(agency, inbox=True, sink=sink)
+        await ex.sync_all()
+        tracker = TrackerService(principals.settings_for(kafka_ns, principals.TRACKER), 0.5)
+        tracker_task = asyncio.create_task(tracker.run())
+        try:
+            await ex.connectors[KENT].send(
+                "PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING
+            )
+            host_force = ex.connectors[LANCS_POLICE]
+
+            async def registered() -> bool:
+                await host_force.sync()
+                return host_force.registry.get(CASE) is not None
+
+            await ex.wait_for(registered, what="placement registered")
+            missing = await host_force.send(
+                "ChildMissingReported",
+                body_of("ChildMissingReported"),
+                case_ref=CASE,
+                sharing=SHARING,
+                urgency="IMMEDIATE",
+            )
+            mid = str(missing.header.message_id)
+
+            async def at_kent() -> bool:
+                return any(
+                    str(d.header.message_id) == mid and d.topic.endswith(KENT) for d in delivered
+                )
+
+            await ex.wait_for(at_kent, what="delivery to Kent")
+            await ex.connectors[KENT].acknowledge(mid)
+
+            async def escalated() -> dict[str, set[Any]] | None:
+                states: dict[str, set[Any]] = {}
+                for e in await ex.log():
+                    if e.message_id == mid and e.recipient:
+                        states.setdefault(e.recipient, set()).add(e.status)
+                done = all(Status.ESCALATED in states.get(a, set()) for a in (KENT_POLICE, LANCS))
+                return states if done and Status.ACKNOWLEDGED in states.get(KENT, set()) else None
+
+            states = await ex.wait_for(escalated, what="acknowledgement and escalations")
+        finally:
+            tracker.stop_event.set()
+            await tracker_task
+        assert Status.DELIVERED in states[KENT]
+        assert Status.ACKNOWLEDGED in states[KENT]
+        assert Status.ESCALATED not in states[KENT]
+        for late in (KENT_POLICE, LANCS):
+            assert {Status.ROUTED, Status.DELIVERED, Status.OVERDUE, Status.ESCALATED} <= states[
+                late
+            ]
+        # The placement (ROUTINE) carries no acknowledgement deadline and is never escalated.
+        placement = [e for e in await ex.log() if e.event_type == "PlacementNotified"]
+        assert not any(e.status == Status.ESCALATED for e in placement)
+
+        listing = cbx(kafka_ns, tmp_path, "deliveries", "--json", "--type", "ChildMissingReported")
+        assert listing.returncode == 0, listing.stderr
+        rows = {r["recipient"]: r for r in json.loads(listing.stdout) if r["message_id"] == mid}
+        assert rows[KENT]["status"] == "ACKNOWLEDGED"
+        assert rows[KENT_POLICE]["status"] == "ESCALATED"
+        escalated_only = cbx(kafka_ns, tmp_path, "deliveries", "--json", "--status", "ESCALATED")
+        assert {r["recipient"] for r in json.loads(escalated_only.stdout)} == {KENT_POLICE, LANCS}
+        traced = cbx(kafka_ns, tmp_path, "trace", mid, "--json")
+        assert traced.returncode == 0, traced.stderr
+        timeline = [e["status"] for e in json.loads(traced.stdout)]
+        assert timeline[0] == "ACCEPTED"
+        assert "ESCALATED" in timeline
+
+        # Nothing an operator sees, nor any log, holds the case's sensitive values.
+        seen = listing.stdout + escalated_only.stdout + traced.stdout + traced.stderr
+        seen += ex.router.log_text() + json.dumps([d.as_json() for d in await ex.dead_letters()])
+        for secret in SECRETS:
+            assert secret not in seen, secret
