@@ -22,6 +22,7 @@ from broker.delivery_log import LogCodec, Status
 from broker.envelope import SharingDecision
 from broker.router_service import RouterService
 from broker.settings import KafkaSettings
+from broker.tracker import TrackerService
 from connectors.runtime import Connector, Delivered
 
 KENT, LANCS = "la-e10000016", "la-e10000017"
@@ -295,6 +296,7 @@ class Tracked:
     sent_at: float
     recipients: list[tuple[str, str]]
     received: dict[str, float] = field(default_factory=dict)
+    acknowledged: dict[str, float] = field(default_factory=dict)
     gaps: list[str] = field(default_factory=list)
 
 
@@ -335,8 +337,22 @@ async def run(
             t = tracked.get(str(d.header.message_id))
             if t is not None:
                 t.received[agency] = time.perf_counter()
+                # The agency's system confirms at once (in life, a person reads it first).
+                acks.append((agency, d.header.message_id))
 
         return sink
+
+    acks: list[tuple[str, Any]] = []
+
+    async def acknowledger() -> None:
+        while True:
+            while acks:
+                agency, message_id = acks.pop(0)
+                await connectors[agency].acknowledge(message_id)
+                t = tracked.get(str(message_id))
+                if t is not None:
+                    t.acknowledged[agency] = time.perf_counter()
+            await asyncio.sleep(0.01)
 
     connectors: dict[str, Connector] = {}
     for agency in AGENCIES:
@@ -352,6 +368,9 @@ async def run(
 
     router = RouterService(principals.settings_for(ns, principals.ROUTER))
     router_task = asyncio.create_task(router.run())
+    tracker = TrackerService(principals.settings_for(ns, principals.TRACKER))
+    tracker_task = asyncio.create_task(tracker.run())
+    ack_task = asyncio.create_task(acknowledger())
     case_ref = f"KCC-LAC-{uuid.uuid4().hex[:6].upper()}"
     all_steps = steps()
     try:
@@ -376,14 +395,22 @@ async def run(
                 [(r.agency, str(r.role)) for r in out.header.recipients],
             )
             tracked[t.message_id] = t
-            await _wait(_all_received(t), 60)
-            progress(f"{step.title}: delivered to {len(t.received)}/{len(t.recipients)}")
+            await _wait(_all_acknowledged(t), 60)
+            progress(
+                f"{step.title}: delivered to and acknowledged by "
+                f"{len(t.acknowledged)}/{len(t.recipients)}"
+            )
     finally:
+        ack_task.cancel()
         router.stop_event.set()
         await router_task
         for conn in connectors.values():
             await conn.stop()
 
+    # The tracker has written the acknowledgements to the delivery log when it has caught up.
+    await _wait_async(lambda: _log_has_acks(ns, router.catalogue, tracked), 30)
+    tracker.stop_event.set()
+    await tracker_task
     log = LogCodec(router.catalogue)
     entries: list[Any] = []
     await kafka.read_to_end(
@@ -406,11 +433,15 @@ async def run(
                     {
                         "agency": agency,
                         "role": role,
-                        "status": "DELIVERED" if agency in t.received else "ROUTED",
+                        "status": "ACKNOWLEDGED"
+                        if agency in t.acknowledged
+                        else ("DELIVERED" if agency in t.received else "ROUTED"),
                         "delivered_ms": round((t.received[agency] - t.sent_at) * 1000, 1)
                         if agency in t.received
                         else None,
-                        "acknowledged_ms": None,
+                        "acknowledged_ms": round((t.acknowledged[agency] - t.sent_at) * 1000, 1)
+                        if agency in t.acknowledged
+                        else None,
                     }
                     for agency, role in t.recipients
                 ],
@@ -427,8 +458,30 @@ def _registered(conn: Connector, case_ref: str) -> Callable[[], bool]:
     return lambda: conn.registry.get(case_ref) is not None
 
 
-def _all_received(t: Tracked) -> Callable[[], bool]:
-    return lambda: len(t.received) >= len(t.recipients)
+def _all_acknowledged(t: Tracked) -> Callable[[], bool]:
+    return lambda: len(t.acknowledged) >= len(t.recipients)
+
+
+async def _log_has_acks(ns: KafkaSettings, catalogue: Any, tracked: dict[str, Tracked]) -> bool:
+    log = LogCodec(catalogue)
+    acked: set[tuple[str | None, str | None]] = set()
+
+    def take(r: Any) -> None:
+        e = log.decode(r.value)
+        if e.status == Status.ACKNOWLEDGED:
+            acked.add((e.message_id, e.recipient))
+
+    await kafka.read_to_end(ns, ns.topics.delivery_log, take)
+    wanted = {(t.message_id, a) for t in tracked.values() for a, _ in t.recipients}
+    return wanted <= acked
+
+
+async def _wait_async(predicate: Callable[[], Any], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the tracker did not record every acknowledgement in time")
+        await asyncio.sleep(0.3)
 
 
 async def _wait(predicate: Callable[[], bool], timeout_s: float) -> None:

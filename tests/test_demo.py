@@ -20,7 +20,9 @@ async def test_the_case_reaches_every_required_recipient_and_nothing_is_in_clear
     assert len(report["messages"]) == len(steps())
     for m in report["messages"]:
         assert m["recipients"], m["event_type"]
-        assert all(r["status"] == "DELIVERED" for r in m["recipients"]), m
+        assert all(r["status"] == "ACKNOWLEDGED" for r in m["recipients"]), m
+        assert all(r["delivered_ms"] is not None for r in m["recipients"])
+        assert all(r["acknowledged_ms"] is not None for r in m["recipients"])
         assert m["route_gaps"] == []
     by_type = {m["event_type"]: m for m in report["messages"]}
     placement = {r["agency"] for r in by_type["PlacementNotified"]["recipients"]}

@@ -51,7 +51,15 @@ def demo(
 
 def _table(report: dict[str, Any]) -> None:
     ref = reference()
-    table = Table("message", "from", "to", "status", "delivered ms", title=report["case_ref"])
+    table = Table(
+        "message",
+        "from",
+        "to",
+        "status",
+        "delivered ms",
+        "acknowledged ms",
+        title=report["case_ref"],
+    )
     for m in report["messages"]:
         first = True
         for r in m["recipients"]:
@@ -61,6 +69,7 @@ def _table(report: dict[str, Any]) -> None:
                 f"{ref.name_of(r['agency'])} ({r['role']})",
                 r["status"],
                 f"{r['delivered_ms']:.0f}" if r["delivered_ms"] is not None else "-",
+                f"{r['acknowledged_ms']:.0f}" if r["acknowledged_ms"] is not None else "-",
             )
             first = False
     console.print(table)
