@@ -111,6 +111,29 @@ class Exchange:
         entry = AgencyEntry.from_keys(conn.keys, conn.agency, KINDS[conn.agency.split("-")[0]])
         await publish(self.settings, entry)
 
+    async def wait_registered(self, agency: str, case_ref: str) -> None:
+        """Until ``agency``'s connector sees ``case_ref`` in the placement registry."""
+        conn = self.connectors[agency]
+
+        async def registered() -> bool:
+            await conn.sync()
+            return conn.registry.get(case_ref) is not None
+
+        await self.wait_for(registered, what=f"{case_ref} in {agency}'s placement registry")
+
+    async def report_missing(self, host_force: str, case_ref: str) -> Any:
+        """The host force reports the child of ``case_ref`` missing (IMMEDIATE)."""
+        from agencies import body_of
+
+        await self.wait_registered(host_force, case_ref)
+        return await self.connectors[host_force].send(
+            "ChildMissingReported",
+            body_of("ChildMissingReported"),
+            case_ref=case_ref,
+            sharing=SHARING,
+            urgency="IMMEDIATE",
+        )
+
     async def sync_all(self) -> None:
         for c in self.connectors.values():
             await c.sync()

@@ -89,20 +89,7 @@ async def test_placement_and_missing_report_reach_exactly_the_statutory_recipien
         assert hf_view["risk_summary"]["previous_missing_episodes"] == 4
 
         # The host force learns the case from the registry and reports the child missing.
-        host_force = ex.connectors[LANCS_POLICE]
-
-        async def registered() -> bool:
-            await host_force.sync()
-            return host_force.registry.get(CASE) is not None
-
-        await ex.wait_for(registered, what="placement registry")
-        missing = await host_force.send(
-            "ChildMissingReported",
-            body_of("ChildMissingReported"),
-            case_ref=CASE,
-            sharing=SHARING,
-            urgency="IMMEDIATE",
-        )
+        missing = await ex.report_missing(LANCS_POLICE, CASE)
         assert missing.header.sender_role == Role.HOST_FORCE
         expected_missing = {KENT, KENT_POLICE, LANCS}
 

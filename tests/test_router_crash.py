@@ -41,11 +41,7 @@ async def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
         )
         host_force = ex.connectors[LANCS_POLICE]
 
-        async def registered() -> bool:
-            await host_force.sync()
-            return host_force.registry.get(CASE) is not None
-
-        await ex.wait_for(registered, what="placement registered")
+        await ex.wait_registered(LANCS_POLICE, CASE)
 
         body = body_of("ChildMissingReported")
         sent: set[str] = set()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agencies import SHARING, body_of
+from agencies import SHARING
 from cli import cbx
 from exchange import exchange
 from test_router import ALL, CASE, KENT, KENT_POLICE, LANCS, LANCS_POLICE, placement_body
@@ -55,20 +55,7 @@ async def test_receipts_acknowledgement_and_escalation(
             await ex.connectors[KENT].send(
                 "PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING
             )
-            host_force = ex.connectors[LANCS_POLICE]
-
-            async def registered() -> bool:
-                await host_force.sync()
-                return host_force.registry.get(CASE) is not None
-
-            await ex.wait_for(registered, what="placement registered")
-            missing = await host_force.send(
-                "ChildMissingReported",
-                body_of("ChildMissingReported"),
-                case_ref=CASE,
-                sharing=SHARING,
-                urgency="IMMEDIATE",
-            )
+            missing = await ex.report_missing(LANCS_POLICE, CASE)
             mid = str(missing.header.message_id)
 
             async def at_kent() -> bool:
