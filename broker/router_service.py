@@ -167,15 +167,14 @@ class RouterService:
         self.producers[tp] = producer
 
     async def acquire(self, tps: list[TopicPartition]) -> None:
-        """Own ``tps``: fence their previous owners, then resume from the committed offsets."""
+        """Own ``tps``. Producers are made on first use, outside the rebalance callback: making
+        dozens here would outlast the session timeout and start the rebalance again."""
         async with self.lock:
             self.generation += 1
-            for tp in tps:
-                if tp not in self.producers:
-                    await self._new_producer(tp)
             self.assigned |= set(tps)
             for tp in tps:
-                await self._rewind(tp)
+                if tp in self.producers:
+                    await self._rewind(tp)
         log.info("partitions_assigned", partitions=[f"{t.topic}/{t.partition}" for t in tps])
 
     async def _rewind(self, tp: TopicPartition) -> None:
@@ -280,6 +279,13 @@ class RouterService:
             if generation != self.generation or tp not in self.assigned:
                 # A rebalance came between fetch and now: these records are stale. Partitions
                 # still ours were rewound to their committed offsets and will be read again.
+                return
+            if tp not in self.producers:
+                # First batch of a partition new to this process: fence the previous owner
+                # (InitProducerId completes or aborts its transaction), then read from the
+                # committed offset, which is stable only now. This batch is dropped and re-read.
+                await self._new_producer(tp)
+                await self._rewind(tp)
                 return
             try:
                 await self._route_partition(tp, records)

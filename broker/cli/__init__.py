@@ -6,6 +6,7 @@ import typer
 
 from broker.cli import (
     agency_cmd,
+    connector_cmd,
     deadletter_cmd,
     deliveries_cmd,
     demo_cmd,
@@ -35,6 +36,7 @@ app.add_typer(keys_cmd.keys_app, name="keys")
 app.add_typer(keys_cmd.directory_app, name="directory")
 app.add_typer(deadletter_cmd.app, name="deadletter")
 app.add_typer(agency_cmd.app, name="agency")
+app.add_typer(connector_cmd.app, name="connector")
 app.command("setup")(agency_cmd.setup)
 app.command("tracker")(deliveries_cmd.tracker)
 app.command("deliveries")(deliveries_cmd.deliveries)

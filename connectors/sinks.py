@@ -1,0 +1,128 @@
+"""Handing delivered messages to the agency's system: a webhook, or a folder of JSON files.
+
+Neither says DELIVERED until the agency's system has the message: the webhook retries with capped,
+jittered backoff for as long as it takes (the inbox topic is the buffer, so nothing is lost and the
+order is kept), and the folder sink writes each file atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import os
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from broker.crypto.sealing import Withheld
+from broker.logging import get_logger
+from connectors.runtime import Delivered
+
+log = get_logger("sink")
+
+
+def to_json(value: Any) -> Any:
+    """A delivered body as agency JSON; fields the agency may not read say so."""
+    if isinstance(value, Withheld):
+        return value.as_json()
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def document(d: Delivered) -> dict[str, Any]:
+    h = d.header
+    return {
+        "message_id": str(h.message_id),
+        "event_type": h.event_type,
+        "sender": h.sender,
+        "sender_role": str(h.sender_role),
+        "case_ref": h.case_ref,
+        "urgency": h.urgency,
+        "occurred_at": h.occurred_at.isoformat(),
+        "recipients": [{"agency": r.agency, "role": str(r.role)} for r in h.recipients],
+        "related_message_id": str(h.related_message_id) if h.related_message_id else None,
+        "event": to_json(d.body),
+    }
+
+
+class FolderSink:
+    """One JSON file per message, written atomically (0600) into a folder the agency collects."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    async def __call__(self, d: Delivered) -> None:
+        doc = document(d)
+        final = (
+            self.folder / f"{doc['occurred_at'][:10]}_{doc['event_type']}_{doc['message_id']}.json"
+        )
+        tmp = final.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(doc, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(final)
+
+
+class WebhookSink:
+    """POST each message to the agency's system; retry until it answers 2xx."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        base_delay_s: float = 0.5,
+        max_delay_s: float = 30.0,
+        timeout_s: float = 10.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.url = url
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self.client = httpx.AsyncClient(timeout=timeout_s, headers=headers or {})
+        self.attempts = 0
+
+    async def __call__(self, d: Delivered) -> None:
+        doc = document(d)
+        attempt = 0
+        while True:
+            attempt += 1
+            self.attempts += 1
+            try:
+                r = await self.client.post(
+                    self.url, json=doc, headers={"Idempotency-Key": doc["message_id"]}
+                )
+                if 200 <= r.status_code < 300:
+                    return
+                reason = f"HTTP {r.status_code}"
+            except httpx.HTTPError as exc:
+                reason = type(exc).__name__
+            delay = min(self.max_delay_s, self.base_delay_s * 2 ** min(attempt - 1, 16))
+            delay = random.uniform(delay / 2, delay)
+            log.warning(
+                "webhook_retry",
+                message_id=doc["message_id"],
+                attempt=attempt,
+                reason=reason,
+                retry_in_s=round(delay, 2),
+            )
+            await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        await self.client.aclose()
