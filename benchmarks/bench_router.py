@@ -24,7 +24,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from benchmarks.samples import PAYLOADS
-from broker import kafka, local_kafka
+from broker import kafka, local_kafka, principals, provision
 from broker.crypto.keys import AgencyKeys
 from broker.directory import AgencyEntry, publish
 from broker.envelope import SharingDecision
@@ -48,8 +48,10 @@ SHARING = SharingDecision(
 async def prefill(settings: KafkaSettings, n: int) -> tuple[str, float]:
     """Place a child, then publish ``n`` missing reports; returns the outbound topic."""
     conns = {}
+    await provision.setup(settings)
     for a in PARTIES:
-        c = Connector(settings, AgencyKeys.new(a))
+        await provision.add_agency(settings, a)
+        c = Connector(principals.settings_for(settings, a), AgencyKeys.new(a))
         await c.start()
         kind = {"la": "COUNCIL", "pf": "POLICE", "icb": "HEALTH"}[a.split("-")[0]]
         await publish(settings, AgencyEntry.from_keys(c.keys, a, kind))
@@ -156,6 +158,14 @@ async def run(n: int) -> dict[str, Any]:
     external = KafkaSettings.from_env()
     started_here = external is None and local_kafka.status() is None
     settings = external or local_kafka.start().settings()
+    try:
+        return await _measure(settings, n)
+    finally:
+        if started_here:
+            local_kafka.stop()
+
+
+async def _measure(settings: KafkaSettings, n: int) -> dict[str, Any]:
     settings = settings.with_prefix(f"bench{uuid.uuid4().hex[:6]}")
     await kafka.ensure_topics(settings, settings.topics.core())
     topic, publish_s = await prefill(settings, n)
@@ -163,7 +173,7 @@ async def run(n: int) -> dict[str, Any]:
     base_s = await baseline(settings, topic, n)
     print(f"baseline copied {n} in {base_s:.1f}s", flush=True)
 
-    service = RouterService(settings)
+    service = RouterService(principals.settings_for(settings, principals.ROUTER))
     task = asyncio.create_task(service.run())
     try:
         group = settings.topics.group("router")
@@ -172,8 +182,6 @@ async def run(n: int) -> dict[str, Any]:
     finally:
         service.stop_event.set()
         await task
-        if started_here:
-            local_kafka.stop()
     return {
         "benchmark": "router",
         "messages": n,
