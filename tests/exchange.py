@@ -107,6 +107,12 @@ class Exchange:
         self.connectors[agency] = conn
         return conn
 
+    async def agencies(self, agencies: list[str]) -> None:
+        """Provision and start every agency in ``agencies``, then let each see the others."""
+        for agency in agencies:
+            await self.agency(agency)
+        await self.sync_all()
+
     async def publish_keys(self, conn: Connector) -> None:
         entry = AgencyEntry.from_keys(conn.keys, conn.agency, KINDS[conn.agency.split("-")[0]])
         await publish(self.settings, entry)

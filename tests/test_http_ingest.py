@@ -53,9 +53,7 @@ async def test_ingest_routes_good_payloads_refuses_bad_ones_and_is_idempotent(
     kafka_ns: KafkaSettings, tmp_path: Path
 ) -> None:
     async with exchange(kafka_ns, tmp_path) as ex:
-        for agency in ALL:
-            await ex.agency(agency)
-        await ex.sync_all()
+        await ex.agencies(ALL)
         kent = ex.connectors[KENT]
         store = IdempotencyStore(tmp_path / "sent.jsonl")
         async with serving(create_app(kent, store)) as url, httpx.AsyncClient(base_url=url) as http:

@@ -58,9 +58,7 @@ async def test_placement_and_missing_report_reach_exactly_the_statutory_recipien
     kafka_ns: KafkaSettings, tmp_path: Path
 ) -> None:
     async with exchange(kafka_ns, tmp_path) as ex:
-        for agency in ALL:
-            await ex.agency(agency)
-        await ex.sync_all()
+        await ex.agencies(ALL)
 
         placed = await _place(ex)
         expected = {LANCS, LANCS_POLICE, KENT_POLICE, LANCS_ICB, KENT_ICB, PROVIDER}
@@ -172,9 +170,7 @@ async def test_a_message_published_twice_is_routed_once(
     kafka_ns: KafkaSettings, tmp_path: Path
 ) -> None:
     async with exchange(kafka_ns, tmp_path) as ex:
-        for agency in ALL:
-            await ex.agency(agency)
-        await ex.sync_all()
+        await ex.agencies(ALL)
         kent = ex.connectors[KENT]
         out = kent.prepare("PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING)
         await kent.publish([out])

@@ -33,9 +33,7 @@ async def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
 ) -> None:
     rng = random.Random(20261126)
     async with exchange(kafka_ns, tmp_path) as ex:
-        for agency in ALL:
-            await ex.agency(agency)
-        await ex.sync_all()
+        await ex.agencies(ALL)
         await ex.connectors[KENT].send(
             "PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING
         )
