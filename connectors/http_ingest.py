@@ -1,12 +1,7 @@
 """HTTP ingest: ``POST /v1/events/{event_type}`` and friends, in front of a connector.
 
-A request carries the case reference, the urgency, the information-sharing decision and the event
-itself as agency JSON::
-
-    {"case_ref": "KCC-LAC-000123", "urgency": "IMMEDIATE",
-     "sharing": {"purpose": ..., "lawful_basis": [...], "consent": "NOT_SOUGHT",
-                 "consent_not_sought_reason": ..., "decision_maker_role": ...},
-     "event": { ...fields of the message type... }}
+A request is agency JSON as ``connectors.ingest`` reads it (case reference, urgency, sharing
+decision, event).
 
 Answers: 202 with the message id and recipients; 422 with every field error (path, problem,
 expected, kind of value given; never the value); 409 when an ``Idempotency-Key`` is reused for a
@@ -16,7 +11,6 @@ key). The OpenAPI document's request bodies are generated from the Avro schemas.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
 from typing import Any
@@ -24,74 +18,29 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from fastavro.schema import expand_schema
 
-from broker.catalogue import ENVELOPE
-from broker.envelope import SharingDecision
 from broker.errors import AccessDeniedError, CbxError, PolicyError, ProtectionError
-from broker.json_to_avro import FieldError, JsonToAvro
+from broker.json_to_avro import FieldError
 from broker.logging import get_logger
 from connectors.idempotency import IdempotencyStore, body_hash
+from connectors.ingest import RequestReader
 from connectors.openapi import components, json_schema
 from connectors.runtime import Connector
 
 log = get_logger("http_ingest")
 
 
-def _wrapper_schema(catalogue: Any) -> dict[str, Any]:
-    """The request wrapper as an Avro record, built from the envelope's own named types."""
-    envelope: Any = expand_schema(catalogue.latest(ENVELOPE).raw)
-    header = envelope["fields"][0]["type"]
-    fields = {f["name"]: f for f in header["fields"]}
-    return {
-        "type": "record",
-        "name": "IngestRequest",
-        "namespace": "cbx.http",
-        "doc": "What an agency posts: the case, the urgency, the sharing decision and the event.",
-        "fields": [
-            {"name": "case_ref", "type": "string", "doc": fields["case_ref"]["doc"]},
-            {
-                "name": "urgency",
-                "type": copy.deepcopy(fields["urgency"]["type"]),
-                "default": "ROUTINE",
-                "doc": fields["urgency"]["doc"],
-            },
-            {
-                "name": "occurred_at",
-                "type": ["null", {"type": "long", "logicalType": "timestamp-millis"}],
-                "default": None,
-                "doc": "When the event happened (defaults to now).",
-            },
-            {
-                "name": "sharing",
-                "type": copy.deepcopy(fields["sharing"]["type"]),
-                "doc": fields["sharing"]["doc"],
-            },
-        ],
-    }
-
-
 def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
-    import fastavro
-
     app = FastAPI(
         title=f"cbx connector for {connector.agency}",
         version="1",
         description="Post an agency's safeguarding events to the Cross-Boundary Exchange.",
     )
-    wrapper_raw = _wrapper_schema(connector.catalogue)
-    wrapper = JsonToAvro(fastavro.parse_schema(copy.deepcopy(wrapper_raw)))
+    reader = RequestReader(connector.catalogue, connector.converters)
+    wrapper_raw = reader.wrapper_raw
 
-    def errors(items: list[FieldError], prefix: str = "") -> JSONResponse:
-        return JSONResponse(
-            status_code=422,
-            content={
-                "errors": [
-                    {**e.as_dict(), "path": f"{prefix}{e.path}" if e.path else prefix.rstrip(".")}
-                    for e in items
-                ]
-            },
-        )
+    def errors(items: list[FieldError]) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"errors": [e.as_dict() for e in items]})
 
     @app.post("/v1/events/{event_type}", status_code=202, include_in_schema=False)
     async def ingest(event_type: str, request: Request) -> Response:
@@ -125,42 +74,22 @@ def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
                     return JSONResponse(
                         status_code=202, content={**seen["answer"], "replayed": True}
                     )
-            event = payload.pop("event", None)
-            wrap_errors = wrapper.errors(payload)
-            body_errors = connector.converters[event_type].errors(event)
-            if wrap_errors or body_errors:
-                return JSONResponse(
-                    status_code=422,
-                    content={
-                        "errors": [
-                            *(e.as_dict() for e in wrap_errors),
-                            *(
-                                {**e.as_dict(), "path": f"event.{e.path}" if e.path else "event"}
-                                for e in body_errors
-                            ),
-                        ]
-                    },
-                )
-            meta = wrapper.convert(payload)
-            body = connector.convert(event_type, event)
-            sharing = meta["sharing"]
-            decision = SharingDecision(
-                purpose=sharing["purpose"],
-                lawful_basis=tuple(sharing["lawful_basis"]),
-                consent=sharing["consent"],
-                decision_maker_role=sharing["decision_maker_role"],
-                consent_not_sought_reason=sharing["consent_not_sought_reason"],
-                withheld=tuple((w["item"], w["reason"]) for w in sharing["withheld"]),
-            )
+            try:
+                connector.profile.check_send(connector.agency, event_type)
+            except PolicyError as exc:
+                return JSONResponse(status_code=403, content={"error": str(exc)})
+            read = reader.read(event_type, payload)
+            if isinstance(read, list):
+                return errors(read)
             try:
                 await connector.sync()
                 out = await connector.send(
                     event_type,
-                    body,
-                    case_ref=meta["case_ref"],
-                    sharing=decision,
-                    urgency=meta["urgency"],
-                    occurred_at=meta["occurred_at"],
+                    read.body,
+                    case_ref=read.case_ref,
+                    sharing=read.sharing,
+                    urgency=read.urgency,
+                    occurred_at=read.occurred_at,
                 )
             except PolicyError as exc:
                 return JSONResponse(

@@ -27,9 +27,11 @@ class IdempotencyStore:
         self._locks: dict[str, asyncio.Lock] = {}
         if path.exists():
             for line in path.read_text().splitlines():
-                if line.strip():
+                try:
                     rec = json.loads(line)
-                    self._remember(rec)
+                except ValueError:
+                    continue  # a line cut short by a crash: its batch was not recorded
+                self._remember(rec)
 
     def _remember(self, rec: dict[str, Any]) -> None:
         if rec.get("key"):
@@ -46,11 +48,16 @@ class IdempotencyStore:
         return self._by_message.get(message_id)
 
     def record(self, key: str | None, digest: str, event_type: str, answer: dict[str, Any]) -> None:
-        rec = {"key": key, "hash": digest, "event_type": event_type, "answer": answer}
+        self.record_many([(key, digest, event_type, answer)])
+
+    def record_many(self, items: list[tuple[str | None, str, str, dict[str, Any]]]) -> None:
+        """Append answers and fsync once: after this returns they survive a crash."""
+        recs = [{"key": k, "hash": d, "event_type": t, "answer": a} for k, d, t, a in items]
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
+            fh.write("".join(json.dumps(r) + "\n" for r in recs))
             fh.flush()
             os.fsync(fh.fileno())
-        self._remember(rec)
+        for r in recs:
+            self._remember(r)

@@ -33,6 +33,7 @@ from broker.router import ROUTER_ID
 from broker.routing import Placement, PlacementRegistry, Rules
 from broker.schema_store import SchemaStore
 from broker.settings import KafkaSettings
+from connectors.profiles import Profile, profile_for
 
 log = get_logger("connector")
 RECEIPT_SHARING = SharingDecision(
@@ -83,6 +84,7 @@ class Connector:
         self.topics = settings.topics
         self.keys = keys
         self.agency = keys.agency
+        self.profile: Profile = profile_for(self.agency)
         self.catalogue = catalogue or Catalogue.load()
         self.forms = BodyForms(self.catalogue)
         self.rules = rules or Rules.load()
@@ -343,6 +345,18 @@ class Connector:
                 offset=record.offset,
                 error=str(exc),
                 error_class=type(exc).__name__,
+            )
+            return
+        if not self.profile.may_receive(header.event_type):
+            self.stats.rejected += 1
+            log.warning(
+                "message_outside_profile",
+                message_id=str(header.message_id),
+                event_type=header.event_type,
+                profile=self.profile.kind,
+            )
+            await self.receipt(
+                header, "REJECTED", f"a {self.profile.kind} does not take {header.event_type}"
             )
             return
         if header.event_type == "RouteGapNotice":
