@@ -40,7 +40,12 @@ def ack_windows(path: Path | None = None) -> dict[str, dt.timedelta | None]:
     }
 
 
-def ack_deadline(urgency: str, sent_at: dt.datetime) -> dt.datetime | None:
+Windows = dict[str, dt.timedelta | None]
+
+
+def ack_deadline(
+    urgency: str, sent_at: dt.datetime, windows: Windows | None = None
+) -> dt.datetime | None:
     """When an acknowledgement is due for a message of ``urgency`` sent at ``sent_at``."""
-    window = ack_windows().get(urgency)
+    window = (windows if windows is not None else ack_windows()).get(urgency)
     return sent_at + window if window is not None else None

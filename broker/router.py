@@ -20,7 +20,7 @@ from broker.catalogue import Catalogue
 from broker.crypto.sealing import BodyForms, Recipient, Sealer
 from broker.crypto.signing import Signer, Verifier
 from broker.deadletter import Failure, error_headers
-from broker.deadlines import ack_deadline
+from broker.deadlines import Windows, ack_deadline
 from broker.delivery_log import LogCodec, LogEntry, Status
 from broker.envelope import EnvelopeCodec, Header, SharingDecision
 from broker.errors import (
@@ -140,7 +140,9 @@ class RouterCore:
         router_sealer: Sealer,
         state: RouterState | None = None,
         topic_names: Topics | None = None,
+        windows: Windows | None = None,
     ) -> None:
+        self.windows = windows
         self.catalogue = catalogue
         self.forms = forms
         self.rules = rules
@@ -298,7 +300,7 @@ class RouterCore:
             "occurred_at": header.occurred_at,
             "source": rec.source,
         }
-        deadline = ack_deadline(header.urgency, now)
+        deadline = ack_deadline(header.urgency, now, self.windows)
         outs: list[Out] = []
         headers = [(k, bytes(v)) for k, v in rec.headers]
         accepted_note = (

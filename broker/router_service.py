@@ -26,6 +26,7 @@ from prometheus_client import Counter, Histogram, start_http_server
 from broker import codec, kafka
 from broker.catalogue import Catalogue
 from broker.crypto.sealing import BodyForms, Sealer
+from broker.deadlines import Windows
 from broker.directory import Directory, DirectoryCodec, apply
 from broker.follow import TopicFollower
 from broker.identity import ensure_identity
@@ -65,7 +66,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class RouterService:
     """Reads every ``cbx.outbound.*`` topic and routes it through :class:`RouterCore`."""
 
-    def __init__(self, settings: KafkaSettings, group: str = "router") -> None:
+    def __init__(
+        self, settings: KafkaSettings, group: str = "router", windows: Windows | None = None
+    ) -> None:
+        self.windows = windows
         self.settings = settings
         self.group = settings.topics.group(group)
         self.catalogue = Catalogue.load()
@@ -134,6 +138,7 @@ class RouterService:
             sealer,
             self.state,
             self.settings.topics,
+            self.windows,
         )
         self.consumer = kafka.consumer(
             self.settings,

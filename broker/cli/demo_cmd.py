@@ -1,8 +1,9 @@
-"""``cbx demo``: one child's case through the whole exchange, on the embedded broker."""
+"""``cbx demo`` and ``cbx scenario run``: cases played through the whole exchange."""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -14,15 +15,11 @@ from broker.errors import CbxError, EmbeddedKafkaError
 from broker.reference import reference
 from broker.settings import KafkaSettings, resolve_settings
 
+scenario_app = typer.Typer(help="Play scenario files through the whole exchange.")
 
-def demo(
-    keep: Annotated[
-        bool, typer.Option("--keep", help="Leave the embedded broker running.")
-    ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Play an out-of-area placement, a missing episode and its aftermath through cbx."""
-    from connectors.demo import run
+
+def _play(path: Path | None, keep: bool, json_out: bool) -> None:
+    from connectors import scenario
 
     started_here = local_kafka.status() is None and KafkaSettings.from_env() is None
 
@@ -30,10 +27,12 @@ def demo(
         if not json_out:
             console.print(f"[dim]•[/] {text}", highlight=False)
 
+    report: dict[str, Any] = {}
     try:
+        case = scenario.load(path or scenario.demo())
         settings = resolve_settings(start_embedded=True)
         progress(f"Kafka at {settings.bootstrap_servers} (SASL/SCRAM, ACLs on)")
-        report = asyncio.run(run(settings, progress))
+        report = asyncio.run(scenario.run(settings, case, progress))
     except EmbeddedKafkaError as exc:
         fail(exc.reason, exc.log_tail)
     except (CbxError, TimeoutError) as exc:
@@ -45,8 +44,30 @@ def demo(
         print_json(report)
     else:
         _table(report)
-    if report["plaintext_found"]:
+    if not report["ok"]:
         raise typer.Exit(1)
+
+
+def demo(
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the embedded broker running.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Play an out-of-area placement, a missing episode and its aftermath through cbx."""
+    _play(None, keep, json_out)
+
+
+@scenario_app.command("run")
+def scenario_run(
+    file: Annotated[Path, typer.Argument(help="Scenario file (YAML), see docs/scenarios.md.")],
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the embedded broker running.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Play a scenario; exit 1 if a required recipient was not reached or a deadline passed."""
+    _play(file, keep, json_out)
 
 
 def _table(report: dict[str, Any]) -> None:
@@ -58,7 +79,7 @@ def _table(report: dict[str, Any]) -> None:
         "status",
         "delivered ms",
         "acknowledged ms",
-        title=report["case_ref"],
+        title=f"{report['scenario']} ({', '.join(report['case_refs'])})",
     )
     for m in report["messages"]:
         first = True
@@ -72,9 +93,26 @@ def _table(report: dict[str, Any]) -> None:
                 f"{r['acknowledged_ms']:.0f}" if r["acknowledged_ms"] is not None else "-",
             )
             first = False
+        for gap in m["route_gaps"]:
+            table.add_row("", "", f"{ref.name_of(gap)}", "ROUTE GAP (repaired)", "", "")
     console.print(table)
+    for r in report["rejections"]:
+        problems = "; ".join(
+            f"{e.get('path') or '(request)'}: {e.get('problem')}" for e in r["errors"]
+        )
+        what = "refused, as expected" if r["expected"] else "REFUSED"
+        console.print(
+            f"{r['step']}: {r['event_type']} from {ref.name_of(r['sender'])} {what} "
+            f"({r['status_code']}): {problems}",
+            highlight=False,
+        )
     console.print(
-        f"raw bytes of {report['records_scanned']} records on every topic searched for the case's "
-        f"sensitive values: {report['plaintext_found']} found",
+        f"raw bytes of {report['records_scanned']} records on every topic searched for the "
+        f"case's {report['sensitive_values_searched']} sensitive values: "
+        f"{report['plaintext_found']} found",
         highlight=False,
     )
+    for f in report["failures"]:
+        console.print(f"[red]FAILED[/] {f}", highlight=False)
+    if report["ok"]:
+        console.print("[green]every required recipient reached, no deadline passed[/]")
