@@ -325,6 +325,8 @@ async def test_a_kill_in_the_middle_of_a_file_loses_and_repeats_no_row(
             counts = await ex.inbox_ids(agency)
             assert set(counts) == ids
             assert set(counts.values()) == {1}, "a row reached a recipient twice"
+        leaked = [v for v in sensitive(rows) if v in log_path.read_text()]
+        assert leaked == [], "sensitive values in the connector's log"
         outbound = await ex.uncommitted_count(ex.settings.topics.outbound(KENT))
         print(f"killed after {at_kill} of {rows_n} rows recorded; {outbound} records on outbound")
         assert outbound >= rows_n
