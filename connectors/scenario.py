@@ -45,6 +45,7 @@ from connectors.runtime import Connector, Delivered
 
 _REF = re.compile(r"\$\{([^}]+)\}")
 _STEP_ID = re.compile(r"^[a-z][a-z0-9_-]*$")
+_SYMBOL = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 def scenarios_dir() -> Path:
@@ -250,11 +251,15 @@ class Played:
 
 
 def sensitive_values(catalogue: Catalogue, requests: list[tuple[str, dict[str, Any]]]) -> set[str]:
-    """Every string of six or more characters inside a field the schemas mark sensitive."""
+    """Every string of six or more characters inside a field the schemas mark sensitive.
+
+    Enum symbols (``MEDIUM``, ``CHILDRENS_HOME``) are left out: they are the schemas' public
+    vocabulary and appear in clear elsewhere (a risk grade is a header-free, non-sensitive field).
+    """
     out: set[str] = set()
 
     def walk(v: Any) -> None:
-        if isinstance(v, str) and len(v) >= 6:
+        if isinstance(v, str) and len(v) >= 6 and not _SYMBOL.match(v):
             out.add(v)
         elif isinstance(v, dict):
             for x in v.values():
