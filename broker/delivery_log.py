@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
@@ -62,7 +62,9 @@ class LogEntry:
     writer: str = "router"
 
     def to_record(self) -> dict[str, Any]:
-        d = asdict(self)
+        # Every field is a scalar: a shallow copy (dataclasses.asdict deep-copies, and cost the
+        # router a fifth of its time).
+        d = {f: getattr(self, f) for f in _FIELDS}
         d["status"] = str(self.status)
         return d
 
@@ -88,3 +90,6 @@ class LogCodec:
 
     def decode(self, data: bytes) -> LogEntry:
         return LogEntry.from_record(codec.decode(data, self._store.writer_for, self._v.parsed))
+
+
+_FIELDS = tuple(f.name for f in fields(LogEntry))

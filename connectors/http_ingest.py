@@ -23,7 +23,7 @@ from broker.errors import AccessDeniedError, CbxError, PolicyError, ProtectionEr
 from broker.json_to_avro import FieldError
 from broker.logging import get_logger
 from connectors.idempotency import IdempotencyStore, body_hash
-from connectors.ingest import RequestReader
+from connectors.ingest import RequestReader, send_routed
 from connectors.openapi import components, json_schema
 from connectors.runtime import Connector
 
@@ -82,15 +82,7 @@ def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
             if isinstance(read, list):
                 return errors(read)
             try:
-                await connector.sync()
-                out = await connector.send(
-                    event_type,
-                    read.body,
-                    case_ref=read.case_ref,
-                    sharing=read.sharing,
-                    urgency=read.urgency,
-                    occurred_at=read.occurred_at,
-                )
+                out = await send_routed(connector, read)
             except PolicyError as exc:
                 return JSONResponse(
                     status_code=422,

@@ -24,8 +24,10 @@ import fastavro
 from fastavro.schema import expand_schema
 
 from broker.catalogue import ENVELOPE, Catalogue
-from broker.envelope import SharingDecision
+from broker.envelope import Outgoing, SharingDecision
+from broker.errors import PolicyError
 from broker.json_to_avro import FieldError, JsonToAvro
+from connectors.runtime import Connector
 
 
 def wrapper_schema(catalogue: Catalogue) -> dict[str, Any]:
@@ -114,3 +116,33 @@ class RequestReader:
             ),
             body=dict(self.converters[event_type].convert(event)),
         )
+
+
+async def send_routed(connector: Connector, read: Request) -> Outgoing:
+    """Send a checked request; if the case is not known yet, catch up once and try again.
+
+    The connector follows the directory and the placement registry all the time; waiting for
+    them to catch up on every request would cost a round trip or more, so only a request that
+    cannot be routed waits.
+    """
+    try:
+        prepared = connector.prepare(
+            read.event_type,
+            read.body,
+            case_ref=read.case_ref,
+            sharing=read.sharing,
+            urgency=read.urgency,
+            occurred_at=read.occurred_at,
+        )
+    except PolicyError:
+        await connector.sync()
+        prepared = connector.prepare(
+            read.event_type,
+            read.body,
+            case_ref=read.case_ref,
+            sharing=read.sharing,
+            urgency=read.urgency,
+            occurred_at=read.occurred_at,
+        )
+    await connector.publish([prepared])
+    return prepared

@@ -289,8 +289,8 @@ class Connector:
         )
         return out
 
-    async def receipt(self, subject: Header, status: str, reason: str | None = None) -> Outgoing:
-        """Tell the sender (and the tracker) what became of a message this agency received."""
+    def make_receipt(self, subject: Header, status: str, reason: str | None = None) -> Outgoing:
+        """A receipt about ``subject``, sealed but not yet signed or sent."""
         now = dt.datetime.now(dt.UTC)
         my_role = next(
             (r.role for r in subject.recipients if r.agency == self.agency), subject.sender_role
@@ -316,15 +316,29 @@ class Connector:
             "recipient": self.agency,
             "reason": reason,
         }
-        out = self.protector.seal(header, body)
-        self.protector.sign([out])
+        return self.protector.seal(header, body)
+
+    async def send_receipts(self, receipts: list[Outgoing]) -> None:
+        """Sign receipts with one signature and publish them; returns when Kafka has them all."""
+        if not receipts:
+            return
+        self.protector.sign(receipts)
         async with kafka.access(self.settings):
-            await self._producer.send_and_wait(
-                self.topics.receipts,
-                out.value,
-                key=str(subject.message_id).encode(),
-                headers=out.headers,
-            )
+            futures = [
+                await self._producer.send(
+                    self.topics.receipts,
+                    out.value,
+                    key=str(out.header.related_message_id).encode(),
+                    headers=out.headers,
+                )
+                for out in receipts
+            ]
+            await asyncio.gather(*futures)
+
+    async def receipt(self, subject: Header, status: str, reason: str | None = None) -> Outgoing:
+        """Tell the sender (and the tracker) what became of a message this agency received."""
+        out = self.make_receipt(subject, status, reason)
+        await self.send_receipts([out])
         return out
 
     async def acknowledge(self, message_id: str | uuid.UUID) -> Outgoing:
@@ -334,8 +348,22 @@ class Connector:
             raise PolicyError(f"message {message_id} was not delivered to {self.agency}")
         return await self.receipt(subject, "ACKNOWLEDGED")
 
-    async def handle(self, record: Any, sink: Sink | None) -> None:
-        """Verify, open and dispatch one inbox record."""
+    async def handle(
+        self, record: Any, sink: Sink | None, receipts: list[Outgoing] | None = None
+    ) -> None:
+        """Verify, open and dispatch one inbox record.
+
+        Receipts are sent at once, or added to ``receipts`` for the caller to send as a batch
+        (the inbox loop sends a batch's receipts, with one signature, before committing it).
+        """
+
+        async def answer(subject: Header, status: str, reason: str | None = None) -> None:
+            out = self.make_receipt(subject, status, reason)
+            if receipts is None:
+                await self.send_receipts([out])
+            else:
+                receipts.append(out)
+
         try:
             header, body = self.open(record.value, list(record.headers))
         except CbxError as exc:
@@ -355,7 +383,7 @@ class Connector:
                 event_type=header.event_type,
                 profile=self.profile.kind,
             )
-            await self.receipt(
+            await answer(
                 header, "REJECTED", f"a {self.profile.kind} does not take {header.event_type}"
             )
             return
@@ -375,15 +403,13 @@ class Connector:
                     message_id=str(header.message_id),
                     error_class=type(exc).__name__,
                 )
-                await self.receipt(
-                    header, "REJECTED", f"agency system refused it ({type(exc).__name__})"
-                )
+                await answer(header, "REJECTED", f"agency system refused it ({type(exc).__name__})")
                 return
         self.stats.delivered += 1
         self._delivered[str(header.message_id)] = header
         if len(self._delivered) > 100_000:
             self._delivered.pop(next(iter(self._delivered)))
-        await self.receipt(header, "DELIVERED")
+        await answer(header, "DELIVERED")
 
     async def run_inbox(self, sink: Sink | None = None, group: str | None = None) -> None:
         """Consume the inbox until cancelled (committing after each handled batch)."""
@@ -405,9 +431,11 @@ class Connector:
     async def _inbox_loop(self, consumer: Any, sink: Sink | None) -> None:
         while True:
             batch = await consumer.getmany(timeout_ms=200, max_records=500)
+            receipts: list[Outgoing] = []
             for records in batch.values():
                 for r in records:
-                    await self.handle(r, sink)
+                    await self.handle(r, sink, receipts)
+            await self.send_receipts(receipts)
             if batch:
                 await consumer.commit()
 

@@ -254,7 +254,7 @@ def sensitive_values(catalogue: Catalogue, requests: list[tuple[str, dict[str, A
     """Every string of six or more characters inside a field the schemas mark sensitive.
 
     Enum symbols (``MEDIUM``, ``CHILDRENS_HOME``) are left out: they are the schemas' public
-    vocabulary and appear in clear elsewhere (a risk grade is a header-free, non-sensitive field).
+    vocabulary and appear in clear elsewhere (the risk grade, for one, is not a sensitive field).
     """
     out: set[str] = set()
 
