@@ -39,6 +39,7 @@ bench: kafka-jars
 	$(BIN)/python -m benchmarks.bench_codec
 	$(BIN)/python -m benchmarks.bench_protection
 	$(BIN)/python -m benchmarks.bench_router
+	$(BIN)/python -m benchmarks.bench_e2e
 
 format: setup
 	$(BIN)/ruff format .
