@@ -243,6 +243,29 @@ async def role_raw_sender(args: dict[str, Any], pipe: Any) -> None:
         await producer.stop()
 
 
+async def fan_out(
+    settings: KafkaSettings, consumer: Any, producers: dict[int, Any], group: str, outs: list[str]
+) -> int:
+    """One fetch: copy each record to every topic of ``outs`` in a transaction with the offsets
+    (one transactional producer per input partition, as the router). Returns records copied."""
+    batch = await consumer.getmany(timeout_ms=200, max_records=2000)
+    for tp, records in batch.items():
+        p = producers.get(tp.partition)
+        if p is None:
+            p = kafka.transactional_producer(settings, f"{group}.{tp.partition}", linger_ms=2)
+            await p.start()
+            producers[tp.partition] = p
+        async with p.transaction():
+            futures = [
+                await p.send(t, r.value, key=r.key, headers=list(r.headers))
+                for r in records
+                for t in outs
+            ]
+            await asyncio.gather(*futures)
+            await p.send_offsets_to_transaction({tp: records[-1].offset + 1}, group)
+    return sum(len(r) for r in batch.values())
+
+
 async def role_raw_router(args: dict[str, Any], pipe: Any) -> None:
     """Consume, write three copies in a transaction with the offsets: what the router does."""
     settings: KafkaSettings = args["ns"]
@@ -254,21 +277,7 @@ async def role_raw_router(args: dict[str, Any], pipe: Any) -> None:
 
     async def loop() -> None:
         while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=200, max_records=2000)
-            for tp, records in batch.items():
-                p = producers.get(tp.partition)
-                if p is None:
-                    p = kafka.transactional_producer(
-                        settings, f"{group}.{tp.partition}", linger_ms=2
-                    )
-                    await p.start()
-                    producers[tp.partition] = p
-                async with p.transaction():
-                    futures = [
-                        await p.send(t, r.value, key=r.key) for r in records for t in args["outs"]
-                    ]
-                    await asyncio.gather(*futures)
-                    await p.send_offsets_to_transaction({tp: records[-1].offset + 1}, group)
+            await fan_out(settings, consumer, producers, group, args["outs"])
 
     task = asyncio.create_task(loop())
     pipe.send(("ready",))

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from benchmarks.bench_e2e import fan_out
 from benchmarks.samples import PAYLOADS
 from broker import kafka, local_kafka, principals, provision
 from broker.crypto.keys import AgencyKeys
@@ -129,24 +130,7 @@ async def baseline(settings: KafkaSettings, topic: str, total: int) -> float:
     done = 0
     try:
         while done < total:
-            batch = await consumer.getmany(timeout_ms=200, max_records=2000)
-            for tp, records in batch.items():
-                p = producers.get(tp.partition)
-                if p is None:
-                    p = kafka.transactional_producer(
-                        settings, f"{group}.{tp.partition}", linger_ms=2
-                    )
-                    await p.start()
-                    producers[tp.partition] = p
-                async with p.transaction():
-                    futs = [
-                        await p.send(t, r.value, key=r.key, headers=list(r.headers))
-                        for r in records
-                        for t in outs
-                    ]
-                    await asyncio.gather(*futs)
-                    await p.send_offsets_to_transaction({tp: records[-1].offset + 1}, group)
-                done += len(records)
+            done += await fan_out(settings, consumer, producers, group, outs)
     finally:
         await consumer.stop()
         for p in producers.values():

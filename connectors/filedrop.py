@@ -423,15 +423,8 @@ class FileDrop:
                 continue
             request = errors
             try:
-                out = self.connector.prepare(
-                    request.event_type,
-                    request.body,
-                    case_ref=request.case_ref,
-                    sharing=request.sharing,
-                    urgency=request.urgency,
-                    occurred_at=request.occurred_at,
-                    message_id=uuid.uuid5(ROW_NAMESPACE, f"{self.connector.agency}/{digest}"),
-                )
+                row_id = uuid.uuid5(ROW_NAMESPACE, f"{self.connector.agency}/{digest}")
+                out = request.prepare(self.connector, row_id)
             except PolicyError as exc:
                 column = mapping.column_for("case_ref") if mapping else None
                 rejected.append(

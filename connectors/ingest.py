@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,18 @@ class Request:
     sharing: SharingDecision
     body: dict[str, Any]
 
+    def prepare(self, connector: Connector, message_id: uuid.UUID | None = None) -> Outgoing:
+        """Route and seal this request for ``connector`` (PolicyError when it cannot be routed)."""
+        return connector.prepare(
+            self.event_type,
+            self.body,
+            case_ref=self.case_ref,
+            sharing=self.sharing,
+            urgency=self.urgency,
+            occurred_at=self.occurred_at,
+            message_id=message_id,
+        )
+
 
 class RequestReader:
     """Checks requests against the wrapper and the event's schema, for one catalogue."""
@@ -126,23 +139,9 @@ async def send_routed(connector: Connector, read: Request) -> Outgoing:
     cannot be routed waits.
     """
     try:
-        prepared = connector.prepare(
-            read.event_type,
-            read.body,
-            case_ref=read.case_ref,
-            sharing=read.sharing,
-            urgency=read.urgency,
-            occurred_at=read.occurred_at,
-        )
+        prepared = read.prepare(connector)
     except PolicyError:
         await connector.sync()
-        prepared = connector.prepare(
-            read.event_type,
-            read.body,
-            case_ref=read.case_ref,
-            sharing=read.sharing,
-            urgency=read.urgency,
-            occurred_at=read.occurred_at,
-        )
+        prepared = read.prepare(connector)
     await connector.publish([prepared])
     return prepared
