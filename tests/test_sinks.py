@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from test_http_ingest import serving
 from test_router import ALL, CASE, KENT, KENT_ICB, KENT_POLICE, placement_body
 
 from broker import codec, kafka
+from broker.errors import PolicyError
 from broker.settings import KafkaSettings
 from connectors.sinks import FolderSink, WebhookSink
 
@@ -32,7 +35,7 @@ async def test_failing_webhook_is_retried_and_delivered_only_when_it_succeeds(
     @agency_app.post("/cbx")
     async def receive(request: Request) -> JSONResponse:
         doc = await request.json()
-        status = 503 if len(calls) < 2 else 200
+        status = 503 if len(calls) < 4 else 200
         calls.append((dt.datetime.now(dt.UTC), status))
         assert doc["event_type"] == "PlacementNotified"
         return JSONResponse(status_code=status, content={})
@@ -49,6 +52,13 @@ async def test_failing_webhook_is_retried_and_delivered_only_when_it_succeeds(
         )
         mid = str(placed.header.message_id)
         receipts: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 60
+        while not calls:
+            assert time.monotonic() < deadline, "the webhook was never called"
+            await asyncio.sleep(0.01)
+        # The agency's system has not got it yet, so it cannot be acknowledged.
+        with pytest.raises(PolicyError, match="was not delivered"):
+            await ex.connectors[KENT_POLICE].acknowledge(mid)
 
         async def delivered_receipt() -> bool:
             receipts.clear()
@@ -69,10 +79,17 @@ async def test_failing_webhook_is_retried_and_delivered_only_when_it_succeeds(
             return any(r["by"] == KENT_POLICE and r["subject_message_id"] == mid for r in receipts)
 
         await ex.wait_for(delivered_receipt, what="Kent Police's DELIVERED receipt")
+        assert [s for _, s in calls] == [503, 503, 503, 503, 200]
+        police = [r for r in receipts if r["by"] == KENT_POLICE and r["subject_message_id"] == mid]
+        assert [r["status"] for r in police] == ["DELIVERED"]
+        await ex.connectors[KENT_POLICE].acknowledge(mid)
+
+        async def acknowledged() -> bool:
+            await delivered_receipt()
+            return any(r["by"] == KENT_POLICE and r["status"] == "ACKNOWLEDGED" for r in receipts)
+
+        await ex.wait_for(acknowledged, what="Kent Police's ACKNOWLEDGED receipt")
         await webhook.close()
-    assert [s for _, s in calls] == [503, 503, 200]
-    police = [r for r in receipts if r["by"] == KENT_POLICE and r["subject_message_id"] == mid]
-    assert [r["status"] for r in police] == ["DELIVERED"]
     assert police[0]["at"] >= calls[-1][0] - dt.timedelta(milliseconds=5)
 
     files = list((tmp_path / "icb-inbox").glob(f"*_PlacementNotified_{mid}.json"))
