@@ -11,6 +11,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from broker.errors import (
     AccessDeniedError,
@@ -29,6 +30,28 @@ def c_extension_loaded() -> bool:
     return module.startswith("aiokafka.record._crecords")
 
 
+class KeyPartitioner:
+    """Kafka's default partitioning (murmur2 of the key, as every Kafka client does it),
+    remembered per key and partition count: aiokafka computes murmur2 in pure Python on every
+    record, and cbx writes several records under one key (a message's log entries, a case's
+    notifications)."""
+
+    def __init__(self, size: int = 65_536) -> None:
+        self._size = size
+        self._cache: dict[tuple[bytes, int], int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(DefaultPartitioner()(key, all_partitions, available))
+        k = (key, len(all_partitions))
+        p = self._cache.get(k)
+        if p is None:
+            if len(self._cache) >= self._size:
+                self._cache.clear()
+            p = self._cache[k] = all_partitions[(murmur2(key) & 0x7FFFFFFF) % len(all_partitions)]
+        return p
+
+
 def producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent producer (acks=all) unless overridden."""
     kwargs: dict[str, Any] = {
@@ -36,6 +59,7 @@ def producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
         "enable_idempotence": True,
         "acks": "all",
         "linger_ms": 5,
+        "partitioner": KeyPartitioner(),
     }
     kwargs.update(overrides)
     return AIOKafkaProducer(**kwargs)

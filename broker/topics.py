@@ -79,6 +79,10 @@ class Topics:
         return f"{self.prefix}.inbox."
 
     @property
+    def status_prefix(self) -> str:
+        return f"{self.prefix}.status."
+
+    @property
     def outbound_pattern(self) -> str:
         return "^" + re.escape(self.outbound_prefix) + ".+"
 
@@ -89,6 +93,14 @@ class Topics:
     def inbox(self, agency: str) -> str:
         """The topic the router writes and only ``agency`` reads."""
         return self.inbox_prefix + check_agency_id(agency)
+
+    @staticmethod
+    def is_agency_id(name: str) -> bool:
+        return bool(_AGENCY_ID.match(name))
+
+    def status(self, agency: str) -> str:
+        """Delivery-log entries about messages ``agency`` sent: the tracker writes, it reads."""
+        return self.status_prefix + check_agency_id(agency)
 
     def owner_of_outbound(self, topic: str) -> str:
         return topic.removeprefix(self.outbound_prefix)
@@ -114,8 +126,9 @@ class Topics:
         ]
 
     def agency(self, agency: str, partitions: int = 3) -> list[TopicSpec]:
-        """An agency's outbound and inbox topics."""
+        """An agency's outbound, inbox and status topics."""
         return [
             TopicSpec(self.outbound(agency), partitions),
             TopicSpec(self.inbox(agency), partitions),
+            TopicSpec(self.status(agency), partitions),
         ]

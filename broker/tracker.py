@@ -7,8 +7,12 @@ ESCALATED. When an urgent notification's acknowledgement deadline passes without
 acknowledgement, it writes OVERDUE and ESCALATED for each recipient that has not acknowledged, and
 logs an alert at ERROR level for the on-call operator.
 
-A separate service rather than part of the router: it scales and restarts independently, the
-router's exactly-once loop stays small, and the tracker needs no access to any agency's topics.
+It also copies each delivery-log entry to the sender's own status topic (``cbx.status.<agency>``),
+which only that agency may read, so a connector can tell its agency's system what became of each
+message it sent without any agency seeing the delivery metadata of others.
+
+A separate service rather than part of the router: it scales and restarts independently, and the
+router's exactly-once loop stays small.
 """
 
 from __future__ import annotations
@@ -156,6 +160,9 @@ class TrackerService:
         self._verifier = Verifier(self.directory)
         self._producer: Any = None
         self._consumer: Any = None
+        self._mirror_consumer: Any = None
+        self._status_topics: set[str] = set()
+        self._status_checked = 0.0
 
     async def _write(self, entries: list[LogEntry]) -> None:
         futures = [
@@ -247,6 +254,48 @@ class TrackerService:
             await self._write(entries)
         return len(entries) // 2
 
+    async def _known_status_topics(self, wanted: set[str]) -> set[str]:
+        """Which of ``wanted`` exist (asked again at most every 10 s while some are missing)."""
+        missing = wanted - self._status_topics
+        now = asyncio.get_running_loop().time()
+        if missing and now - self._status_checked > 10:
+            self._status_checked = now
+            admin = kafka.admin(self.settings)
+            await admin.start()
+            try:
+                prefix = self.settings.topics.status_prefix
+                self._status_topics = {t for t in await admin.list_topics() if t.startswith(prefix)}
+            finally:
+                await admin.close()
+            for t in sorted(missing - self._status_topics):
+                log.warning("status_topic_missing", topic=t, hint="run cbx agency add again")
+        return wanted & self._status_topics
+
+    async def _mirror(self) -> None:
+        """Copy each delivery-log entry to its sender's status topic, so the sender's connector
+        can tell its agency's system what became of a message (at least once; the view folds
+        repeats)."""
+        topics = self.settings.topics
+        while not self.stop_event.is_set():
+            batch = await self._mirror_consumer.getmany(timeout_ms=200, max_records=1000)
+            pending = []
+            for records in batch.values():
+                for r in records:
+                    try:
+                        sender = self.logs.decode(r.value).sender
+                    except CbxError as exc:
+                        log.warning("log_entry_unreadable", offset=r.offset, error=str(exc))
+                        continue
+                    if sender and topics.is_agency_id(sender) and not sender.startswith("svc-"):
+                        pending.append((topics.status(sender), r))
+            known = await self._known_status_topics({t for t, _ in pending})
+            futures = [
+                await self._producer.send(t, r.value, key=r.key) for t, r in pending if t in known
+            ]
+            await asyncio.gather(*futures)
+            if batch:
+                await self._mirror_consumer.commit()
+
     async def _deadlines(self) -> None:
         while not self.stop_event.is_set():
             await self.check_deadlines()
@@ -265,10 +314,18 @@ class TrackerService:
                 group_id=self.settings.topics.group("tracker"),
             )
             await self._consumer.start()
+            self._mirror_consumer = kafka.consumer(
+                self.settings,
+                self.settings.topics.delivery_log,
+                group_id=self.settings.topics.group("tracker-status"),
+            )
+            await self._mirror_consumer.start()
         log.info("tracker_started", messages=len(self.view.messages))
         try:
-            await asyncio.gather(self._receipts(), self._deadlines())
+            async with kafka.access(self.settings):
+                await asyncio.gather(self._receipts(), self._deadlines(), self._mirror())
         finally:
+            await self._mirror_consumer.stop()
             await self._consumer.stop()
             await self._producer.stop()
             for f in self._followers:

@@ -130,13 +130,25 @@ def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
 
     @app.get("/v1/messages/{message_id}")
     async def message(message_id: str) -> Response:
-        """What this connector published under ``message_id`` (operators see delivery states)."""
+        """What became of a message this agency sent: each recipient's state.
+
+        ``status`` is PUBLISHED until the router has taken the message, then ACCEPTED, ROUTED,
+        DELIVERED (every recipient's system has it) and ACKNOWLEDGED (every recipient confirmed);
+        REJECTED, ROUTE_GAP, RECIPIENT_REJECTED, OVERDUE or ESCALATED when something needs a
+        person. Metadata only.
+        """
         rec = store.message(message_id)
         if rec is None:
             return JSONResponse(
                 status_code=404, content={"error": "no such message from this agency"}
             )
-        return JSONResponse(content={**rec["answer"], "status": "PUBLISHED"})
+        known = connector.delivery_status(message_id)
+        if known is None:
+            known = {
+                "status": "PUBLISHED",
+                "recipients": [{**r, "status": "PUBLISHED"} for r in rec["answer"]["recipients"]],
+            }
+        return JSONResponse(content={**rec["answer"], **known})
 
     @app.post("/v1/messages/{message_id}/ack", status_code=202)
     async def acknowledge(message_id: str) -> Response:

@@ -22,6 +22,7 @@ from broker.catalogue import Catalogue
 from broker.crypto.keys import AgencyKeys
 from broker.crypto.sealing import BodyForms, KeyReuse, Recipient, Sealer
 from broker.crypto.signing import Verifier
+from broker.delivery_log import LogCodec
 from broker.directory import Directory, DirectoryCodec, apply
 from broker.envelope import Header, Outgoing, Protector, SharingDecision
 from broker.errors import CbxError, PolicyError, ProtectionError
@@ -33,6 +34,7 @@ from broker.router import ROUTER_ID
 from broker.routing import Placement, PlacementRegistry, Rules
 from broker.schema_store import SchemaStore
 from broker.settings import KafkaSettings
+from broker.tracker import DeliveryView
 from connectors.profiles import Profile, profile_for
 
 log = get_logger("connector")
@@ -108,6 +110,9 @@ class Connector:
         self._inbox_task: asyncio.Task[None] | None = None
         self._inbox_consumer: Any = None
         self._delivered: dict[str, Header] = {}
+        # What became of the messages this agency sent (the tracker mirrors the delivery log).
+        self.statuses = DeliveryView()
+        self._logs = LogCodec(self.catalogue)
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -121,6 +126,11 @@ class Connector:
                     lambda r: apply(self.directory, self._dcodec, r),
                 ),
                 TopicFollower(self.settings, self.topics.placements, self._apply_placement),
+                TopicFollower(
+                    self.settings,
+                    self.topics.status(self.agency),
+                    lambda r: self.statuses.apply(self._logs.decode(r.value)),
+                ),
             ]
             for f in self._followers:
                 await f.start()
@@ -249,6 +259,45 @@ class Connector:
         out = self.prepare(event_type, body, **kwargs)
         await self.publish([out])
         return out
+
+    def delivery_status(self, message_id: str) -> dict[str, Any] | None:
+        """Each recipient's state of a message this agency sent, from its status topic."""
+        m = self.statuses.messages.get(message_id)
+        if m is None:
+            return None
+        recipients = [
+            {
+                "agency": agency,
+                "role": r.role,
+                "status": str(r.status),
+                **{f"{k.lower()}_at": at.isoformat() for k, at in sorted(r.at.items())},
+            }
+            for agency, r in sorted(m.recipients.items())
+        ]
+        states = {str(r.status) for r in m.recipients.values()}
+        if m.rejected_reason is not None:
+            overall = "REJECTED"
+        elif states & {"ESCALATED", "OVERDUE", "RECIPIENT_REJECTED", "ROUTE_GAP"}:
+            overall = next(
+                s
+                for s in ("ESCALATED", "RECIPIENT_REJECTED", "OVERDUE", "ROUTE_GAP")
+                if s in states
+            )
+        elif states and states <= {"ACKNOWLEDGED"}:
+            overall = "ACKNOWLEDGED"
+        elif states and states <= {"DELIVERED", "ACKNOWLEDGED"}:
+            overall = "DELIVERED"
+        elif states:
+            overall = "ROUTED"
+        else:
+            overall = "ACCEPTED" if m.accepted_at else "PUBLISHED"
+        return {
+            "status": overall,
+            "accepted_at": m.accepted_at.isoformat() if m.accepted_at else None,
+            "ack_deadline": m.ack_deadline.isoformat() if m.ack_deadline else None,
+            "rejected_reason": m.rejected_reason,
+            "recipients": recipients,
+        }
 
     # --- inbound ------------------------------------------------------------------------------
 

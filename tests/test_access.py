@@ -58,6 +58,9 @@ async def test_each_agency_writes_only_its_outbound_and_reads_only_its_inbox(
         if me == other:
             await _write(mine, t.outbound(other))
             await _read(mine, t.inbox(other), group)
+            await _read(mine, t.status(other), group)
+            with pytest.raises(AccessDeniedError):  # only the tracker writes it
+                await _write(mine, t.status(other))
             continue
         with pytest.raises(AccessDeniedError) as denied:
             await _write(mine, t.outbound(other))
@@ -72,6 +75,8 @@ async def test_each_agency_writes_only_its_outbound_and_reads_only_its_inbox(
             await _write(mine, t.inbox(other))
         with pytest.raises(AccessDeniedError):
             await _read(mine, t.outbound(other), group)
+        with pytest.raises(AccessDeniedError):  # nor what became of another's messages
+            await _read(mine, t.status(other), group)
 
 
 async def test_wrong_or_missing_credentials_cannot_connect(secured: KafkaSettings) -> None:

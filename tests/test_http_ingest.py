@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -144,3 +145,62 @@ async def test_ingest_routes_good_payloads_refuses_bad_ones_and_is_idempotent(
         assert len(ids) == 1
         # A restarted connector still knows the key.
         assert IdempotencyStore(tmp_path / "sent.jsonl").get("kent-42") is not None
+
+
+async def test_the_sender_sees_each_recipients_state_and_only_its_own_messages(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    from broker import principals
+    from broker.tracker import TrackerService
+
+    async with exchange(kafka_ns, tmp_path) as ex:
+        for agency in ALL:
+            await ex.agency(agency, inbox=agency != KENT)
+        await ex.sync_all()
+        tracker = TrackerService(principals.settings_for(kafka_ns, principals.TRACKER), 0.5)
+        tracker_task = asyncio.create_task(tracker.run())
+        kent_app = create_app(ex.connectors[KENT], IdempotencyStore(tmp_path / "kent.jsonl"))
+        lancs_app = create_app(ex.connectors[LANCS], IdempotencyStore(tmp_path / "lancs.jsonl"))
+        try:
+            async with (
+                serving(kent_app) as kent_url,
+                serving(lancs_app) as lancs_url,
+                httpx.AsyncClient(base_url=kent_url) as kent,
+                httpx.AsyncClient(base_url=lancs_url) as lancs,
+            ):
+                placement = {**PAYLOADS["PlacementNotified"], "host_authority": LANCS}
+                posted = await kent.post(
+                    "/v1/events/PlacementNotified",
+                    json={"case_ref": CASE, "sharing": SHARING_JSON, "event": placement},
+                )
+                assert posted.status_code == 202, posted.text
+                mid = posted.json()["message_id"]
+                recipients = {r["agency"] for r in posted.json()["recipients"]}
+
+                async def delivered_everywhere() -> Any:
+                    doc = (await kent.get(f"/v1/messages/{mid}")).json()
+                    return doc if doc["status"] == "DELIVERED" else None
+
+                doc = await ex.wait_for(delivered_everywhere, what="DELIVERED to all")
+                assert {r["agency"] for r in doc["recipients"]} == recipients
+                assert all("delivered_at" in r for r in doc["recipients"])
+
+                # Lancashire's system acknowledges through its own connector.
+                acked = await lancs.post(f"/v1/messages/{mid}/ack")
+                assert acked.status_code == 202
+
+                async def lancs_acknowledged() -> Any:
+                    doc = (await kent.get(f"/v1/messages/{mid}")).json()
+                    states = {r["agency"]: r["status"] for r in doc["recipients"]}
+                    return doc if states[LANCS] == "ACKNOWLEDGED" else None
+
+                doc = await ex.wait_for(lancs_acknowledged, what="Lancashire's acknowledgement")
+                states = {r["agency"]: r["status"] for r in doc["recipients"]}
+                assert {a for a, s in states.items() if s == "DELIVERED"} == recipients - {LANCS}
+                assert doc["status"] == "DELIVERED"  # not every recipient has acknowledged
+                # Lancashire did not send it, so its connector knows nothing of it as a sender.
+                assert (await lancs.get(f"/v1/messages/{mid}")).status_code == 404
+                assert "Whitcombe" not in json.dumps(doc)
+        finally:
+            tracker.stop_event.set()
+            await tracker_task
