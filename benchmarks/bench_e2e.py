@@ -199,7 +199,7 @@ async def role_cbx_sender(args: dict[str, Any], pipe: Any) -> None:
         await conn.stop()
 
 
-async def _sender_loop(pipe: Any, send: Callable[[int, int], Awaitable[None]]) -> None:
+async def _sender_loop(pipe: Any, send: Callable[[int, int], Coroutine[Any, Any, None]]) -> None:
     while True:
         cmd = await _commands(pipe)
         if cmd[0] == "stop":
@@ -211,13 +211,21 @@ async def _sender_loop(pipe: Any, send: Callable[[int, int], Awaitable[None]]) -
             for i in range(0, n, BATCH):
                 await send(i, min(BATCH, n - i))
         else:
+            # A batch every 10 ms, not waiting for one batch's acknowledgements before making
+            # the next (as a connector taking requests from many users would).
             tick = 0.01
             per_tick = max(1, round(rate * tick))
+            in_flight: list[asyncio.Task[None]] = []
             for k, i in enumerate(range(0, n, per_tick)):
                 delay = t0 + k * tick - time.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                await send(i, min(per_tick, n - i))
+                in_flight.append(asyncio.create_task(send(i, min(per_tick, n - i))))
+                for t in in_flight:
+                    if t.done():
+                        t.result()  # a failed send stops the run here
+                in_flight = [t for t in in_flight if not t.done()]
+            await asyncio.gather(*in_flight)
         pipe.send(("sent", t0, time.time()))
 
 
