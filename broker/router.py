@@ -368,10 +368,11 @@ class RouterCore:
             placement.case_ref = header.case_ref
             placement.source_message_id = header.message_id
             outs.append(self._placement_out(placement))
+        # One marker, keyed by message id: a routed record read again (after a crash or a
+        # rebalance) carries the same message id. Dead letters, which may have none, are marked
+        # by their source instead.
         outs.append(Out(self.topics.routed, message_id.encode(), rec.source.encode()))
-        outs.append(Out(self.topics.routed, rec.source.encode(), message_id.encode()))
         self.state.stage(message_id, placement)
-        self.state.stage(rec.source, None)
         return Outcome(
             outs,
             "routed",
