@@ -109,6 +109,17 @@ async def role_router(args: dict[str, Any], pipe: Any) -> None:
     pipe.send(("stopped",))
 
 
+async def started_connector(args: dict[str, Any]) -> Any:
+    """The connector of the agency whose keystore ``args`` names, started, as that agency."""
+    from broker.crypto import keys as keystore
+    from connectors.runtime import Connector
+
+    keys = keystore.load(Path(args["keystore"]))
+    conn = Connector(principals.settings_for(args["ns"], keys.agency), keys)
+    await conn.start()
+    return conn
+
+
 class Counter:
     """Latencies of one phase at one recipient."""
 
@@ -143,12 +154,9 @@ async def _recipient_loop(pipe: Any, counter: Counter, run: Coroutine[Any, Any, 
 
 
 async def role_cbx_recipient(args: dict[str, Any], pipe: Any) -> None:
-    from broker.crypto import keys as keystore
-    from connectors.runtime import Connector, Delivered
+    from connectors.runtime import Delivered
 
-    keys = keystore.load(Path(args["keystore"]))
-    conn = Connector(principals.settings_for(args["ns"], keys.agency), keys)
-    await conn.start()
+    conn = await started_connector(args)
     counter = Counter()
 
     async def sink(d: Delivered) -> None:
@@ -165,12 +173,7 @@ async def role_cbx_recipient(args: dict[str, Any], pipe: Any) -> None:
 
 
 async def role_cbx_sender(args: dict[str, Any], pipe: Any) -> None:
-    from broker.crypto import keys as keystore
-    from connectors.runtime import Connector
-
-    keys = keystore.load(Path(args["keystore"]))
-    conn = Connector(principals.settings_for(args["ns"], keys.agency), keys)
-    await conn.start()
+    conn = await started_connector(args)
     while True:
         await conn.sync()
         if all(conn.registry.get(f"KCC-LAC-{i}") for i in range(CASES)):
@@ -325,14 +328,10 @@ async def role_raw_recipient(args: dict[str, Any], pipe: Any) -> None:
 async def role_http(args: dict[str, Any], pipe: Any) -> None:
     import uvicorn
 
-    from broker.crypto import keys as keystore
     from connectors.http_ingest import create_app
     from connectors.idempotency import IdempotencyStore
-    from connectors.runtime import Connector
 
-    keys = keystore.load(Path(args["keystore"]))
-    conn = Connector(principals.settings_for(args["ns"], keys.agency), keys)
-    await conn.start()
+    conn = await started_connector(args)
     store = IdempotencyStore(Path(args["store"]))
     server = uvicorn.Server(
         uvicorn.Config(

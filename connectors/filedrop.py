@@ -278,6 +278,7 @@ class FileDrop:
         store: IdempotencyStore,
         *,
         mappings: list[Mapping] | None = None,
+        mapping_folders: list[Path] | None = None,
         settle_s: float = 1.0,
         batch: int = 200,
     ) -> None:
@@ -285,7 +286,9 @@ class FileDrop:
         self.root = root
         self.store = store
         self.reader = RequestReader(connector.catalogue, connector.converters)
-        self.mappings = mappings if mappings is not None else load_mappings(self.reader)
+        self.mappings = (
+            mappings if mappings is not None else load_mappings(self.reader, mapping_folders)
+        )
         self.settle_s = settle_s
         self.batch = batch
         self.processed = root / "processed"

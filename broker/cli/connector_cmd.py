@@ -46,6 +46,7 @@ async def _run(
     sink_kind: str,
     target: str,
     drop: Path | None,
+    mappings: Path | None = None,
 ) -> None:
     import uvicorn
 
@@ -86,7 +87,9 @@ async def _run(
             f"{agency}: ingest on http://127.0.0.1:{port}/v1/events/<type>", highlight=False
         )
     if drop is not None:
-        filedrop = FileDrop(connector, drop, store)
+        filedrop = FileDrop(
+            connector, drop, store, mapping_folders=[mappings] if mappings else None
+        )
         tasks.append(asyncio.create_task(filedrop.run(stop), name="file drop"))
         console.print(f"{agency}: taking files dropped in {drop}", highlight=False)
     console.print(f"{agency}: delivering its inbox to {sink_kind} {target}", highlight=False)
@@ -112,6 +115,10 @@ def run(
         Path | None,
         typer.Option(help="Take the agency's exports (CSV, JSON lines) dropped in this folder."),
     ] = None,
+    mappings: Annotated[
+        Path | None,
+        typer.Option(help="Folder of the agency's own CSV column mappings (YAML), tried first."),
+    ] = None,
 ) -> None:
     """Ingest the agency's events (HTTP, file drop) and deliver its inbox to its system.
 
@@ -126,7 +133,9 @@ def run(
         sink_kind, target = choose_sink(agency, webhook, folder)
         external = KafkaSettings.from_env()
         settings = external or principals.settings_for(resolve_settings(), agency)
-        asyncio.run(_run(settings, agency, port if http else None, sink_kind, target, drop))
+        asyncio.run(
+            _run(settings, agency, port if http else None, sink_kind, target, drop, mappings)
+        )
     except CbxError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
