@@ -76,6 +76,7 @@ def _table(report: dict[str, Any]) -> None:
         "message",
         "from",
         "to",
+        "role",
         "status",
         "delivered ms",
         "acknowledged ms",
@@ -87,14 +88,17 @@ def _table(report: dict[str, Any]) -> None:
             table.add_row(
                 m["event_type"] if first else "",
                 ref.name_of(m["sender"]) if first else "",
-                f"{ref.name_of(r['agency'])} ({r['role']})",
+                ref.name_of(r["agency"]),
+                r["role"],
                 r["status"],
                 f"{r['delivered_ms']:.0f}" if r["delivered_ms"] is not None else "-",
                 f"{r['acknowledged_ms']:.0f}" if r["acknowledged_ms"] is not None else "-",
             )
             first = False
         for gap in m["route_gaps"]:
-            table.add_row("", "", f"{ref.name_of(gap)}", "ROUTE GAP (repaired)", "", "")
+            table.add_row("", "", ref.name_of(gap), "", "ROUTE GAP (repaired)", "", "")
+    if not console.is_terminal:  # to a file or a pipe: room for agency names, not 80 columns
+        console.width = 160
     console.print(table)
     for r in report["rejections"]:
         problems = "; ".join(
