@@ -244,15 +244,21 @@ class Connector:
         self.protector.sign(batch)
         topic = self.topics.outbound(self.agency)
         async with kafka.access(self.settings):
-            return await self._send(topic, batch)
-
-    async def _send(self, topic: str, batch: list[Outgoing]) -> list[Outgoing]:
-        futures = [
-            await self._producer.send(topic, o.value, key=o.key, headers=o.headers) for o in batch
-        ]
-        await asyncio.gather(*futures)
+            await self._send(topic, batch)
         self.stats.published += len(batch)
         return batch
+
+    async def _send(
+        self, topic: str, batch: list[Outgoing], key: Callable[[Outgoing], bytes] | None = None
+    ) -> None:
+        """Publish signed messages; returns when Kafka has them all."""
+        futures = [
+            await self._producer.send(
+                topic, o.value, key=key(o) if key else o.key, headers=o.headers
+            )
+            for o in batch
+        ]
+        await asyncio.gather(*futures)
 
     async def send(self, event_type: str, body: dict[str, Any], **kwargs: Any) -> Outgoing:
         """Prepare and publish one message."""
@@ -373,16 +379,12 @@ class Connector:
             return
         self.protector.sign(receipts)
         async with kafka.access(self.settings):
-            futures = [
-                await self._producer.send(
-                    self.topics.receipts,
-                    out.value,
-                    key=str(out.header.related_message_id).encode(),
-                    headers=out.headers,
-                )
-                for out in receipts
-            ]
-            await asyncio.gather(*futures)
+            # Keyed by the message they are about, so a message's receipts stay in order.
+            await self._send(
+                self.topics.receipts,
+                receipts,
+                key=lambda o: str(o.header.related_message_id).encode(),
+            )
 
     async def receipt(self, subject: Header, status: str, reason: str | None = None) -> Outgoing:
         """Tell the sender (and the tracker) what became of a message this agency received."""

@@ -3,7 +3,6 @@ and the matching agency JSON (as the HTTP ingest would receive it)."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import uuid
 from typing import Any
@@ -82,23 +81,6 @@ def _primitive(t: str) -> st.SearchStrategy[Any]:
         "string": _TEXT,
         "bytes": st.binary(max_size=64),
     }[t]
-
-
-def to_json(value: Any) -> Any:
-    """The agency-JSON form of a generated record (ISO dates, base64 bytes)."""
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return value
 
 
 def normalise(value: Any) -> Any:

@@ -8,7 +8,7 @@ from typing import Any
 
 import fastavro
 import pytest
-from avro_strategies import normalise, records, to_json
+from avro_strategies import normalise, records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +16,7 @@ from broker import codec
 from broker.catalogue import ENVELOPE, Catalogue
 from broker.json_to_avro import JsonConversionError, JsonToAvro
 from broker.schema_store import SchemaStore
+from connectors.sinks import to_json
 
 CATALOGUE = Catalogue.load()
 TYPES = CATALOGUE.event_types()
