@@ -23,10 +23,10 @@ import fastavro
 from fastavro.validation import validate
 
 from benchmarks.samples import PAYLOADS
-from broker import codec
-from broker.catalogue import Catalogue
-from broker.json_to_avro import JsonToAvro
-from broker.schema_store import SchemaStore
+from broker.schema import codec
+from broker.schema.catalogue import Catalogue
+from broker.schema.json_to_avro import JsonToAvro
+from broker.schema.store import SchemaStore
 
 RESULTS = Path(__file__).parent / "results"
 

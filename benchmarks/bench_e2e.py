@@ -41,8 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.samples import PAYLOADS
-from broker import kafka, local_kafka, principals, provision
-from broker.settings import KafkaSettings
+from broker import model
+from broker.admin import provision
+from broker.kafka import clients as kafka
+from broker.kafka import embedded as local_kafka
+from broker.kafka import principals
+from broker.kafka.settings import KafkaSettings
 
 RESULTS = Path(__file__).parent / "results"
 PLA, HLA, HOF, HF = "la-e10000016", "la-e10000017", "pf-e23000032", "pf-e23000003"
@@ -98,9 +102,9 @@ async def _commands(pipe: Any) -> Any:
 
 
 async def role_router(args: dict[str, Any], pipe: Any) -> None:
-    from broker.router_service import RouterService
+    from broker.router.service import RouterService
 
-    service = RouterService(principals.settings_for(args["ns"], principals.ROUTER))
+    service = RouterService(principals.settings_for(args["ns"], model.ROUTER))
     task = asyncio.create_task(service.run())
     pipe.send(("ready",))
     await _commands(pipe)  # stop
@@ -112,7 +116,7 @@ async def role_router(args: dict[str, Any], pipe: Any) -> None:
 async def started_connector(args: dict[str, Any]) -> Any:
     """The connector of the agency whose keystore ``args`` names, started, as that agency."""
     from broker.crypto import keys as keystore
-    from connectors.runtime import Connector
+    from connectors.gateway.connector import Connector
 
     keys = keystore.load(Path(args["keystore"]))
     conn = Connector(principals.settings_for(args["ns"], keys.agency), keys)
@@ -154,7 +158,7 @@ async def _recipient_loop(pipe: Any, counter: Counter, run: Coroutine[Any, Any, 
 
 
 async def role_cbx_recipient(args: dict[str, Any], pipe: Any) -> None:
-    from connectors.runtime import Delivered
+    from connectors.gateway.connector import Delivered
 
     conn = await started_connector(args)
     counter = Counter()
@@ -328,8 +332,8 @@ async def role_raw_recipient(args: dict[str, Any], pipe: Any) -> None:
 async def role_http(args: dict[str, Any], pipe: Any) -> None:
     import uvicorn
 
-    from connectors.http_ingest import create_app
-    from connectors.idempotency import IdempotencyStore
+    from connectors.ingest.http import create_app
+    from connectors.ingest.idempotency import IdempotencyStore
 
     conn = await started_connector(args)
     store = IdempotencyStore(Path(args["store"]))
@@ -461,7 +465,7 @@ async def setup(settings: KafkaSettings, tmp: Path) -> dict[str, Path]:
     """Provision the six agencies, their keys and 64 placements (routed by a router process)."""
     from broker.crypto import keys as keystore
     from broker.crypto.keys import AgencyKeys
-    from connectors.runtime import Connector
+    from connectors.gateway.connector import Connector
 
     await provision.setup(settings)
     stores = {}

@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.samples import PAYLOADS
-from broker import codec
-from broker.catalogue import Catalogue
 from broker.crypto.keys import AgencyKeys
-from broker.crypto.sealing import BodyForms, KeyReuse, Recipient, Sealer
+from broker.crypto.sealing import BodyForms, KeyReuse, Sealer
 from broker.crypto.signing import Verifier
 from broker.directory import AgencyEntry, Directory
 from broker.envelope import Header, Protector, SharingDecision
-from broker.json_to_avro import JsonToAvro
-from broker.policy import Role, SharingPolicy
+from broker.model import Recipient, Role
+from broker.policy.sharing import SharingPolicy
+from broker.schema import codec
+from broker.schema.catalogue import Catalogue
+from broker.schema.json_to_avro import JsonToAvro
 
 RESULTS = Path(__file__).parent / "results"
 SENDER, READERS = "pf-e23000003", ["la-e10000016", "la-e10000017", "pf-e23000032"]

@@ -25,13 +25,17 @@ from aiokafka import TopicPartition
 
 from benchmarks.bench_e2e import fan_out
 from benchmarks.samples import PAYLOADS
-from broker import kafka, local_kafka, principals, provision
+from broker import model
+from broker.admin import provision
 from broker.crypto.keys import AgencyKeys
 from broker.directory import AgencyEntry, publish
 from broker.envelope import SharingDecision
-from broker.router_service import RouterService
-from broker.settings import KafkaSettings
-from connectors.runtime import Connector
+from broker.kafka import clients as kafka
+from broker.kafka import embedded as local_kafka
+from broker.kafka import principals
+from broker.kafka.settings import KafkaSettings
+from broker.router.service import RouterService
+from connectors.gateway.connector import Connector
 
 RESULTS = Path(__file__).parent / "results"
 PLA, HLA, HOF, HF = "la-e10000016", "la-e10000017", "pf-e23000032", "pf-e23000003"
@@ -74,7 +78,7 @@ async def prefill(settings: KafkaSettings, n: int) -> tuple[str, float]:
             "ChildMissingReported", HF, hf.rules.placement_parties(PLA, HLA)
         )
     ]
-    from broker.policy import Role
+    from broker.model import Role
 
     t0 = time.perf_counter()
     for start in range(0, n, 500):
@@ -157,7 +161,7 @@ async def _measure(settings: KafkaSettings, n: int) -> dict[str, Any]:
     base_s = await baseline(settings, topic, n)
     print(f"baseline copied {n} in {base_s:.1f}s", flush=True)
 
-    service = RouterService(principals.settings_for(settings, principals.ROUTER))
+    service = RouterService(principals.settings_for(settings, model.ROUTER))
     task = asyncio.create_task(service.run())
     try:
         group = settings.topics.group("router")

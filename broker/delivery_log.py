@@ -7,9 +7,9 @@ from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any
 
-from broker import codec
-from broker.catalogue import Catalogue
-from broker.schema_store import SchemaStore
+from broker.schema import codec
+from broker.schema.catalogue import Catalogue
+from broker.schema.store import SchemaStore
 
 SCHEMA = "DeliveryLogEntry"
 

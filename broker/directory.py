@@ -11,13 +11,14 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker import codec, kafka
-from broker.catalogue import Catalogue
 from broker.crypto.keys import AgencyKeys, KeyPair
 from broker.errors import SerializationError, SignatureError
+from broker.kafka import clients as kafka
+from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
-from broker.schema_store import SchemaStore
-from broker.settings import KafkaSettings
+from broker.schema import codec
+from broker.schema.catalogue import Catalogue
+from broker.schema.store import SchemaStore
 
 log = get_logger("directory")
 SCHEMA = "DirectoryEntry"

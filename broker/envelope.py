@@ -11,13 +11,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker import codec
-from broker.catalogue import ENVELOPE, Catalogue
-from broker.crypto.sealing import BodyForms, Opener, Recipient, Sealer, SealResult
+from broker.crypto.sealing import BodyForms, Opener, Sealer, SealResult
 from broker.crypto.signing import Headers, Signer, Verifier
 from broker.errors import ProtectionError, SerializationError
-from broker.policy import Role
-from broker.schema_store import SchemaStore
+from broker.model import Recipient, Role
+from broker.schema import codec
+from broker.schema.catalogue import ENVELOPE, Catalogue
+from broker.schema.store import SchemaStore
 
 
 @dataclass(frozen=True)

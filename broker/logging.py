@@ -7,11 +7,12 @@ a terminal gets the readable console renderer. ``CBX_LOG_FORMAT=json|console`` o
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any
 
 import structlog
+
+from broker import env
 
 _configured = False
 
@@ -21,10 +22,10 @@ def configure_logging(*, json: bool | None = None, level: str | None = None) -> 
     global _configured
     if _configured:
         return
-    fmt = os.environ.get("CBX_LOG_FORMAT", "").lower()
+    fmt = (env.get("CBX_LOG_FORMAT") or "").lower()
     if json is None:
         json = fmt == "json" if fmt in ("json", "console") else not sys.stderr.isatty()
-    level_name = (level or os.environ.get("CBX_LOG_LEVEL", "INFO")).upper()
+    level_name = (level or env.get("CBX_LOG_LEVEL", "INFO") or "INFO").upper()
     numeric = logging.getLevelNamesMapping().get(level_name, logging.INFO)
 
     shared: list[Any] = [

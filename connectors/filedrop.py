@@ -41,14 +41,14 @@ from typing import Any
 import yaml
 from fastavro.schema import expand_schema
 
-from broker.catalogue import schemas_dir
 from broker.envelope import Outgoing
 from broker.errors import ConfigurationError, PolicyError
-from broker.json_to_avro import FieldError
 from broker.logging import get_logger
-from connectors.idempotency import IdempotencyStore
-from connectors.ingest import Request, RequestReader
-from connectors.runtime import Connector
+from broker.paths import schemas_dir
+from broker.schema.json_to_avro import FieldError
+from connectors.gateway.connector import Connector
+from connectors.ingest.idempotency import IdempotencyStore
+from connectors.ingest.request import Request, RequestReader
 
 log = get_logger("filedrop")
 

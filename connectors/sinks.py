@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 
-from broker.crypto.sealing import Withheld
 from broker.logging import get_logger
-from connectors.runtime import Delivered
+from broker.model import Withheld
+from connectors.gateway.connector import Delivered
 
 log = get_logger("sink")
 

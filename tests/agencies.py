@@ -7,13 +7,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from broker.catalogue import Catalogue
 from broker.crypto.keys import AgencyKeys
-from broker.crypto.sealing import BodyForms, KeyReuse, Recipient, Sealer
+from broker.crypto.sealing import BodyForms, KeyReuse, Sealer
 from broker.crypto.signing import Verifier
 from broker.directory import AgencyEntry, Directory
 from broker.envelope import Header, Protector, SharingDecision
-from broker.policy import Role, SharingPolicy
+from broker.model import Recipient, Role
+from broker.policy.sharing import SharingPolicy
+from broker.schema.catalogue import Catalogue
 
 CATALOGUE = Catalogue.load()
 FORMS = BodyForms(CATALOGUE)
@@ -96,7 +97,7 @@ MISSING_RECIPIENTS = [
 
 def body_of(event_type: str, **overrides: Any) -> dict[str, Any]:
     from benchmarks.samples import PAYLOADS
-    from broker.json_to_avro import JsonToAvro
+    from broker.schema.json_to_avro import JsonToAvro
 
     payload = {**PAYLOADS[event_type], **overrides}
     return dict(JsonToAvro(CATALOGUE.latest(event_type).parsed).convert(payload))

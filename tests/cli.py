@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from broker.settings import KafkaSettings
+from broker.kafka.settings import KafkaSettings
 
 
 def cbx(
@@ -20,7 +20,7 @@ def cbx(
         full.update(settings.to_env())
     full.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "broker.cli", *args],
+        [sys.executable, "-m", "cbx.cli", *args],
         capture_output=True,
         text=True,
         env=full,

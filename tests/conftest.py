@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from broker import local_kafka
 from broker.errors import EmbeddedKafkaError
-from broker.settings import KafkaSettings
+from broker.kafka import embedded as local_kafka
+from broker.kafka.settings import KafkaSettings
 
 EMBEDDED: list[local_kafka.BrokerState] = []
 

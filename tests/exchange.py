@@ -22,15 +22,18 @@ from typing import Any
 from agencies import SHARING
 from aiokafka import TopicPartition
 
-from broker import kafka, principals, provision
-from broker.catalogue import Catalogue
+from broker import model
+from broker.admin import provision
 from broker.crypto.keys import AgencyKeys
-from broker.deadletter import DeadLetter, list_dead_letters
 from broker.delivery_log import LogCodec, LogEntry
 from broker.directory import AgencyEntry, publish
 from broker.envelope import EnvelopeCodec, Header
-from broker.settings import KafkaSettings
-from connectors.runtime import Connector
+from broker.kafka import clients as kafka
+from broker.kafka import principals
+from broker.kafka.settings import KafkaSettings
+from broker.router.deadletter import DeadLetter, list_dead_letters
+from broker.schema.catalogue import Catalogue
+from connectors.gateway.connector import Connector
 
 CATALOGUE = Catalogue.load()
 ENVELOPES = EnvelopeCodec(CATALOGUE)
@@ -52,14 +55,14 @@ class RouterProcess:
         self.starts = 0
 
     def start(self) -> None:
-        router = principals.settings_for(self.settings, principals.ROUTER)
+        router = principals.settings_for(self.settings, model.ROUTER)
         env = {
             **os.environ,
             **router.to_env(),
             "CBX_HOME": str(self.home),
             "CBX_LOG_FORMAT": "json",
         }
-        args = [sys.executable, "-m", "broker.cli", "router"]
+        args = [sys.executable, "-m", "cbx.cli", "router"]
         if self.metrics_port is not None:
             args += ["--metrics-port", str(self.metrics_port)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child

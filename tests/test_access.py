@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from broker import kafka, principals, provision
+from broker.admin import provision
 from broker.errors import AccessDeniedError, AuthenticationFailedError
-from broker.settings import KafkaSettings
+from broker.kafka import clients as kafka
+from broker.kafka import principals
+from broker.kafka.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
 
@@ -154,7 +156,7 @@ async def test_a_removed_agency_is_refused_at_once_and_the_others_keep_working(
 
 
 def test_the_acl_set_of_each_role_is_reviewable_data(secured: KafkaSettings) -> None:
-    from broker.access import AccessControl, grants
+    from broker.kafka.acls import AccessControl, grants
 
     live = AccessControl(secured).describe(AGENCIES[0])
     policy = grants("agency", secured.topic_prefix, AGENCIES[0])

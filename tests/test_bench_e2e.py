@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.settings import KafkaSettings
+from broker.kafka.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
 ROOT = Path(__file__).resolve().parent.parent

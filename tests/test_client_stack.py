@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
-from broker import kafka
-from broker.kafka import TopicSpec
-from broker.settings import KafkaSettings
+from broker.kafka import clients as kafka
+from broker.kafka.clients import TopicSpec
+from broker.kafka.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
 

@@ -13,10 +13,10 @@ from avro_strategies import normalise, records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker import codec
-from broker.catalogue import Catalogue, schema_fingerprint
 from broker.errors import SerializationError, UnknownSchemaError
-from broker.schema_store import SchemaStore
+from broker.schema import codec
+from broker.schema.catalogue import Catalogue, schema_fingerprint
+from broker.schema.store import SchemaStore
 
 CATALOGUE = Catalogue.load()
 ALL = CATALOGUE.names()

@@ -17,8 +17,8 @@ from broker.crypto import keys as keystore
 from broker.crypto.sealing import Sealer
 from broker.crypto.signing import Verifier
 from broker.envelope import Protector
-from broker.policy import Role
-from broker.settings import KafkaSettings
+from broker.kafka.settings import KafkaSettings
+from broker.model import Role
 
 pytestmark = pytest.mark.kafka
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from broker import local_kafka
+from broker.kafka import embedded as local_kafka
 
-CBX = [sys.executable, "-m", "broker.cli"]
+CBX = [sys.executable, "-m", "cbx.cli"]
 
 
 def _cbx(

@@ -20,11 +20,11 @@ import pytest
 from exchange import exchange
 from test_router import KENT, KENT_ICB, KENT_POLICE, LANCS, LANCS_ICB, LANCS_POLICE
 
-from broker import principals
 from broker.crypto import keys as keystore
-from broker.settings import KafkaSettings
+from broker.kafka import principals
+from broker.kafka.settings import KafkaSettings
 from connectors.filedrop import FileDrop
-from connectors.idempotency import IdempotencyStore
+from connectors.ingest.idempotency import IdempotencyStore
 
 pytestmark = pytest.mark.kafka
 
@@ -261,7 +261,7 @@ def start_connector(
         "CBX_HOME": str(ex.home),
         "CBX_LOG_FORMAT": "json",
     }
-    args = [sys.executable, "-m", "broker.cli", "connector", "run", "--agency", agency]
+    args = [sys.executable, "-m", "cbx.cli", "connector", "run", "--agency", agency]
     args += ["--no-http", "--drop", str(drop_dir), "--folder", str(ex.home / "kent-inbox")]
     with open(log_path, "ab") as log:
         return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from broker.catalogue import Catalogue
 from broker.errors import ConfigurationError
-from broker.json_to_avro import JsonToAvro
+from broker.schema.catalogue import Catalogue
+from broker.schema.json_to_avro import JsonToAvro
 from connectors.filedrop import load_mappings, row_request
-from connectors.ingest import RequestReader
+from connectors.ingest.request import RequestReader
 
 CATALOGUE = Catalogue.load()
 READER = RequestReader(

@@ -17,9 +17,10 @@ from exchange import exchange
 from test_router import ALL, CASE, KENT, KENT_POLICE, LANCS, PROVIDER
 
 from benchmarks.samples import PAYLOADS
-from broker.settings import KafkaSettings
-from connectors.http_ingest import create_app
-from connectors.idempotency import IdempotencyStore
+from broker import model
+from broker.kafka.settings import KafkaSettings
+from connectors.ingest.http import create_app
+from connectors.ingest.idempotency import IdempotencyStore
 
 pytestmark = pytest.mark.kafka
 
@@ -150,14 +151,14 @@ async def test_ingest_routes_good_payloads_refuses_bad_ones_and_is_idempotent(
 async def test_the_sender_sees_each_recipients_state_and_only_its_own_messages(
     kafka_ns: KafkaSettings, tmp_path: Path
 ) -> None:
-    from broker import principals
-    from broker.tracker import TrackerService
+    from broker.kafka import principals
+    from broker.tracker.service import TrackerService
 
     async with exchange(kafka_ns, tmp_path) as ex:
         for agency in ALL:
             await ex.agency(agency, inbox=agency != KENT)
         await ex.sync_all()
-        tracker = TrackerService(principals.settings_for(kafka_ns, principals.TRACKER), 0.5)
+        tracker = TrackerService(principals.settings_for(kafka_ns, model.TRACKER), 0.5)
         tracker_task = asyncio.create_task(tracker.run())
         kent_app = create_app(ex.connectors[KENT], IdempotencyStore(tmp_path / "kent.jsonl"))
         lancs_app = create_app(ex.connectors[LANCS], IdempotencyStore(tmp_path / "lancs.jsonl"))

@@ -12,10 +12,10 @@ from avro_strategies import normalise, records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker import codec
-from broker.catalogue import ENVELOPE, Catalogue
-from broker.json_to_avro import JsonConversionError, JsonToAvro
-from broker.schema_store import SchemaStore
+from broker.schema import codec
+from broker.schema.catalogue import ENVELOPE, Catalogue
+from broker.schema.json_to_avro import JsonConversionError, JsonToAvro
+from broker.schema.store import SchemaStore
 from connectors.sinks import to_json
 
 CATALOGUE = Catalogue.load()

@@ -6,7 +6,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.kafka import KeyPartitioner
+from broker.kafka.clients import KeyPartitioner
 
 CACHED = KeyPartitioner(size=64)
 

@@ -8,8 +8,8 @@ import pytest
 from cli import cbx
 
 from broker.errors import ConfigurationError, PolicyError
-from broker.routing import Rules
-from connectors.profiles import profile_for, profiles
+from broker.policy.profiles import profile_for, profiles
+from broker.policy.routing import Rules
 
 RULES = Rules.load()
 

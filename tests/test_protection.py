@@ -32,13 +32,12 @@ from avro_strategies import normalise, records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker import codec
-from broker.catalogue import SensitivityClass
 from broker.crypto import keys as keystore
-from broker.crypto.sealing import SEALING_FIELD, KeyReuse, Recipient, Withheld
+from broker.crypto.sealing import SEALING_FIELD, KeyReuse
 from broker.crypto.signing import H_PROOF, H_SIG, Signer
 from broker.errors import KeystoreError, ProtectionError, SignatureError
-from broker.policy import Role
+from broker.model import Recipient, Role, SensitivityClass, Withheld
+from broker.schema import codec
 
 NET = network()
 ROLES_FOR = {

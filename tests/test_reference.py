@@ -7,7 +7,7 @@ import re
 import pytest
 
 from broker.errors import ConfigurationError
-from broker.reference import Reference
+from broker.policy.reference import Reference
 
 REF = Reference.load()
 

@@ -13,16 +13,17 @@ from agencies import SHARING, body_of
 from cli import cbx
 from exchange import Exchange, exchange
 
-from broker import codec
-from broker.catalogue import Catalogue
 from broker.crypto.keys import AgencyKeys
-from broker.crypto.sealing import Recipient, Sealer
+from broker.crypto.sealing import Sealer
 from broker.crypto.signing import Signer, Verifier
 from broker.delivery_log import Status
 from broker.directory import AgencyEntry, Directory
 from broker.envelope import Protector
-from broker.policy import Role, SharingPolicy
-from broker.settings import KafkaSettings
+from broker.kafka.settings import KafkaSettings
+from broker.model import Recipient, Role
+from broker.policy.sharing import SharingPolicy
+from broker.schema import codec
+from broker.schema.catalogue import Catalogue
 
 pytestmark = pytest.mark.kafka
 
@@ -207,7 +208,7 @@ async def test_every_dead_letter_reason_and_replay_after_fix(
         await ex.sync_all()
         kent = ex.connectors[KENT]
         topics = kafka_ns.topics
-        from broker import kafka
+        from broker.kafka import clients as kafka
 
         producer = kafka.producer(kafka_ns)
         await producer.start()
@@ -372,7 +373,7 @@ async def test_metrics_and_sigterm(kafka_ns: KafkaSettings, tmp_path: Path) -> N
     import socket
     import urllib.request
 
-    from broker import kafka
+    from broker.kafka import clients as kafka
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

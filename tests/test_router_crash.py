@@ -20,7 +20,7 @@ from test_router import (
     placement_body,
 )
 
-from broker.settings import KafkaSettings
+from broker.kafka.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
 

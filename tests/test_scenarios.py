@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from cli import cbx
 
-from broker.catalogue import Catalogue
-from broker.settings import KafkaSettings
-from connectors import scenario
+from broker.kafka.settings import KafkaSettings
+from broker.schema.catalogue import Catalogue
+from cbx.scenarios import runner as scenario
 
 CATALOGUE = Catalogue.load()
 

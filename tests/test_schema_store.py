@@ -8,11 +8,12 @@ import json
 import fastavro
 import pytest
 
-from broker import codec, kafka
-from broker.catalogue import Catalogue, schema_fingerprint
 from broker.errors import UnknownSchemaError
-from broker.schema_store import SchemaStore
-from broker.settings import KafkaSettings
+from broker.kafka import clients as kafka
+from broker.kafka.settings import KafkaSettings
+from broker.schema import codec
+from broker.schema.catalogue import Catalogue, schema_fingerprint
+from broker.schema.store import SchemaStore
 
 pytestmark = pytest.mark.kafka
 

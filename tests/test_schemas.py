@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from broker.catalogue import ENVELOPE, Catalogue, SensitivityClass
+from broker.model import SensitivityClass
+from broker.schema.catalogue import ENVELOPE, Catalogue
 
 CATALOGUE = Catalogue.load()
 REQUIRED = {
@@ -211,7 +212,7 @@ def _cbx(*args: str, schemas: Path | None = None) -> subprocess.CompletedProcess
     if schemas is not None:
         env["CBX_SCHEMAS_DIR"] = str(schemas)
     return subprocess.run(
-        [sys.executable, "-m", "broker.cli", "schemas", *args],
+        [sys.executable, "-m", "cbx.cli", "schemas", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.errors import ConfigurationError
-from broker.settings import KafkaSettings
+from broker.kafka.settings import KafkaSettings
 
 
 def test_no_bootstrap_means_no_external_cluster() -> None:

@@ -17,9 +17,10 @@ from fastapi.responses import JSONResponse
 from test_http_ingest import serving
 from test_router import ALL, CASE, KENT, KENT_ICB, KENT_POLICE, placement_body
 
-from broker import codec, kafka
 from broker.errors import PolicyError
-from broker.settings import KafkaSettings
+from broker.kafka import clients as kafka
+from broker.kafka.settings import KafkaSettings
+from broker.schema import codec
 from connectors.sinks import FolderSink, WebhookSink
 
 pytestmark = pytest.mark.kafka

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from broker import kafka, principals, provision
+from broker.admin import provision
 from broker.errors import CbxError
-from broker.settings import KafkaSettings
-from broker.tls import ensure_dev_pki
+from broker.kafka import clients as kafka
+from broker.kafka import principals
+from broker.kafka.settings import KafkaSettings
+from broker.kafka.tls import ensure_dev_pki
 
 pytestmark = pytest.mark.kafka
 

@@ -13,11 +13,12 @@ from cli import cbx
 from exchange import exchange
 from test_router import ALL, CASE, KENT, KENT_POLICE, LANCS, LANCS_POLICE, placement_body
 
-from broker import principals
+from broker import model
 from broker.delivery_log import Status
-from broker.settings import KafkaSettings
-from broker.tracker import TrackerService
-from connectors.runtime import Delivered
+from broker.kafka import principals
+from broker.kafka.settings import KafkaSettings
+from broker.tracker.service import TrackerService
+from connectors.gateway.connector import Delivered
 
 pytestmark = pytest.mark.kafka
 
@@ -49,7 +50,7 @@ async def test_receipts_acknowledgement_and_escalation(
         for agency in ALL:
             await ex.agency(agency, inbox=True, sink=sink)
         await ex.sync_all()
-        tracker = TrackerService(principals.settings_for(kafka_ns, principals.TRACKER), 0.5)
+        tracker = TrackerService(principals.settings_for(kafka_ns, model.TRACKER), 0.5)
         tracker_task = asyncio.create_task(tracker.run())
         try:
             await ex.connectors[KENT].send(

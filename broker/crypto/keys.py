@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from broker.errors import KeystoreError
-from broker.settings import cbx_home
+from broker.paths import cbx_home
 
 KeyKind = Literal["enc", "sig"]
 DEFAULT_VALIDITY = dt.timedelta(days=365)

@@ -30,26 +30,17 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastavro.schema import expand_schema
 
-from broker import codec
-from broker.catalogue import Catalogue, SchemaVersion, SensitivityClass, schema_fingerprint
 from broker.crypto.keys import AgencyKeys
 from broker.crypto.wrap import RecipientKey, unwrap, wrap
 from broker.errors import ProtectionError, SerializationError
-from broker.policy import Role, SharingPolicy
+from broker.model import Recipient, SensitivityClass, Withheld
+from broker.policy.sharing import SharingPolicy
+from broker.schema import codec
+from broker.schema.catalogue import Catalogue, SchemaVersion, schema_fingerprint
 
 SEALING_FIELD = "cbx_sealing"
 WIRE_NAMESPACE = "cbx.wire"
 _AAD = b"cbx/seal/v1"
-
-
-@dataclass(frozen=True)
-class Withheld:
-    """A sealed field this recipient is not entitled to: present, but not readable here."""
-
-    sensitivity: SensitivityClass
-
-    def as_json(self) -> dict[str, str]:
-        return {"withheld": str(self.sensitivity)}
 
 
 def _dedupe(schema: Any) -> Any:
@@ -216,14 +207,6 @@ class KeyReuse:
     @classmethod
     def never(cls) -> KeyReuse:
         return cls(max_age_s=0.0, max_uses=1)
-
-
-@dataclass(frozen=True)
-class Recipient:
-    """An agency a message is addressed to, in a role."""
-
-    agency: str
-    role: Role
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Administration: provisioning principals, topics and ACLs; service and agency identities."""

@@ -1,0 +1,106 @@
+"""Administration: the topics, principals, ACLs and directory entries an exchange is made of.
+
+Everything here runs as the cluster's administrator (the embedded broker's super user, or the
+principal ``CBX_SASL_USERNAME`` names on an external cluster). Services and connectors never create
+topics or grant themselves anything: they connect as themselves and find what was set up for them.
+On a cluster without SASL (a developer's plain broker) principals and ACLs are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker import directory as directory_mod
+from broker import model
+from broker.admin.identity import passphrase_from_env
+from broker.crypto import keys as keystore
+from broker.kafka import clients as kafka
+from broker.kafka import principals, topics
+from broker.kafka.acls import AccessControl, Grant, grants
+from broker.kafka.settings import KafkaSettings
+from broker.logging import get_logger
+from broker.policy.reference import reference
+
+log = get_logger("provision")
+
+SERVICES = {
+    model.ROUTER: ("router", "cbx router"),
+    model.TRACKER: ("tracker", "cbx delivery tracker"),
+    model.OPERATOR: ("operator", "cbx operators"),
+}
+KINDS = {"la": "COUNCIL", "pf": "POLICE", "icb": "HEALTH", "gp": "HEALTH", "cp": "CARE_PROVIDER"}
+
+
+def secured(settings: KafkaSettings) -> bool:
+    return settings.security_protocol.startswith("SASL")
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    principal: str
+    role: str
+    grants: list[Grant]
+    topics: list[str]
+
+
+async def setup(admin: KafkaSettings) -> list[Provisioned]:
+    """The shared topics, and the router, tracker and operator principals with their keys."""
+    await kafka.ensure_topics(admin, admin.topics.core())
+    done = []
+    for principal, (role, name) in SERVICES.items():
+        done.append(await _service(admin, principal, role, name))
+    return done
+
+
+async def _service(admin: KafkaSettings, principal: str, role: str, name: str) -> Provisioned:
+    entries = grants(role, admin.topic_prefix)
+    if secured(admin):
+        AccessControl(admin).provision(principal, role)
+    path = keystore.keystore_path(principal)
+    secret = passphrase_from_env()
+    keys = keystore.load(path, secret) if path.exists() else keystore.AgencyKeys.new(principal)
+    if not path.exists():
+        keystore.save(keys, path, secret)
+    await directory_mod.publish(admin, directory_mod.AgencyEntry.from_keys(keys, name, "SERVICE"))
+    return Provisioned(principal, role, entries, [])
+
+
+async def ensure_service(admin: KafkaSettings, principal: str) -> None:
+    """Set up one service principal if its credentials are not there yet (development)."""
+    if principals.load(principal) is None or not keystore.keystore_path(principal).exists():
+        await kafka.ensure_topics(admin, admin.topics.core())
+        role, name = SERVICES[principal]
+        await _service(admin, principal, role, name)
+
+
+async def add_agency(admin: KafkaSettings, agency: str) -> Provisioned:
+    """An agency's principal and credentials, its two topics, and the ACLs of its role."""
+    topics.check_agency_id(agency)
+    specs = [*admin.topics.core(), *admin.topics.agency(agency)]
+    await kafka.ensure_topics(admin, specs)
+    entries = grants("agency", admin.topic_prefix, agency)
+    if secured(admin):
+        AccessControl(admin).provision(agency, "agency", agency)
+    log.info("agency_added", agency=agency, acls=len(entries))
+    return Provisioned(agency, "agency", entries, [s.name for s in admin.topics.agency(agency)])
+
+
+async def remove_agency(admin: KafkaSettings, agency: str) -> None:
+    """Revoke everything: ACLs and credentials (refused at once), and mark it revoked."""
+    if secured(admin):
+        AccessControl(admin).deprovision(agency)
+    current = await directory_mod.load(admin)
+    entry = current.get(agency)
+    if entry is not None:
+        from dataclasses import replace
+
+        await directory_mod.publish(admin, replace(entry, revoked=True))
+    log.info("agency_removed", agency=agency)
+
+
+async def publish_agency_keys(admin: KafkaSettings, keys: keystore.AgencyKeys) -> None:
+    """Publish an agency's public keys to the directory (as administrator)."""
+    agency = keys.agency
+    kind = KINDS.get(agency.split("-")[0], "SERVICE")
+    entry = directory_mod.AgencyEntry.from_keys(keys, reference().name_of(agency), kind)
+    await directory_mod.publish(admin, entry)

@@ -1,0 +1,54 @@
+"""Every ``CBX_*`` environment variable, read here and nowhere else.
+
+Each variable is declared once with what it does; the README's table lists the same names (a test
+keeps them equal). Modules ask :func:`get` for a declared name, so a misspelt or undocumented
+variable is a programming error, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import overload
+
+#: Name -> what it does. The README's "Environment" table lists these.
+VARIABLES: dict[str, str] = {
+    "CBX_HOME": "local state: broker data, credentials, keystores (~/.local/share/cbx)",
+    "CBX_CACHE_DIR": "where downloaded Kafka jars are cached (~/.cache/cbx)",
+    "CBX_SCHEMAS_DIR": "the schema and policy folder (the shipped schemas/)",
+    "CBX_BOOTSTRAP_SERVERS": "an existing cluster, host:port[,...]; unset: the embedded broker",
+    "CBX_SECURITY_PROTOCOL": "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (PLAINTEXT)",
+    "CBX_SASL_MECHANISM": "SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN",
+    "CBX_SASL_USERNAME": "the principal to connect as",
+    "CBX_SASL_PASSWORD": "its password",
+    "CBX_SSL_CAFILE": "CA bundle that signs the brokers' certificates",
+    "CBX_SSL_CERTFILE": "client certificate, for mutual TLS",
+    "CBX_SSL_KEYFILE": "its private key",
+    "CBX_TOPIC_PREFIX": "topic namespace (cbx)",
+    "CBX_KAFKA_HEAP": "heap of the embedded broker's JVM (768m)",
+    "CBX_KAFKA_STARTUP_TIMEOUT": "seconds to wait for the embedded broker to start (120)",
+    "CBX_KEYSTORE_PASSPHRASE": "passphrase that encrypts agency and service keystores",
+    "CBX_WEBHOOK_URL": "default webhook of a connector whose profile delivers by webhook",
+    "CBX_DEADLINES": "a YAML file of acknowledgement windows instead of the shipped deadlines.yaml",
+    "CBX_LOG_FORMAT": "json or console (json when stderr is not a terminal)",
+    "CBX_LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR (INFO)",
+}
+
+
+@overload
+def get(name: str, default: str, env: Mapping[str, str] | None = None) -> str: ...
+@overload
+def get(name: str, default: None = None, env: Mapping[str, str] | None = None) -> str | None: ...
+def get(name: str, default: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """The value of a declared variable; empty counts as unset."""
+    if name not in VARIABLES:
+        raise KeyError(f"{name} is not a declared cbx environment variable (broker/env.py)")
+    value = (os.environ if env is None else env).get(name, "").strip()
+    return value or default
+
+
+def raw(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The value of a declared variable exactly as set (a password may be empty or padded)."""
+    if name not in VARIABLES:
+        raise KeyError(f"{name} is not a declared cbx environment variable (broker/env.py)")
+    return (os.environ if env is None else env).get(name)

@@ -1,0 +1,1 @@
+"""Kafka plumbing: settings, clients, topics, followers, ACLs, principals, TLS, embedded broker."""

@@ -1,0 +1,246 @@
+"""aiokafka client factories and topic administration, all fed by :mod:`broker.kafka.settings`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner, murmur2
+
+from broker.errors import (
+    AccessDeniedError,
+    AuthenticationFailedError,
+    CbxError,
+    KafkaUnavailableError,
+)
+from broker.kafka.settings import KafkaSettings
+from broker.kafka.topics import TopicSpec
+
+
+def c_extension_loaded() -> bool:
+    """True when aiokafka's compiled record codec is in use (several times faster)."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    module: str = DefaultRecordBatchBuilder.__module__
+    return module.startswith("aiokafka.record._crecords")
+
+
+class KeyPartitioner:
+    """Kafka's default partitioning (murmur2 of the key, as every Kafka client does it),
+    remembered per key and partition count: aiokafka computes murmur2 in pure Python on every
+    record, and cbx writes several records under one key (a message's log entries, a case's
+    notifications)."""
+
+    def __init__(self, size: int = 65_536) -> None:
+        self._size = size
+        self._cache: dict[tuple[bytes, int], int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return int(DefaultPartitioner()(key, all_partitions, available))
+        k = (key, len(all_partitions))
+        p = self._cache.get(k)
+        if p is None:
+            if len(self._cache) >= self._size:
+                self._cache.clear()
+            p = self._cache[k] = all_partitions[(murmur2(key) & 0x7FFFFFFF) % len(all_partitions)]
+        return p
+
+
+def producer(settings: KafkaSettings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent producer (acks=all) unless overridden."""
+    kwargs: dict[str, Any] = {
+        **settings.aiokafka_kwargs(),
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": 5,
+        "partitioner": KeyPartitioner(),
+    }
+    kwargs.update(overrides)
+    return AIOKafkaProducer(**kwargs)
+
+
+def transactional_producer(
+    settings: KafkaSettings, transactional_id: str, **overrides: Any
+) -> AIOKafkaProducer:
+    """A transactional producer; use ``async with p.transaction():`` (aborts on exception)."""
+    return producer(settings, transactional_id=transactional_id, **overrides)
+
+
+def consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+    """A ``read_committed`` consumer that commits explicitly, from the earliest offset."""
+    kwargs: dict[str, Any] = {
+        **settings.aiokafka_kwargs(),
+        "isolation_level": "read_committed",
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+    }
+    kwargs.update(overrides)
+    return AIOKafkaConsumer(*topics, **kwargs)
+
+
+def admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(**settings.aiokafka_kwargs())
+
+
+async def ensure_topics(
+    settings: KafkaSettings, specs: Iterable[TopicSpec], replication: int = 1
+) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    specs = list(specs)
+    client = admin(settings)
+    await client.start()
+    try:
+        existing = set(await client.list_topics())
+        new = [
+            NewTopic(
+                name=s.name,
+                num_partitions=s.partitions,
+                replication_factor=replication,
+                topic_configs=s.config,
+            )
+            for s in specs
+            if s.name not in existing
+        ]
+        if new:
+            # Another process may create one between list and create.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await client.create_topics(new)
+        await _wait_for_metadata(client, [s.name for s in specs])
+    finally:
+        await client.close()
+
+
+async def _wait_for_metadata(client: AIOKafkaAdminClient, names: list[str]) -> None:
+    for _ in range(100):
+        if set(names) <= set(await client.list_topics()):
+            return
+        await asyncio.sleep(0.1)
+
+
+async def partitions(settings: KafkaSettings, topic: str) -> list[int]:
+    """Partition ids of ``topic`` (empty when it does not exist)."""
+    client = admin(settings)
+    await client.start()
+    try:
+        described = await client.describe_topics([topic])
+    finally:
+        await client.close()
+    for t in described:
+        if t.get("topic") == topic and not t.get("error_code"):
+            return sorted(p["partition"] for p in t.get("partitions", []))
+    return []
+
+
+async def read_to_end(
+    settings: KafkaSettings,
+    topic: str,
+    handle: Callable[[Any], object],
+    timeout_s: float = 30.0,
+) -> int:
+    """Feed every record of ``topic`` (committed ones, from the start to the current end) to
+    ``handle``; returns how many were read. Used to rebuild views from compacted topics."""
+    parts = await partitions(settings, topic)
+    if not parts:
+        return 0
+    c = consumer(settings, group_id=None)
+    await c.start()
+    count = 0
+    try:
+        tps = [TopicPartition(topic, p) for p in parts]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        end = await c.end_offsets(tps)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            positions = [await c.position(tp) for tp in tps]
+            if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
+                return count
+            if loop.time() > deadline:
+                raise KafkaUnavailableError(
+                    f"reading {topic} to its end took over {timeout_s:.0f}s"
+                )
+            for records in (await c.getmany(timeout_ms=200, max_records=5000)).values():
+                for r in records:
+                    handle(r)
+                    count += 1
+    finally:
+        await c.stop()
+
+
+def _principal(settings: KafkaSettings) -> str:
+    return settings.sasl_username or "ANONYMOUS"
+
+
+def explain(exc: BaseException, settings: KafkaSettings) -> CbxError | None:
+    """A cbx error naming the principal and the resource for Kafka's authorization errors."""
+    from aiokafka import errors as ke
+
+    name = str(exc).rsplit(": ", 1)[-1] if ": " in str(exc) else str(exc)
+    if isinstance(exc, ke.TopicAuthorizationFailedError):
+        return AccessDeniedError(_principal(settings), "topic", name)
+    if isinstance(exc, ke.GroupAuthorizationFailedError):
+        return AccessDeniedError(_principal(settings), "consumer group", name)
+    if isinstance(exc, ke.TransactionalIdAuthorizationFailed):
+        return AccessDeniedError(_principal(settings), "transactional id", name)
+    if isinstance(exc, ke.ClusterAuthorizationFailedError):
+        return AccessDeniedError(_principal(settings), "cluster", "operation")
+    return None
+
+
+async def diagnose_connection(settings: KafkaSettings) -> CbxError:
+    """Why a client could not bootstrap: bad credentials, or the cluster is unreachable."""
+    from aiokafka import errors as ke
+    from aiokafka.conn import create_conn
+
+    host, port = settings.bootstrap_servers.split(",")[0].rsplit(":", 1)
+    kwargs = settings.aiokafka_kwargs()
+    try:
+        conn = await create_conn(
+            host,
+            int(port),
+            security_protocol=settings.security_protocol,
+            sasl_mechanism=kwargs.get("sasl_mechanism", "PLAIN"),
+            sasl_plain_username=kwargs.get("sasl_plain_username"),
+            sasl_plain_password=kwargs.get("sasl_plain_password"),
+            ssl_context=kwargs.get("ssl_context"),
+            request_timeout_ms=5000,
+        )
+        conn.close()
+    except ke.SaslAuthenticationFailed:
+        return AuthenticationFailedError(
+            f"authentication failed for principal {_principal(settings)} at "
+            f"{settings.bootstrap_servers}: wrong or unknown credentials"
+        )
+    except (OSError, ke.KafkaError) as exc:
+        return KafkaUnavailableError(
+            f"cannot reach Kafka at {settings.bootstrap_servers}: {type(exc).__name__}"
+        )
+    if not settings.security_protocol.startswith("SASL"):
+        return AuthenticationFailedError(
+            f"authentication failed at {settings.bootstrap_servers}: the cluster closed an "
+            "unauthenticated connection (set CBX_SECURITY_PROTOCOL and CBX_SASL_* credentials)"
+        )
+    return KafkaUnavailableError(f"Kafka at {settings.bootstrap_servers} did not answer")
+
+
+@contextlib.asynccontextmanager
+async def access(settings: KafkaSettings) -> AsyncIterator[None]:
+    """Turn Kafka's authentication and authorization failures into clear cbx errors."""
+    from aiokafka import errors as ke
+
+    try:
+        yield
+    except ke.KafkaConnectionError as exc:
+        raise await diagnose_connection(settings) from exc
+    except ke.KafkaError as exc:
+        mapped = explain(exc, settings)
+        if mapped is None:
+            raise
+        raise mapped from exc

@@ -1,0 +1,489 @@
+"""The embedded development broker: a single-node Apache Kafka (KRaft) run from Maven Central jars.
+
+Layout (``CBX_CACHE_DIR`` defaults to ~/.cache/cbx, ``CBX_HOME`` to ~/.local/share/cbx)::
+
+    $CBX_CACHE_DIR/kafka/<version>/libs/*.jar   resolved by deploy/local-kafka/pom.xml
+    $CBX_HOME/kafka/state.json                  address, pid, data folder of the running broker
+    $CBX_HOME/kafka/data/                       server.properties, KRaft log dirs, server.log
+
+The broker keeps its ports across restarts: a KRaft controller formatted with ``--standalone``
+records its own endpoint in the metadata log, so a restart on other ports would not find its quorum.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from broker import env
+from broker.errors import EmbeddedKafkaError, JavaNotFoundError
+from broker.kafka.settings import KafkaSettings
+from broker.kafka.tls import ensure_dev_pki
+from broker.paths import cbx_cache, cbx_home
+
+KAFKA_VERSION = "4.1.1"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+_POM = _REPO_ROOT / "deploy" / "local-kafka" / "pom.xml"
+_LOG4J = _REPO_ROOT / "deploy" / "local-kafka" / "log4j2.properties"
+_STARTUP_TIMEOUT_S = float(env.get("CBX_KAFKA_STARTUP_TIMEOUT", "120") or "120")
+_STOP_TIMEOUT_S = 30.0
+ALTERNATIVES = (
+    "set CBX_BOOTSTRAP_SERVERS=host:port to use an existing Kafka cluster, "
+    "or run one with deploy/docker-compose.yml"
+)
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    """What ``cbx kafka start`` records about the running broker."""
+
+    bootstrap: str
+    controller: str
+    pid: int
+    data_dir: str
+    version: str
+    started_at: float
+    tls_bootstrap: str = ""
+    ca_file: str = ""
+
+    def settings(self, tls: bool = False) -> KafkaSettings:
+        """Client settings for this broker, as its administrator (super user).
+
+        With ``tls`` the SASL_SSL listener, verified against the development CA.
+        """
+        return KafkaSettings(
+            bootstrap_servers=self.tls_bootstrap if tls else self.bootstrap,
+            security_protocol="SASL_SSL" if tls else "SASL_PLAINTEXT",
+            ssl_cafile=self.ca_file if tls else None,
+            sasl_mechanism=MECHANISM,
+            sasl_username=ADMIN,
+            sasl_password=admin_password(Path(self.data_dir)),
+            topic_prefix=env.get("CBX_TOPIC_PREFIX", "cbx") or "cbx",
+        )
+
+    @property
+    def log_file(self) -> Path:
+        return Path(self.data_dir) / "server.log"
+
+
+def admin_password(data: Path) -> str:
+    """The embedded broker's admin password (created with its storage, kept 0600 beside it)."""
+    try:
+        return str(json.loads((data / "admin-credentials.json").read_text())["password"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise EmbeddedKafkaError(
+            f"the embedded broker's admin credentials are missing from {data}: "
+            "run `cbx kafka stop --purge` and start afresh"
+        ) from exc
+
+
+def _write_admin_password(data: Path) -> str:
+    password = secrets.token_urlsafe(24)
+    path = data / "admin-credentials.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"username": ADMIN, "password": password}, fh)
+    return password
+
+
+def kafka_dir() -> Path:
+    return cbx_home() / "kafka"
+
+
+def state_file() -> Path:
+    return kafka_dir() / "state.json"
+
+
+def data_dir() -> Path:
+    return kafka_dir() / "data"
+
+
+def libs_dir(version: str = KAFKA_VERSION) -> Path:
+    return cbx_cache() / "kafka" / version / "libs"
+
+
+# --- Java and jars -------------------------------------------------------------------------------
+
+
+def find_java() -> str:
+    """Path of a Java 17+ ``java`` on PATH, or JavaNotFoundError naming the alternatives."""
+    java = shutil.which("java")
+    if java is None:
+        raise JavaNotFoundError(
+            f"Java 17 or later is needed for the embedded Kafka broker and `java` is not on PATH; "
+            f"{ALTERNATIVES}"
+        )
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    major = int(match.group(1)) if match else 0
+    if major == 1 and match and match.group(2):  # "1.8.0" style
+        major = int(match.group(2))
+    if major < 17:
+        raise JavaNotFoundError(
+            f"the embedded Kafka broker needs Java 17 or later, found {major or 'unknown'} at "
+            f"{java}; {ALTERNATIVES}"
+        )
+    return java
+
+
+def install(version: str = KAFKA_VERSION, *, quiet: bool = True) -> Path:
+    """Resolve the broker's jars from Maven Central into the cache; idempotent."""
+    libs = libs_dir(version)
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise EmbeddedKafkaError(
+            f"Maven (`mvn`) is needed once to fetch the Kafka {version} jars and is not on PATH; "
+            f"install Maven, or {ALTERNATIVES}"
+        )
+    tmp = libs.with_name("libs.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    cmd = [
+        mvn,
+        "-B",
+        *(["-q"] if quiet else []),
+        "-f",
+        str(_POM),
+        f"-Dkafka.version={version}",
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={tmp}",
+        "-DincludeScope=runtime",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
+        raise EmbeddedKafkaError(f"resolving Kafka {version} jars with Maven failed", tail)
+    shutil.rmtree(libs, ignore_errors=True)
+    tmp.rename(libs)
+    marker.write_text(json.dumps({"version": version, "resolved_at": time.time()}))
+    return libs
+
+
+# --- Process helpers -----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    """True when nothing listens on ``port`` (closed connections in TIME_WAIT do not count:
+    Kafka binds with SO_REUSEADDR, and so does this check)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _is_kafka_process(pid: int) -> bool:
+    """True when ``pid`` is a live (not zombie) ``kafka.Kafka`` JVM."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        # Reap it if it is our own exited child, so it does not linger as a zombie.
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state not in ("Z", "X") and b"kafka.Kafka" in cmdline
+
+
+def _accepts_connections(bootstrap: str, timeout: float = 1.0) -> bool:
+    host, port = bootstrap.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _kafka_cluster_id() -> str:
+    # Kafka's Uuid: 16 random bytes, base64url without padding, never starting with '-'.
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+ADMIN = "admin"
+MECHANISM = "SCRAM-SHA-512"
+
+
+def _server_properties(
+    data: Path, broker_port: int, controller_port: int, tls_port: int, admin_password: str
+) -> str:
+    pki = ensure_dev_pki(data / "tls")
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{ADMIN}" password="{admin_password}";'
+    )
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
+        "listeners": (
+            f"SASL_PLAINTEXT://127.0.0.1:{broker_port},SASL_SSL://127.0.0.1:{tls_port},"
+            f"CONTROLLER://127.0.0.1:{controller_port}"
+        ),
+        "advertised.listeners": (
+            f"SASL_PLAINTEXT://127.0.0.1:{broker_port},SASL_SSL://127.0.0.1:{tls_port}"
+        ),
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "SASL_PLAINTEXT",
+        "listener.security.protocol.map": (
+            "SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT"
+        ),
+        # TLS for clients that want it (what production uses), with a development CA.
+        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(pki.keystore_file),
+        "ssl.client.auth": "none",
+        # Clients authenticate with SCRAM-SHA-512; every topic, group and transactional id
+        # needs an ACL. The admin super user administers; the loopback-only controller listener
+        # (ANONYMOUS) is the broker talking to its own controller.
+        "sasl.enabled.mechanisms": MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": MECHANISM,
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": jaas,
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{ADMIN};User:ANONYMOUS",
+        "allow.everyone.if.no.acl.found": "false",
+        "log.dirs": str(data / "kraft-logs"),
+        "num.partitions": "1",
+        "default.replication.factor": "1",
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "4",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "4",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "false",
+        "log.retention.hours": "168",
+        "log.segment.bytes": str(64 * 1024 * 1024),
+        # Let aborted-transaction tests and crash-restart tests finish quickly.
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms": "5000",
+        "transaction.max.timeout.ms": "900000",
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def _java_cmd(java: str, libs: Path, data: Path, main: str, *args: str) -> list[str]:
+    heap = env.get("CBX_KAFKA_HEAP", "768m")
+    return [
+        java,
+        f"-Xms{min(256, int(heap.rstrip('m')) if heap.endswith('m') else 256)}m",
+        f"-Xmx{heap}",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dkafka.logs.dir={data}",
+        f"-Dlog4j2.configurationFile={_LOG4J}",
+        "-cp",
+        f"{libs}/*",
+        main,
+        *args,
+    ]
+
+
+# --- Public operations ---------------------------------------------------------------------------
+
+
+def read_state() -> BrokerState | None:
+    try:
+        return BrokerState(**json.loads(state_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def status() -> BrokerState | None:
+    """The running embedded broker, or None (a stale state file is removed)."""
+    state = read_state()
+    if state is None:
+        return None
+    if _is_kafka_process(state.pid) and _accepts_connections(state.bootstrap):
+        return state
+    if not _is_kafka_process(state.pid):
+        state_file().unlink(missing_ok=True)
+    return None
+
+
+def start(version: str = KAFKA_VERSION) -> BrokerState:
+    """Start the embedded broker, or return the one already running."""
+    running = status()
+    if running is not None:
+        return running
+    java = find_java()
+    libs = install(version)
+    data = data_dir()
+    data.mkdir(parents=True, exist_ok=True)
+    props_file = data / "server.properties"
+    ports_file = data / "ports.json"
+    formatted = (data / "kraft-logs" / "meta.properties").exists()
+
+    if formatted and ports_file.exists():
+        if not (data / "admin-credentials.json").exists():
+            raise EmbeddedKafkaError(
+                "the embedded broker's data was created by an older cbx without authentication; "
+                "run `cbx kafka stop --purge` to start afresh"
+            )
+        ports = json.loads(ports_file.read_text())
+        broker_port, controller_port = int(ports["broker"]), int(ports["controller"])
+        # Broker listeners may move between starts (only the controller's is in the metadata).
+        tls_port = int(ports.get("tls") or _free_port())
+        busy = [p for p in (broker_port, controller_port, tls_port) if not _port_free(p)]
+        if busy:
+            raise EmbeddedKafkaError(
+                f"ports {busy} of the existing embedded broker data are taken by another process; "
+                "free them or run `cbx kafka stop --purge` to start afresh"
+            )
+        # The configuration is always written afresh, so a newer cbx's settings take effect.
+        props_file.write_text(
+            _server_properties(data, broker_port, controller_port, tls_port, admin_password(data))
+        )
+        ports_file.write_text(
+            json.dumps({"broker": broker_port, "controller": controller_port, "tls": tls_port})
+        )
+    else:
+        shutil.rmtree(data / "kraft-logs", ignore_errors=True)
+        ports_taken: set[int] = set()
+        while len(ports_taken) < 3:
+            ports_taken.add(_free_port())
+        broker_port, controller_port, tls_port = sorted(ports_taken)
+        password = _write_admin_password(data)
+        props_file.write_text(
+            _server_properties(data, broker_port, controller_port, tls_port, password)
+        )
+        os.chmod(props_file, 0o600)
+        ports_file.write_text(
+            json.dumps({"broker": broker_port, "controller": controller_port, "tls": tls_port})
+        )
+        fmt = subprocess.run(
+            _java_cmd(
+                java,
+                libs,
+                data,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "--cluster-id",
+                _kafka_cluster_id(),
+                "--config",
+                str(props_file),
+                "--add-scram",
+                f"{MECHANISM}=[name={ADMIN},password={password}]",
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if fmt.returncode != 0:
+            raise EmbeddedKafkaError(
+                "formatting KRaft storage failed",
+                "\n".join((fmt.stdout + fmt.stderr).splitlines()[-30:]),
+            )
+
+    out = open(data / "kafka.out", "ab")  # noqa: SIM115 - handed to the detached JVM
+    try:
+        proc = subprocess.Popen(
+            _java_cmd(java, libs, data, "kafka.Kafka", str(props_file)),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=data,
+        )
+    finally:
+        out.close()
+    state = BrokerState(
+        bootstrap=f"127.0.0.1:{broker_port}",
+        controller=f"127.0.0.1:{controller_port}",
+        pid=proc.pid,
+        data_dir=str(data),
+        version=version,
+        started_at=time.time(),
+        tls_bootstrap=f"127.0.0.1:{tls_port}",
+        ca_file=str(data / "tls" / "ca.pem"),
+    )
+    deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EmbeddedKafkaError(
+                f"the Kafka broker exited during start-up (exit code {proc.returncode})",
+                _log_tail(state.log_file) or _log_tail(data / "kafka.out"),
+            )
+        if _accepts_connections(state.bootstrap) and _broker_ready(state):
+            kafka_dir().mkdir(parents=True, exist_ok=True)
+            tmp = state_file().with_suffix(".tmp")
+            tmp.write_text(json.dumps(asdict(state), indent=2))
+            tmp.replace(state_file())
+            return state
+        time.sleep(0.25)
+    _terminate(proc.pid)
+    raise EmbeddedKafkaError(
+        f"the Kafka broker did not accept clients within {_STARTUP_TIMEOUT_S:.0f}s",
+        _log_tail(state.log_file) or _log_tail(data / "kafka.out"),
+    )
+
+
+def _broker_ready(state: BrokerState) -> bool:
+    """A client can fetch cluster metadata (the listener is up and the broker is unfenced)."""
+    log = _log_tail(state.log_file, 400)
+    return "Kafka Server started" in log or "started (kafka.server.KafkaRaftServer)" in log
+
+
+def _terminate(pid: int, timeout: float = _STOP_TIMEOUT_S) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _is_kafka_process(pid):
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _is_kafka_process(pid):
+        time.sleep(0.1)
+
+
+def stop(*, purge: bool = False) -> BrokerState | None:
+    """Stop the embedded broker (clean shutdown, SIGKILL after 30 s); ``purge`` deletes its data."""
+    state = read_state()
+    if state is not None and _is_kafka_process(state.pid):
+        _terminate(state.pid)
+        if _is_kafka_process(state.pid):
+            raise EmbeddedKafkaError(f"Kafka broker pid {state.pid} did not stop")
+    state_file().unlink(missing_ok=True)
+    if purge:
+        shutil.rmtree(data_dir(), ignore_errors=True)
+    return state

@@ -1,0 +1,94 @@
+"""Views rebuilt from compacted topics and kept current: read to the end, then follow."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from broker.kafka import clients as kafka
+from broker.kafka.settings import KafkaSettings
+from broker.logging import get_logger
+
+log = get_logger("follow")
+
+
+class TopicFollower:
+    """Feeds every committed record of a topic to ``handle``, from the start, while it runs.
+
+    ``sync()`` waits until everything committed before the call has been handled, so a caller can
+    be sure its view includes what it (or anyone) wrote a moment ago.
+    """
+
+    def __init__(
+        self, settings: KafkaSettings, topic: str, handle: Callable[[Any], object]
+    ) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.handle = handle
+        self._consumer: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._tps: list[TopicPartition] = []
+        self._progress = asyncio.Condition()
+
+    async def start(self) -> None:
+        parts = await kafka.partitions(self.settings, self.topic)
+        self._tps = [TopicPartition(self.topic, p) for p in parts]
+        self._consumer = kafka.consumer(self.settings, group_id=None)
+        await self._consumer.start()
+        if self._tps:
+            self._consumer.assign(self._tps)
+            await self._consumer.seek_to_beginning(*self._tps)
+        self._task = asyncio.create_task(self._run(), name=f"follow {self.topic}")
+        await self.sync()
+
+    async def _run(self) -> None:
+        while True:
+            if not self._tps:
+                await asyncio.sleep(0.5)
+                continue
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=5000)
+            for records in batch.values():
+                for r in records:
+                    try:
+                        self.handle(r)
+                    except Exception as exc:  # one bad record must not stop the view
+                        log.warning(
+                            "record_skipped",
+                            topic=self.topic,
+                            offset=r.offset,
+                            error_class=type(exc).__name__,
+                        )
+            async with self._progress:
+                self._progress.notify_all()
+
+    async def sync(self, timeout_s: float = 30.0) -> None:
+        """Return once every record committed before this call has been handled."""
+        if not self._tps:
+            return
+        end = await self._consumer.end_offsets(self._tps)
+
+        async def caught_up() -> bool:
+            for tp in self._tps:
+                if await self._consumer.position(tp) < end[tp]:
+                    return False
+            return True
+
+        async def wait() -> None:
+            while not await caught_up():
+                async with self._progress:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._progress.wait(), 0.5)
+
+        await asyncio.wait_for(wait(), timeout_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()

@@ -1,0 +1,4 @@
+"""Reviewed policy data and its rules.
+
+Sharing, routing and the placement registry, reference data, deadlines, agency profiles.
+"""

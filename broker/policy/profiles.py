@@ -1,0 +1,78 @@
+"""Agency profiles: council, police force, health body, care provider.
+
+A profile says which message types an agency of that kind sends and receives and how its connector
+delivers to the agency's system by default. It is data (``schemas/policy/profiles.yaml``), kept in
+step with the routing rules by a test; the connector refuses to send a type outside its profile
+(before any routing) and refuses, with a REJECTED receipt, a received type outside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from broker.errors import ConfigurationError, PolicyError
+from broker.model import Role
+from broker.paths import schemas_dir
+
+ALWAYS_RECEIVED = frozenset({"Receipt", "RouteGapNotice"})
+SINKS = ("folder", "webhook")
+
+
+@dataclass(frozen=True)
+class Profile:
+    kind: str
+    prefix: str
+    description: str
+    roles: frozenset[Role]
+    sends: frozenset[str]
+    receives: frozenset[str]
+    sink: str
+
+    def check_send(self, agency: str, event_type: str) -> None:
+        if event_type not in self.sends:
+            raise PolicyError(
+                f"{agency} is a {self.kind}; a {self.kind} does not send {event_type} "
+                f"(it sends {', '.join(sorted(self.sends))})"
+            )
+
+    def may_receive(self, event_type: str) -> bool:
+        return event_type in self.receives or event_type in ALWAYS_RECEIVED
+
+
+@cache
+def profiles(path: Path | None = None) -> dict[str, Profile]:
+    """The profiles by kind, from ``schemas/policy/profiles.yaml``."""
+    path = path or schemas_dir() / "policy" / "profiles.yaml"
+    data = yaml.safe_load(path.read_text())
+    out: dict[str, Profile] = {}
+    for kind, p in data["profiles"].items():
+        where = f"{path.name}: profile {kind}"
+        if p.get("sink") not in SINKS:
+            raise ConfigurationError(f"{where}: sink must be one of {', '.join(SINKS)}")
+        try:
+            roles = frozenset(Role(r) for r in p["roles"])
+        except ValueError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
+        out[kind] = Profile(
+            kind=kind,
+            prefix=p["prefix"],
+            description=p["description"],
+            roles=roles,
+            sends=frozenset(p["sends"]),
+            receives=frozenset(p["receives"]),
+            sink=p["sink"],
+        )
+    return out
+
+
+def profile_for(agency: str) -> Profile:
+    """The profile of an agency, from the prefix of its id."""
+    for p in profiles().values():
+        if agency.startswith(p.prefix):
+            return p
+    prefixes = ", ".join(f"{p.prefix} ({p.kind})" for p in profiles().values())
+    raise ConfigurationError(f"agency id {agency!r} has no profile: ids start with {prefixes}")

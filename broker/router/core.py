@@ -1,0 +1,426 @@
+"""The router's decisions, one record at a time, with no Kafka in sight.
+
+:class:`RouterCore` takes a record read from an agency's outbound topic and returns everything the
+router must write for it (inbox copies, delivery-log entries, placement registry updates, notices,
+the routed-id marker, or a dead letter). :mod:`broker.router.service` runs it inside Kafka
+transactions. State (registry, routed ids) changes tentatively per transaction and is kept only if
+the transaction commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.crypto.sealing import BodyForms, Sealer
+from broker.crypto.signing import Signer, Verifier
+from broker.delivery_log import LogCodec, LogEntry, Status
+from broker.envelope import EnvelopeCodec, Header, SharingDecision
+from broker.errors import (
+    CbxError,
+    PolicyError,
+    ProtectionError,
+    SerializationError,
+    SignatureError,
+    UnknownSchemaError,
+)
+from broker.kafka.topics import Topics
+from broker.logging import get_logger
+from broker.model import ROUTER, Recipient, Role
+from broker.policy.deadlines import Windows, ack_deadline
+from broker.policy.routing import Placement, PlacementRegistry, Rules
+from broker.router.deadletter import Failure, error_headers
+from broker.schema import codec
+from broker.schema.catalogue import Catalogue
+
+log = get_logger("router")
+
+
+@dataclass(frozen=True)
+class InRecord:
+    """What the router read."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+@dataclass(frozen=True)
+class Out:
+    """One record to write in the routing transaction."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Outcome:
+    """The router's verdict on one record."""
+
+    outputs: list[Out]
+    status: str  # routed | duplicate | rejected
+    message_id: str | None = None
+    event_type: str | None = None
+    sender: str | None = None
+    reason: str | None = None
+    gaps: int = 0
+    recipients: int = 0
+    occurred_at: dt.datetime | None = None
+
+
+class _Rejected(Exception):
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+        self.header: Header | None = None
+
+
+def _fail(reason: str, exc: CbxError | Exception) -> _Rejected:
+    stage = exc.stage if isinstance(exc, CbxError) else "router"
+    return _Rejected(Failure(reason, stage, type(exc).__name__, str(exc)))
+
+
+class RouterState:
+    """Registry and routed ids, with tentative changes per transaction."""
+
+    def __init__(self) -> None:
+        self.registry = PlacementRegistry()
+        self.routed: set[str] = set()
+        self._pending_cases: dict[str, Placement] = {}
+        self._pending_ids: set[str] = set()
+
+    def case(self, case_ref: str) -> Placement | None:
+        return self._pending_cases.get(case_ref) or self.registry.get(case_ref)
+
+    def seen(self, message_id: str) -> bool:
+        return message_id in self.routed or message_id in self._pending_ids
+
+    def stage(self, message_id: str, placement: Placement | None) -> None:
+        self._pending_ids.add(message_id)
+        if placement is not None:
+            self._pending_cases[placement.case_ref] = placement
+
+    def unstage(self, key: str) -> None:
+        """Forget a tentative decision about ``key`` (before deciding again)."""
+        self._pending_ids.discard(key)
+
+    def commit(self) -> None:
+        self.routed |= self._pending_ids
+        for p in self._pending_cases.values():
+            self.registry.put(p)
+        self.rollback()
+
+    def rollback(self) -> None:
+        self._pending_ids = set()
+        self._pending_cases = {}
+
+
+class RouterCore:
+    """Checks, routes and records one message at a time."""
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        forms: BodyForms,
+        rules: Rules,
+        directory: Any,
+        router_sealer: Sealer,
+        state: RouterState | None = None,
+        topic_names: Topics | None = None,
+        windows: Windows | None = None,
+    ) -> None:
+        self.windows = windows
+        self.catalogue = catalogue
+        self.forms = forms
+        self.rules = rules
+        self.directory = directory
+        self.verifier = Verifier(directory)
+        self.envelopes = EnvelopeCodec(catalogue)
+        self.logs = LogCodec(catalogue)
+        self.placements = catalogue.latest("PlacementRecord")
+        self.sealer = router_sealer
+        self.signer = Signer(router_sealer.keys)
+        self.state = state or RouterState()
+        self.topics = topic_names or Topics()
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _log(self, entry: LogEntry) -> Out:
+        key = entry.message_id.encode() if entry.message_id else None
+        return Out(self.topics.delivery_log, key, self.logs.encode(entry))
+
+    def _verify(self, rec: InRecord) -> str:
+        assert rec.value is not None
+        return self.verifier.verify(rec.value, rec.headers)
+
+    def _notice(self, header: Header, gaps: list[Recipient], original: bytes) -> Out:
+        """A signed RouteGapNotice to the sender's inbox."""
+        now = dt.datetime.now(dt.UTC)
+        notice_header = Header(
+            message_id=uuid.uuid4(),
+            event_type="RouteGapNotice",
+            sender=ROUTER,
+            sender_role=Role.EXCHANGE,
+            recipients=(Recipient(header.sender, header.sender_role),),
+            case_ref=header.case_ref,
+            urgency=header.urgency,
+            occurred_at=now,
+            recorded_at=now,
+            schema_fingerprint=self.forms.latest["RouteGapNotice"].plain.fingerprint,
+            sharing=SharingDecision(
+                purpose="tell the sender which required recipients a message left out",
+                lawful_basis=("UK_GDPR_6_1_E_PUBLIC_TASK",),
+                consent="NOT_SOUGHT",
+                consent_not_sought_reason="no personal data: routing metadata only",
+                decision_maker_role="cbx router",
+            ),
+            related_message_id=header.message_id,
+        )
+        body = {
+            "subject_message_id": str(header.message_id),
+            "missing": [{"agency": g.agency, "role": str(g.role)} for g in gaps],
+            "rule": f"{header.event_type}: required {', '.join(str(g.role) for g in gaps)}",
+            "original": original,
+        }
+        sealed = self.sealer.seal("RouteGapNotice", notice_header.message_id, body, [])
+        value = self.envelopes.encode(notice_header, sealed.body)
+        headers = self.signer.sign_batch([value])[0]
+        return Out(self.topics.inbox(header.sender), header.case_ref.encode(), value, headers)
+
+    def _placement_out(self, placement: Placement) -> Out:
+        v = self.placements
+        return Out(
+            self.topics.placements,
+            placement.case_ref.encode(),
+            codec.encode(v.parsed, v.fingerprint, placement.to_record()),
+        )
+
+    # --- the decision -----------------------------------------------------------------------
+
+    def process(self, rec: InRecord) -> Outcome:
+        """Everything to write for ``rec``: its routing, or its dead letter."""
+        try:
+            return self._route(rec)
+        except _Rejected as rej:
+            return self._dead_letter(rec, rej.failure, rej.header)
+
+    def _route(self, rec: InRecord) -> Outcome:
+        owner = rec.topic.removeprefix(self.topics.outbound_prefix)
+        if rec.value is None:
+            raise _fail("malformed", SerializationError("record has no value"))
+        try:
+            header, body = self.envelopes.decode(rec.value)
+        except UnknownSchemaError as exc:
+            raise _fail("unknown-schema", exc) from exc
+        except SerializationError as exc:
+            raise _fail("malformed", exc) from exc
+        try:
+            return self._route_decoded(rec, owner, header, body)
+        except _Rejected as rej:
+            rej.header = header
+            raise
+
+    def _route_decoded(self, rec: InRecord, owner: str, header: Header, body: bytes) -> Outcome:
+        value = rec.value or b""
+        if header.sender != owner:
+            raise _fail(
+                "sender-mismatch",
+                PolicyError(
+                    f"header names sender {header.sender} on the outbound topic of {owner}"
+                ),
+            )
+        try:
+            signer = self._verify(rec)
+        except SignatureError as exc:
+            raise _fail("bad-signature", exc) from exc
+        if signer != header.sender:
+            raise _fail(
+                "sender-mismatch",
+                PolicyError(f"signed by {signer} but the header names {header.sender}"),
+            )
+        try:
+            wire_fp = codec.read_fingerprint(body)
+            form = self.forms.by_wire.get(wire_fp)
+            if form is None:
+                if wire_fp in self.forms.by_plain:
+                    self.forms.wire_writer(wire_fp)  # raises: sensitive fields in clear
+                raise UnknownSchemaError(wire_fp)
+            if (
+                form.plain.fingerprint != header.schema_fingerprint
+                or form.event_type != header.event_type
+            ):
+                raise ProtectionError("the body's schema does not match the header's event type")
+        except UnknownSchemaError as exc:
+            raise _fail("unknown-schema", exc) from exc
+        except (ProtectionError, SerializationError) as exc:
+            raise _fail("unsealed-or-malformed-body", exc) from exc
+
+        message_id = str(header.message_id)
+        if self.state.seen(message_id) or self.state.seen(rec.source):
+            log.debug("duplicate_ignored", message_id=message_id, source=rec.source)
+            return Outcome([], "duplicate", message_id, header.event_type, header.sender)
+
+        case = self.state.case(header.case_ref)
+        repair = header.related_message_id is not None
+        try:
+            decision = self.rules.check(
+                header.event_type,
+                header.sender,
+                header.sender_role,
+                list(header.recipients),
+                case,
+                self.directory.__contains__,
+                repair=repair,
+            )
+        except PolicyError as exc:
+            reason = "unknown-recipient" if "unknown recipient" in str(exc) else "policy"
+            raise _fail(reason, exc) from exc
+
+        now = dt.datetime.now(dt.UTC)
+        common: dict[str, Any] = {
+            "message_id": message_id,
+            "at": now,
+            "event_type": header.event_type,
+            "sender": header.sender,
+            "case_ref": header.case_ref,
+            "urgency": header.urgency,
+            "occurred_at": header.occurred_at,
+            "source": rec.source,
+        }
+        deadline = ack_deadline(header.urgency, now, self.windows)
+        outs: list[Out] = []
+        headers = [(k, bytes(v)) for k, v in rec.headers]
+        accepted_note = (
+            "case not in the placement registry: required recipients not checked"
+            if decision.unregistered_case
+            else None
+        )
+        outs.append(
+            self._log(
+                LogEntry(
+                    status=Status.ACCEPTED,
+                    ack_deadline=deadline,
+                    reason=accepted_note,
+                    related_message_id=(
+                        str(header.related_message_id) if header.related_message_id else None
+                    ),
+                    **common,
+                )
+            )
+        )
+        for r in decision.deliver:
+            outs.append(
+                Out(self.topics.inbox(r.agency), header.case_ref.encode(), rec.value, headers)
+            )
+            outs.append(
+                self._log(
+                    LogEntry(
+                        status=Status.ROUTED,
+                        recipient=r.agency,
+                        role=str(r.role),
+                        ack_deadline=deadline,
+                        **common,
+                    )
+                )
+            )
+            if repair:
+                outs.append(
+                    self._log(
+                        LogEntry(
+                            **{**common, "message_id": str(header.related_message_id)},
+                            status=Status.REPAIRED,
+                            recipient=r.agency,
+                            role=str(r.role),
+                            related_message_id=message_id,
+                            reason="route gap closed by a re-send from the sender",
+                        )
+                    )
+                )
+        for g in decision.gaps:
+            outs.append(
+                self._log(
+                    LogEntry(
+                        status=Status.ROUTE_GAP,
+                        recipient=g.agency,
+                        role=str(g.role),
+                        reason=f"{header.event_type} must reach the {g.role}; not sealed for it",
+                        **common,
+                    )
+                )
+            )
+        if decision.gaps:
+            outs.append(self._notice(header, decision.gaps, value))
+        placement = decision.placement_update
+        if placement is not None:
+            placement.case_ref = header.case_ref
+            placement.source_message_id = header.message_id
+            outs.append(self._placement_out(placement))
+        # One marker, keyed by message id: a routed record read again (after a crash or a
+        # rebalance) carries the same message id. Dead letters, which may have none, are marked
+        # by their source instead.
+        outs.append(Out(self.topics.routed, message_id.encode(), rec.source.encode()))
+        self.state.stage(message_id, placement)
+        return Outcome(
+            outs,
+            "routed",
+            message_id,
+            header.event_type,
+            header.sender,
+            gaps=len(decision.gaps),
+            recipients=len(decision.deliver),
+            occurred_at=header.occurred_at,
+        )
+
+    def _dead_letter(self, rec: InRecord, failure: Failure, header: Header | None) -> Outcome:
+        message_id = str(header.message_id) if header else None
+        if self.state.seen(rec.source):  # read again after a rebalance: already dead-lettered
+            return Outcome([], "duplicate", message_id)
+        headers = [(k, bytes(v)) for k, v in rec.headers]
+        headers += error_headers(failure, rec.topic, rec.partition, rec.offset, message_id, ROUTER)
+        outs = [
+            Out(self.topics.deadletter, rec.key, rec.value, headers),
+            self._log(
+                LogEntry(
+                    message_id=message_id,
+                    status=Status.REJECTED,
+                    at=dt.datetime.now(dt.UTC),
+                    event_type=header.event_type if header else None,
+                    sender=header.sender
+                    if header
+                    else rec.topic.removeprefix(self.topics.outbound_prefix),
+                    case_ref=header.case_ref if header else None,
+                    urgency=header.urgency if header else None,
+                    reason=f"{failure.reason}: {failure.message}",
+                    source=rec.source,
+                )
+            ),
+        ]
+        outs.append(Out(self.topics.routed, rec.source.encode(), (message_id or "").encode()))
+        self.state.stage(rec.source, None)
+        log.warning(
+            "message_rejected",
+            message_id=message_id,
+            reason=failure.reason,
+            error=failure.message,
+            source=rec.source,
+        )
+        return Outcome(
+            outs,
+            "rejected",
+            message_id,
+            header.event_type if header else None,
+            header.sender if header else None,
+            reason=failure.reason,
+        )

@@ -1,0 +1,179 @@
+"""Dead letters: what the router or a connector refused, kept whole with the reason.
+
+A dead-letter record keeps the original key, value and headers (signature included, so a replay is
+verified again like any message) and adds error headers in the Kafka Connect style. Error texts are
+cbx's own messages, which never carry field values.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from broker.errors import CbxError
+from broker.kafka import clients as kafka
+from broker.kafka.settings import KafkaSettings
+
+H_TOPIC = "cbx.errors.topic"
+H_PARTITION = "cbx.errors.partition"
+H_OFFSET = "cbx.errors.offset"
+H_STAGE = "cbx.errors.stage"
+H_CLASS = "cbx.errors.class.name"
+H_MESSAGE = "cbx.errors.exception.message"
+H_REASON = "cbx.errors.reason"
+H_MESSAGE_ID = "cbx.errors.message.id"
+H_AT = "cbx.errors.at"
+H_WRITER = "cbx.errors.writer"
+ERROR_HEADERS = (
+    H_TOPIC,
+    H_PARTITION,
+    H_OFFSET,
+    H_STAGE,
+    H_CLASS,
+    H_MESSAGE,
+    H_REASON,
+    H_MESSAGE_ID,
+    H_AT,
+    H_WRITER,
+)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a record was refused."""
+
+    reason: str  # a short code: malformed, unknown-schema, bad-signature, sender-mismatch, ...
+    stage: str
+    error_class: str
+    message: str
+
+
+def error_headers(
+    failure: Failure,
+    topic: str,
+    partition: int,
+    offset: int,
+    message_id: str | None,
+    writer: str,
+) -> list[tuple[str, bytes]]:
+    values = {
+        H_TOPIC: topic,
+        H_PARTITION: str(partition),
+        H_OFFSET: str(offset),
+        H_STAGE: failure.stage,
+        H_CLASS: failure.error_class,
+        H_MESSAGE: failure.message,
+        H_REASON: failure.reason,
+        H_MESSAGE_ID: message_id or "",
+        H_AT: dt.datetime.now(dt.UTC).isoformat(),
+        H_WRITER: writer,
+    }
+    return [(k, v.encode()) for k, v in values.items()]
+
+
+def split_headers(
+    headers: Sequence[tuple[str, bytes]],
+) -> tuple[dict[str, str], list[tuple[str, bytes]]]:
+    """Error headers (as text) and the original headers of a dead-letter record."""
+    errors = {k: bytes(v).decode(errors="replace") for k, v in headers if k in ERROR_HEADERS}
+    original = [(k, bytes(v)) for k, v in headers if k not in ERROR_HEADERS]
+    return errors, original
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead-letter record as operators see it: metadata and the reason, never the content."""
+
+    id: str
+    topic: str
+    partition: int
+    offset: int
+    stage: str
+    reason: str
+    error_class: str
+    error: str
+    message_id: str | None
+    at: str
+    writer: str
+    key: bytes | None
+    value: bytes | None
+    original_headers: list[tuple[str, bytes]]
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "stage": self.stage,
+            "reason": self.reason,
+            "error_class": self.error_class,
+            "error": self.error,
+            "message_id": self.message_id,
+            "at": self.at,
+            "writer": self.writer,
+        }
+
+
+def parse(record: Any) -> DeadLetter:
+    errors, original = split_headers(list(record.headers))
+    return DeadLetter(
+        id=f"{record.partition}-{record.offset}",
+        topic=errors.get(H_TOPIC, ""),
+        partition=int(errors.get(H_PARTITION, "-1") or -1),
+        offset=int(errors.get(H_OFFSET, "-1") or -1),
+        stage=errors.get(H_STAGE, ""),
+        reason=errors.get(H_REASON, ""),
+        error_class=errors.get(H_CLASS, ""),
+        error=errors.get(H_MESSAGE, ""),
+        message_id=errors.get(H_MESSAGE_ID) or None,
+        at=errors.get(H_AT, ""),
+        writer=errors.get(H_WRITER, ""),
+        key=record.key,
+        value=record.value,
+        original_headers=original,
+    )
+
+
+async def list_dead_letters(settings: KafkaSettings) -> list[DeadLetter]:
+    out: list[DeadLetter] = []
+    await kafka.read_to_end(settings, settings.topics.deadletter, lambda r: out.append(parse(r)))
+    return out
+
+
+async def replay(settings: KafkaSettings, dead_letter_id: str) -> DeadLetter:
+    """Write a dead letter's original record back to its topic (and say so in the delivery log)."""
+    found = [d for d in await list_dead_letters(settings) if d.id == dead_letter_id]
+    if not found:
+        raise CbxError(f"no dead letter {dead_letter_id!r}: see cbx deadletter list")
+    d = found[0]
+    if not d.topic.startswith(settings.topics.outbound_prefix):
+        raise CbxError(
+            f"dead letter {dead_letter_id} came from {d.topic}, which cannot be replayed"
+        )
+    from broker.delivery_log import LogCodec, LogEntry, Status
+    from broker.schema.catalogue import Catalogue
+
+    logs = LogCodec(Catalogue.load())
+    producer = kafka.producer(settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(d.topic, d.value, key=d.key, headers=d.original_headers)
+        entry = LogEntry(
+            message_id=d.message_id,
+            status=Status.REPLAYED,
+            at=dt.datetime.now(dt.UTC),
+            reason=f"dead letter {d.id} ({d.reason}) replayed by an operator",
+            source=f"{settings.topics.deadletter}/{d.id}",
+            writer="operator",
+        )
+        await producer.send_and_wait(
+            settings.topics.delivery_log,
+            logs.encode(entry),
+            key=d.message_id.encode() if d.message_id else None,
+        )
+    finally:
+        await producer.stop()
+    return d

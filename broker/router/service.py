@@ -1,0 +1,382 @@
+"""``cbx router``: the router as a Kafka service, exactly once.
+
+Consume-transform-produce runs in Kafka transactions with ``read_committed`` consumers. aiokafka's
+``send_offsets_to_transaction`` uses the TxnOffsetCommit version without consumer-group fencing
+(KIP-447), so a producer's transactional id alone must fence a zombie: the router keeps one
+transactional producer per assigned input partition, with the id ``cbx-router.<topic>.<partition>``.
+Whoever owns a partition next initialises the same id, which aborts (or completes) the previous
+owner's open transaction and fences it, and only then reads the committed offset for the partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import IllegalStateError
+from prometheus_client import Counter, Histogram, start_http_server
+
+from broker.admin.identity import ensure_identity
+from broker.crypto.sealing import BodyForms, Sealer
+from broker.directory import Directory, DirectoryCodec, apply
+from broker.kafka import clients as kafka
+from broker.kafka.follow import TopicFollower
+from broker.kafka.settings import KafkaSettings
+from broker.logging import get_logger
+from broker.model import ROUTER
+from broker.policy.deadlines import Windows
+from broker.policy.routing import Placement, Rules
+from broker.policy.sharing import SharingPolicy
+from broker.router.core import InRecord, Outcome, RouterCore, RouterState
+from broker.schema import codec
+from broker.schema.catalogue import Catalogue
+from broker.schema.store import SchemaStore
+
+log = get_logger("router")
+
+MESSAGES = Counter(
+    "cbx_router_messages_total", "Messages read by the router, by outcome", ["outcome"]
+)
+ROUTED = Counter("cbx_router_routed_total", "Inbox copies written (one per recipient)")
+GAPS = Counter("cbx_router_route_gaps_total", "Required recipients left out by senders")
+DEAD = Counter("cbx_router_dead_letters_total", "Messages dead-lettered, by reason", ["reason"])
+LATENCY = Histogram(
+    "cbx_router_latency_seconds",
+    "From the record's append to the outbound topic to the commit of its routing",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: RouterService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.service.release(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.service.acquire(list(assigned))
+
+
+class RouterService:
+    """Reads every ``cbx.outbound.*`` topic and routes it through :class:`RouterCore`."""
+
+    def __init__(
+        self, settings: KafkaSettings, group: str = "router", windows: Windows | None = None
+    ) -> None:
+        self.windows = windows
+        self.settings = settings
+        self.group = settings.topics.group(group)
+        self.catalogue = Catalogue.load()
+        self.forms = BodyForms(self.catalogue)
+        self.rules = Rules.load()
+        self.directory = Directory()
+        self.dcodec = DirectoryCodec(self.catalogue)
+        self.follower = TopicFollower(
+            settings, settings.topics.directory, lambda r: apply(self.directory, self.dcodec, r)
+        )
+        self._last_sync = 0.0
+        self.placement_follower: TopicFollower | None = None
+        self.state = RouterState()
+        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self.committed_offsets: dict[TopicPartition, int] = {}
+        self.lock = asyncio.Lock()
+        self.assigned: set[TopicPartition] = set()
+        self.generation = 0
+        self.stop_event = asyncio.Event()
+        self.core: RouterCore | None = None
+        self.consumer: Any = None
+
+    # --- start-up -----------------------------------------------------------------------------
+
+    async def _load_state(self) -> None:
+        placements = self.catalogue.latest("PlacementRecord")
+        store = SchemaStore(self.catalogue)
+
+        def placement(r: Any) -> None:
+            # Other router instances write here too; an older record never replaces a newer one.
+            if r.value is not None:
+                rec = codec.decode(r.value, store.writer_for, placements.parsed)
+                new = Placement.from_record(rec)
+                old = self.state.registry.get(new.case_ref)
+                if old is None or old.updated_at <= new.updated_at:
+                    self.state.registry.put(new)
+
+        def routed(r: Any) -> None:
+            if r.key is not None:
+                self.state.routed.add(r.key.decode())
+
+        self.placement_follower = TopicFollower(
+            self.settings, self.settings.topics.placements, placement
+        )
+        await self.placement_follower.start()
+        n_ids = await kafka.read_to_end(self.settings, self.settings.topics.routed, routed)
+        await self.follower.start()
+        log.info(
+            "router_state_loaded",
+            placements=len(self.state.registry),
+            routed_ids=n_ids,
+            agencies=len(self.directory.agencies()),
+        )
+
+    async def start(self) -> None:
+        keys = await ensure_identity(self.settings, ROUTER, "cbx router", "SERVICE", publish=False)
+        await self._load_state()
+        sealer = Sealer(keys, self.directory, SharingPolicy.load(), self.forms)
+        self.core = RouterCore(
+            self.catalogue,
+            self.forms,
+            self.rules,
+            self.directory,
+            sealer,
+            self.state,
+            self.settings.topics,
+            self.windows,
+        )
+        self.consumer = kafka.consumer(
+            self.settings,
+            group_id=self.group,
+            metadata_max_age_ms=3000,
+            max_poll_records=500,
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
+        )
+        self.consumer.subscribe(
+            pattern=self.settings.topics.outbound_pattern, listener=_Listener(self)
+        )
+        await self.consumer.start()
+
+    # --- partition ownership -----------------------------------------------------------------
+
+    async def _new_producer(self, tp: TopicPartition) -> None:
+        """(Re)create the transactional producer of ``tp``.
+
+        InitProducerId with the partition's transactional id completes or aborts whatever
+        transaction a previous owner (or a failed attempt of ours) left open, and fences it.
+        """
+        old = self.producers.pop(tp, None)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
+        producer = kafka.transactional_producer(
+            self.settings, f"{self.group}.{tp.topic}.{tp.partition}", linger_ms=2
+        )
+        await producer.start()
+        self.producers[tp] = producer
+
+    async def acquire(self, tps: list[TopicPartition]) -> None:
+        """Own ``tps``. Producers are made on first use, outside the rebalance callback: making
+        dozens here would outlast the session timeout and start the rebalance again."""
+        async with self.lock:
+            self.generation += 1
+            self.assigned |= set(tps)
+            for tp in tps:
+                if tp in self.producers:
+                    await self._rewind(tp)
+        log.info("partitions_assigned", partitions=[f"{t.topic}/{t.partition}" for t in tps])
+
+    async def _rewind(self, tp: TopicPartition) -> None:
+        """Position ``tp`` at the next record not yet routed.
+
+        The group's committed offset can lag a transaction this process committed a moment ago
+        (its markers are written after EndTxn returns, and aiokafka cannot ask for stable
+        offsets), so what this process itself committed wins when it is further on.
+        """
+        try:
+            committed = await self.consumer.committed(tp)
+            ours = self.committed_offsets.get(tp)
+            if ours is not None and (committed is None or ours > committed):
+                committed = ours
+            if committed is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        except IllegalStateError:
+            # The assignment changed again while we were here; the next rebalance handles it.
+            log.info("partition_moved_during_assignment", partition=f"{tp.topic}/{tp.partition}")
+
+    async def release(self, tps: list[TopicPartition]) -> None:
+        # Under the lock: a transaction in progress finishes before its partition is given up.
+        # Producers are kept: if the partition comes back, its producer is reused (and if someone
+        # else owned it meanwhile and fenced it, the first failed transaction replaces it).
+        async with self.lock:
+            self.generation += 1
+            self.assigned -= set(tps)
+        if tps:
+            log.info("partitions_revoked", partitions=[f"{t.topic}/{t.partition}" for t in tps])
+
+    async def _catch_up_directory(self) -> bool:
+        """Wait for the directory to include everything published so far (once a second)."""
+        now = time.monotonic()
+        if now - self._last_sync < 1.0:
+            return False
+        self._last_sync = now
+        await self.follower.sync()
+        return True
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def _route_partition(self, tp: TopicPartition, records: list[Any]) -> None:
+        assert self.core is not None
+        producer = self.producers[tp]
+        outcomes: list[tuple[Outcome, Any]] = []
+        try:
+            async with producer.transaction():
+                futures = []
+                for r in records:
+                    rec = InRecord(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers))
+                    outcome = self.core.process(rec)
+                    # A bad signature may be a key published a moment ago: catch up, try again.
+                    if (
+                        outcome.status == "rejected"
+                        and outcome.reason == "bad-signature"
+                        and await self._catch_up_directory()
+                    ):
+                        self.state.unstage(rec.source)
+                        outcome = self.core.process(rec)
+                    outcomes.append((outcome, r))
+                    for out in outcome.outputs:
+                        futures.append(
+                            await producer.send(
+                                out.topic, out.value, key=out.key, headers=out.headers
+                            )
+                        )
+                await asyncio.gather(*futures)
+                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group)
+        except BaseException:
+            self.state.rollback()
+            raise
+        self.state.commit()
+        self.committed_offsets[tp] = records[-1].offset + 1
+        now = time.time()
+        log.info(
+            "batch_committed",
+            partition=f"{tp.topic}/{tp.partition}",
+            records=len(records),
+            next_offset=records[-1].offset + 1,
+        )
+        for outcome, r in outcomes:
+            MESSAGES.labels(outcome.status).inc()
+            if outcome.status == "routed":
+                ROUTED.inc(outcome.recipients)
+                GAPS.inc(outcome.gaps)
+                LATENCY.observe(max(0.0, now - r.timestamp / 1000))
+                log.debug(
+                    "message_routed",
+                    message_id=outcome.message_id,
+                    event_type=outcome.event_type,
+                    sender=outcome.sender,
+                    recipients=outcome.recipients,
+                    route_gaps=outcome.gaps,
+                )
+            elif outcome.status == "rejected":
+                DEAD.labels(outcome.reason or "unknown").inc()
+
+    async def _route_batch(self, tp: TopicPartition, records: list[Any], generation: int) -> None:
+        async with self.lock:
+            if generation != self.generation or tp not in self.assigned:
+                # A rebalance came between fetch and now: these records are stale. Partitions
+                # still ours were rewound to their committed offsets and will be read again.
+                return
+            if tp not in self.producers:
+                # First batch of a partition new to this process: fence the previous owner
+                # (InitProducerId completes or aborts its transaction), then read from the
+                # committed offset, which is stable only now. This batch is dropped and re-read.
+                await self._new_producer(tp)
+                await self._rewind(tp)
+                return
+            try:
+                await self._route_partition(tp, records)
+            except Exception as exc:
+                # The transaction did not commit. The producer may be unusable (fenced, out of
+                # sequence, closed): replace it, which aborts the transaction for good, then read
+                # the partition again from what was committed.
+                log.error(
+                    "transaction_aborted",
+                    partition=f"{tp.topic}/{tp.partition}",
+                    error=str(exc),
+                    error_class=type(exc).__name__,
+                )
+                await asyncio.sleep(0.5)
+                try:
+                    await self._new_producer(tp)
+                finally:
+                    await self._rewind(tp)
+
+    async def run(self) -> None:
+        """Route until stopped; a stop finishes the transaction in progress, then closes."""
+        await self.start()
+        log.info("router_started", bootstrap=self.settings.bootstrap_servers, group=self.group)
+        try:
+            while not self.stop_event.is_set():
+                generation = self.generation
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=2000)
+                for tp, records in batch.items():
+                    if records:
+                        await self._route_batch(tp, records, generation)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        for follower in (self.follower, self.placement_follower):
+            if follower is not None:
+                with contextlib.suppress(Exception):
+                    await follower.stop()
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+        for producer in list(self.producers.values()):
+            with contextlib.suppress(Exception):
+                await producer.stop()
+        self.producers.clear()
+        log.info("router_stopped")
+
+    def install_signal_handlers(self) -> None:
+        """First SIGTERM/SIGINT: finish the open transaction and stop. Second: exit at once."""
+        loop = asyncio.get_running_loop()
+
+        def handle(sig: signal.Signals) -> None:
+            if self.stop_event.is_set():
+                os._exit(128 + sig.value)
+            log.info("router_stopping", signal=sig.name)
+            self.stop_event.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, handle, sig)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: write every asyncio task's await chain to stderr (to chase a hang)."""
+    import sys
+
+    for task in asyncio.all_tasks():
+        lines = [f"--- task {task.get_name()} ---"]
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                lines.append(
+                    f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
+                )
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+
+
+async def serve(
+    settings: KafkaSettings, metrics_port: int | None = None, group: str = "router"
+) -> None:
+    if metrics_port is not None:
+        start_http_server(metrics_port, addr="127.0.0.1")
+        log.info("metrics_listening", port=metrics_port)
+    service = RouterService(settings, group)
+    service.install_signal_handlers()
+    await service.run()

@@ -1,0 +1,1 @@
+"""The delivery tracker: states folded from the delivery log (view, no Kafka) and its service."""

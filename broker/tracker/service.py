@@ -1,0 +1,333 @@
+"""The delivery tracker (``cbx tracker``): receipts in, delivery states and escalations out.
+
+It follows the whole delivery log (rebuilding its view at start, so it keeps no store of its own)
+and consumes signed receipts from ``cbx.receipts``. For each message and recipient it knows the
+latest state: ACCEPTED, ROUTED, DELIVERED, ACKNOWLEDGED, REJECTED by the recipient, OVERDUE,
+ESCALATED. When an urgent notification's acknowledgement deadline passes without an
+acknowledgement, it writes OVERDUE and ESCALATED for each recipient that has not acknowledged, and
+logs an alert at ERROR level for the on-call operator.
+
+It also copies each delivery-log entry to the sender's own status topic (``cbx.status.<agency>``),
+which only that agency may read, so a connector can tell its agency's system what became of each
+message it sent without any agency seeing the delivery metadata of others.
+
+A separate service rather than part of the router: it scales and restarts independently, and the
+router's exactly-once loop stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from broker.crypto.sealing import BodyForms
+from broker.crypto.signing import Verifier
+from broker.delivery_log import LogCodec, LogEntry, Status
+from broker.directory import Directory, DirectoryCodec, apply
+from broker.envelope import EnvelopeCodec
+from broker.errors import CbxError
+from broker.kafka import clients as kafka
+from broker.kafka.follow import TopicFollower
+from broker.kafka.settings import KafkaSettings
+from broker.logging import get_logger
+from broker.schema import codec
+from broker.schema.catalogue import Catalogue
+
+log = get_logger("tracker")
+_RECEIPT_STATUS = {
+    "DELIVERED": Status.DELIVERED,
+    "ACKNOWLEDGED": Status.ACKNOWLEDGED,
+    "REJECTED": Status.RECIPIENT_REJECTED,
+}
+_ORDER = [Status.ROUTED, Status.DELIVERED, Status.ACKNOWLEDGED]
+
+
+@dataclass
+class RecipientState:
+    status: Status
+    role: str | None = None
+    at: dict[str, dt.datetime] = field(default_factory=dict)
+
+
+@dataclass
+class MessageState:
+    """What is known of one message, from the delivery log."""
+
+    message_id: str
+    event_type: str | None = None
+    sender: str | None = None
+    case_ref: str | None = None
+    urgency: str | None = None
+    accepted_at: dt.datetime | None = None
+    ack_deadline: dt.datetime | None = None
+    recipients: dict[str, RecipientState] = field(default_factory=dict)
+    escalated: set[str] = field(default_factory=set)
+    rejected_reason: str | None = None
+
+
+class DeliveryView:
+    """The latest state of every message and recipient, folded from delivery-log entries."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, MessageState] = {}
+
+    def apply(self, e: LogEntry) -> None:
+        if e.message_id is None:
+            return
+        m = self.messages.setdefault(e.message_id, MessageState(e.message_id))
+        for attr in ("event_type", "sender", "case_ref", "urgency"):
+            if getattr(m, attr) is None and getattr(e, attr) is not None:
+                setattr(m, attr, getattr(e, attr))
+        if e.status == Status.ACCEPTED:
+            m.accepted_at = e.at
+            m.ack_deadline = e.ack_deadline
+        elif e.status == Status.REJECTED:
+            m.rejected_reason = e.reason
+        elif e.recipient:
+            r = m.recipients.get(e.recipient)
+            if r is None:
+                r = m.recipients[e.recipient] = RecipientState(e.status, e.role)
+            r.at.setdefault(str(e.status), e.at)
+            if e.role and not r.role:
+                r.role = e.role
+            if e.status == Status.ESCALATED:
+                m.escalated.add(e.recipient)
+            if _rank(e.status) >= _rank(r.status):
+                r.status = e.status
+
+    def overdue(self, now: dt.datetime) -> list[tuple[MessageState, str]]:
+        """(message, recipient) pairs past their deadline, unacknowledged, not yet escalated."""
+        out = []
+        for m in self.messages.values():
+            if m.ack_deadline is None or m.ack_deadline > now:
+                continue
+            for agency, r in m.recipients.items():
+                if Status.ACKNOWLEDGED.value in r.at or agency in m.escalated:
+                    continue
+                if r.status in (
+                    Status.ROUTED,
+                    Status.DELIVERED,
+                    Status.OVERDUE,
+                    Status.RECIPIENT_REJECTED,
+                    Status.ROUTE_GAP,
+                ):
+                    out.append((m, agency))
+        return out
+
+
+def _rank(s: Status) -> int:
+    order = {
+        Status.ROUTE_GAP: 0,
+        Status.ROUTED: 1,
+        Status.REPAIRED: 1,
+        Status.DELIVERED: 2,
+        Status.RECIPIENT_REJECTED: 3,
+        Status.OVERDUE: 3,
+        Status.ESCALATED: 4,
+        Status.ACKNOWLEDGED: 5,
+    }
+    return order.get(s, 0)
+
+
+class TrackerService:
+    """Receipts to delivery-log states, and deadline escalation."""
+
+    def __init__(self, settings: KafkaSettings, check_every_s: float = 1.0) -> None:
+        self.settings = settings
+        self.catalogue = Catalogue.load()
+        self.forms = BodyForms(self.catalogue)
+        self.logs = LogCodec(self.catalogue)
+        self.envelopes = EnvelopeCodec(self.catalogue)
+        self.directory = Directory()
+        self.view = DeliveryView()
+        self.check_every_s = check_every_s
+        self.stop_event = asyncio.Event()
+        self._receipt_form = self.forms.latest["Receipt"]
+        dcodec = DirectoryCodec(self.catalogue)
+        self._followers = [
+            TopicFollower(
+                settings, settings.topics.directory, lambda r: apply(self.directory, dcodec, r)
+            ),
+            TopicFollower(
+                settings,
+                settings.topics.delivery_log,
+                lambda r: self.view.apply(self.logs.decode(r.value)),
+            ),
+        ]
+        self._verifier = Verifier(self.directory)
+        self._producer: Any = None
+        self._consumer: Any = None
+        self._mirror_consumer: Any = None
+        self._status_topics: set[str] = set()
+        self._status_checked = 0.0
+
+    async def _write(self, entries: list[LogEntry]) -> None:
+        futures = [
+            await self._producer.send(
+                self.settings.topics.delivery_log,
+                self.logs.encode(e),
+                key=e.message_id.encode() if e.message_id else None,
+            )
+            for e in entries
+        ]
+        await asyncio.gather(*futures)
+        for e in entries:  # seen at once; the follower will bring the same entries back
+            self.view.apply(e)
+
+    def _receipt_entry(self, value: bytes, headers: Any) -> LogEntry:
+        signer = self._verifier.verify(value, headers)
+        header, body = self.envelopes.decode(value)
+        form = self._receipt_form
+        record = codec.decode(body, lambda _fp: form.wire_parsed)
+        if header.event_type != "Receipt" or record["recipient"] != signer:
+            raise CbxError(f"receipt signed by {signer} is about another recipient")
+        subject = str(record["subject_message_id"])
+        known = self.view.messages.get(subject)
+        return LogEntry(
+            message_id=subject,
+            status=_RECEIPT_STATUS[record["status"]],
+            at=record["at"],
+            event_type=known.event_type if known else None,
+            sender=known.sender if known else None,
+            recipient=signer,
+            role=str(header.sender_role),
+            case_ref=header.case_ref,
+            urgency=header.urgency,
+            reason=record["reason"],
+            related_message_id=str(header.message_id),
+            writer="tracker",
+        )
+
+    async def _receipts(self) -> None:
+        while not self.stop_event.is_set():
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=500)
+            entries = []
+            for records in batch.values():
+                for r in records:
+                    try:
+                        entries.append(self._receipt_entry(r.value, list(r.headers)))
+                    except (CbxError, KeyError, ValueError) as exc:
+                        log.warning("receipt_rejected", offset=r.offset, error=str(exc))
+            if entries:
+                await self._write(entries)
+            if batch:
+                await self._consumer.commit()
+
+    async def check_deadlines(self, now: dt.datetime | None = None) -> int:
+        """Escalate what is overdue; returns how many recipients were escalated."""
+        now = now or dt.datetime.now(dt.UTC)
+        entries = []
+        for m, agency in self.view.overdue(now):
+            r = m.recipients[agency]
+            common: dict[str, Any] = {
+                "message_id": m.message_id,
+                "at": now,
+                "event_type": m.event_type,
+                "sender": m.sender,
+                "recipient": agency,
+                "role": r.role,
+                "case_ref": m.case_ref,
+                "urgency": m.urgency,
+                "ack_deadline": m.ack_deadline,
+                "writer": "tracker",
+            }
+            due = m.ack_deadline.isoformat() if m.ack_deadline else "?"
+            reason = (
+                f"{m.urgency} {m.event_type} not acknowledged by {agency} "
+                f"(last state {r.status}) by {due}"
+            )
+            entries.append(LogEntry(status=Status.OVERDUE, reason=reason, **common))
+            entries.append(LogEntry(status=Status.ESCALATED, reason=reason, **common))
+            log.error(
+                "acknowledgement_overdue_escalated",
+                message_id=m.message_id,
+                event_type=m.event_type,
+                recipient=agency,
+                urgency=m.urgency,
+                case_ref=m.case_ref,
+                last_state=str(r.status),
+            )
+        if entries:
+            await self._write(entries)
+        return len(entries) // 2
+
+    async def _known_status_topics(self, wanted: set[str]) -> set[str]:
+        """Which of ``wanted`` exist (asked again at most every 10 s while some are missing)."""
+        missing = wanted - self._status_topics
+        now = asyncio.get_running_loop().time()
+        if missing and now - self._status_checked > 10:
+            self._status_checked = now
+            admin = kafka.admin(self.settings)
+            await admin.start()
+            try:
+                prefix = self.settings.topics.status_prefix
+                self._status_topics = {t for t in await admin.list_topics() if t.startswith(prefix)}
+            finally:
+                await admin.close()
+            for t in sorted(missing - self._status_topics):
+                log.warning("status_topic_missing", topic=t, hint="run cbx agency add again")
+        return wanted & self._status_topics
+
+    async def _mirror(self) -> None:
+        """Copy each delivery-log entry to its sender's status topic, so the sender's connector
+        can tell its agency's system what became of a message (at least once; the view folds
+        repeats)."""
+        topics = self.settings.topics
+        while not self.stop_event.is_set():
+            batch = await self._mirror_consumer.getmany(timeout_ms=200, max_records=1000)
+            pending = []
+            for records in batch.values():
+                for r in records:
+                    try:
+                        sender = self.logs.decode(r.value).sender
+                    except CbxError as exc:
+                        log.warning("log_entry_unreadable", offset=r.offset, error=str(exc))
+                        continue
+                    if sender and topics.is_agency_id(sender) and not sender.startswith("svc-"):
+                        pending.append((topics.status(sender), r))
+            known = await self._known_status_topics({t for t, _ in pending})
+            futures = [
+                await self._producer.send(t, r.value, key=r.key) for t, r in pending if t in known
+            ]
+            await asyncio.gather(*futures)
+            if batch:
+                await self._mirror_consumer.commit()
+
+    async def _deadlines(self) -> None:
+        while not self.stop_event.is_set():
+            await self.check_deadlines()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), self.check_every_s)
+
+    async def run(self) -> None:
+        async with kafka.access(self.settings):
+            for f in self._followers:
+                await f.start()
+            self._producer = kafka.producer(self.settings)
+            await self._producer.start()
+            self._consumer = kafka.consumer(
+                self.settings,
+                self.settings.topics.receipts,
+                group_id=self.settings.topics.group("tracker"),
+            )
+            await self._consumer.start()
+            self._mirror_consumer = kafka.consumer(
+                self.settings,
+                self.settings.topics.delivery_log,
+                group_id=self.settings.topics.group("tracker-status"),
+            )
+            await self._mirror_consumer.start()
+        log.info("tracker_started", messages=len(self.view.messages))
+        try:
+            async with kafka.access(self.settings):
+                await asyncio.gather(self._receipts(), self._deadlines(), self._mirror())
+        finally:
+            await self._mirror_consumer.stop()
+            await self._consumer.stop()
+            await self._producer.stop()
+            for f in self._followers:
+                await f.stop()
+            log.info("tracker_stopped")

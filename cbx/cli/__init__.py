@@ -1,0 +1,51 @@
+"""The ``cbx`` command line: one entry point, one sub-app per area."""
+
+from __future__ import annotations
+
+import typer
+
+from broker.logging import configure_logging
+from cbx.cli import (
+    agency_cmd,
+    connector_cmd,
+    deadletter_cmd,
+    deliveries_cmd,
+    demo_cmd,
+    kafka_cmd,
+    keys_cmd,
+    router_cmd,
+    schemas_cmd,
+)
+
+app = typer.Typer(
+    name="cbx",
+    help="Cross-Boundary Exchange: safeguarding notifications between agencies, over Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _setup() -> None:
+    configure_logging()
+
+
+app.add_typer(kafka_cmd.app, name="kafka")
+app.add_typer(schemas_cmd.app, name="schemas")
+app.add_typer(keys_cmd.keys_app, name="keys")
+app.add_typer(keys_cmd.directory_app, name="directory")
+app.add_typer(deadletter_cmd.app, name="deadletter")
+app.add_typer(agency_cmd.app, name="agency")
+app.add_typer(connector_cmd.app, name="connector")
+app.add_typer(demo_cmd.scenario_app, name="scenario")
+app.command("setup")(agency_cmd.setup)
+app.command("tracker")(deliveries_cmd.tracker)
+app.command("deliveries")(deliveries_cmd.deliveries)
+app.command("trace")(deliveries_cmd.trace)
+app.command("demo")(demo_cmd.demo)
+app.command("router")(router_cmd.router)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

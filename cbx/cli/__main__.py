@@ -1,0 +1,3 @@
+from cbx.cli import main
+
+main()

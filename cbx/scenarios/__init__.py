@@ -1,0 +1,1 @@
+"""Scenario files played through the whole exchange: spec, runner, audit, report."""

@@ -1,0 +1,1 @@
+"""An agency's gateway onto the exchange: the connector, its inbox and receipts."""

@@ -1,0 +1,215 @@
+"""HTTP ingest: ``POST /v1/events/{event_type}`` and friends, in front of a connector.
+
+A request is agency JSON as ``connectors.ingest.request`` reads it (case reference, urgency, sharing
+decision, event).
+
+Answers: 202 with the message id and recipients; 422 with every field error (path, problem,
+expected, kind of value given; never the value); 409 when an ``Idempotency-Key`` is reused for a
+different request; 503 when Kafka cannot take it now (nothing was published: retry with the same
+key). The OpenAPI document's request bodies are generated from the Avro schemas.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+
+from broker.errors import AccessDeniedError, CbxError, PolicyError, ProtectionError
+from broker.logging import get_logger
+from broker.schema.json_to_avro import FieldError
+from connectors.gateway.connector import Connector
+from connectors.ingest.idempotency import IdempotencyStore, body_hash
+from connectors.ingest.openapi import components, json_schema
+from connectors.ingest.request import RequestReader, send_routed
+
+log = get_logger("http_ingest")
+
+
+def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
+    app = FastAPI(
+        title=f"cbx connector for {connector.agency}",
+        version="1",
+        description="Post an agency's safeguarding events to the Cross-Boundary Exchange.",
+    )
+    reader = RequestReader(connector.catalogue, connector.converters)
+    wrapper_raw = reader.wrapper_raw
+
+    def errors(items: list[FieldError]) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"errors": [e.as_dict() for e in items]})
+
+    @app.post("/v1/events/{event_type}", status_code=202, include_in_schema=False)
+    async def ingest(event_type: str, request: Request) -> Response:
+        raw = await request.body()
+        key = request.headers.get("Idempotency-Key")
+        if event_type not in connector.converters or event_type == "Receipt":
+            return JSONResponse(
+                status_code=404, content={"error": f"unknown message type {event_type}"}
+            )
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            return errors([FieldError("", "not valid JSON", "a JSON object", "text")])
+        if not isinstance(payload, dict):
+            return errors([FieldError("", "wrong type", "a JSON object", type(payload).__name__)])
+        digest = body_hash(raw)
+        lock = store.lock(key) if key else None
+        if lock is not None:
+            await lock.acquire()
+        try:
+            if key:
+                seen = store.get(key)
+                if seen is not None:
+                    if seen["hash"] != digest or seen["event_type"] != event_type:
+                        return JSONResponse(
+                            status_code=409,
+                            content={
+                                "error": "Idempotency-Key already used for a different request"
+                            },
+                        )
+                    return JSONResponse(
+                        status_code=202, content={**seen["answer"], "replayed": True}
+                    )
+            try:
+                connector.profile.check_send(connector.agency, event_type)
+            except PolicyError as exc:
+                return JSONResponse(status_code=403, content={"error": str(exc)})
+            read = reader.read(event_type, payload)
+            if isinstance(read, list):
+                return errors(read)
+            try:
+                out = await send_routed(connector, read)
+            except PolicyError as exc:
+                return JSONResponse(
+                    status_code=422,
+                    content={
+                        "errors": [
+                            {
+                                "path": "",
+                                "problem": str(exc),
+                                "expected": "a routable message",
+                                "got": event_type,
+                            }
+                        ]
+                    },
+                )
+            except (AccessDeniedError, ProtectionError) as exc:
+                return JSONResponse(status_code=403, content={"error": str(exc)})
+            except CbxError as exc:
+                log.warning("ingest_unavailable", event_type=event_type, error=str(exc))
+                return JSONResponse(
+                    status_code=503,
+                    content={
+                        "error": "the exchange could not take it now: retry with the same key"
+                    },
+                )
+            answer = {
+                "message_id": str(out.header.message_id),
+                "event_type": event_type,
+                "case_ref": out.header.case_ref,
+                "recipients": [
+                    {"agency": r.agency, "role": str(r.role)} for r in out.header.recipients
+                ],
+                "published_at": dt.datetime.now(dt.UTC).isoformat(),
+            }
+            store.record(key, digest, event_type, answer)
+            log.info(
+                "event_published",
+                message_id=answer["message_id"],
+                event_type=event_type,
+                recipients=len(answer["recipients"]),
+            )
+            return JSONResponse(status_code=202, content=answer)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    @app.get("/v1/messages/{message_id}")
+    async def message(message_id: str) -> Response:
+        """What became of a message this agency sent: each recipient's state.
+
+        ``status`` is PUBLISHED until the router has taken the message, then ACCEPTED, ROUTED,
+        DELIVERED (every recipient's system has it) and ACKNOWLEDGED (every recipient confirmed);
+        REJECTED, ROUTE_GAP, RECIPIENT_REJECTED, OVERDUE or ESCALATED when something needs a
+        person. Metadata only.
+        """
+        rec = store.message(message_id)
+        if rec is None:
+            return JSONResponse(
+                status_code=404, content={"error": "no such message from this agency"}
+            )
+        known = connector.delivery_status(message_id)
+        if known is None:
+            known = {
+                "status": "PUBLISHED",
+                "recipients": [{**r, "status": "PUBLISHED"} for r in rec["answer"]["recipients"]],
+            }
+        return JSONResponse(content={**rec["answer"], **known})
+
+    @app.post("/v1/messages/{message_id}/ack", status_code=202)
+    async def acknowledge(message_id: str) -> Response:
+        """The agency's system confirms a message delivered to it: an ACKNOWLEDGED receipt."""
+        try:
+            await connector.acknowledge(message_id)
+        except PolicyError as exc:
+            return JSONResponse(status_code=404, content={"error": str(exc)})
+        return JSONResponse(
+            status_code=202, content={"message_id": message_id, "status": "ACKNOWLEDGED"}
+        )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        comps = doc.setdefault("components", {}).setdefault("schemas", {})
+        comps.update(components(connector.catalogue))
+        defs: dict[str, Any] = {}
+        json_schema(wrapper_raw, defs)
+        comps.update({k.rsplit(".", 1)[-1]: v for k, v in defs.items() if v})
+        for event_type in connector.catalogue.event_types():
+            if event_type in ("Receipt", "RouteGapNotice"):
+                continue
+            request = {
+                "allOf": [
+                    {"$ref": "#/components/schemas/IngestRequest"},
+                    {
+                        "type": "object",
+                        "required": ["event"],
+                        "properties": {"event": {"$ref": f"#/components/schemas/{event_type}"}},
+                    },
+                ]
+            }
+            doc["paths"][f"/v1/events/{event_type}"] = {
+                "post": {
+                    "summary": connector.catalogue.latest(event_type).raw.get("doc", event_type),
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": request}},
+                    },
+                    "responses": {
+                        "202": {"description": "published"},
+                        "422": {"description": "field errors"},
+                        "409": {"description": "idempotency key reused"},
+                        "503": {"description": "retry later with the same key"},
+                    },
+                }
+            }
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

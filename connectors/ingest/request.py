@@ -1,0 +1,147 @@
+"""What every ingest path shares: reading an agency's request into a message to send.
+
+A request is agency JSON: the case reference, the urgency, when it happened, the
+information-sharing decision, and the event itself::
+
+    {"case_ref": "KCC-LAC-000123", "urgency": "IMMEDIATE",
+     "sharing": {"purpose": ..., "lawful_basis": [...], "consent": "NOT_SOUGHT",
+                 "consent_not_sought_reason": ..., "decision_maker_role": ...},
+     "event": { ...fields of the message type... }}
+
+HTTP ingest, file drop and scenarios all read requests here, so a payload that one accepts the
+others accept, and field errors read the same everywhere (path, problem, expected, kind of value
+given; never the value).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fastavro
+from fastavro.schema import expand_schema
+
+from broker.envelope import Outgoing, SharingDecision
+from broker.errors import PolicyError
+from broker.schema.catalogue import ENVELOPE, Catalogue
+from broker.schema.json_to_avro import FieldError, JsonToAvro
+from connectors.gateway.connector import Connector
+
+
+def wrapper_schema(catalogue: Catalogue) -> dict[str, Any]:
+    """The request wrapper as an Avro record, built from the envelope's own named types."""
+    envelope: Any = expand_schema(catalogue.latest(ENVELOPE).raw)
+    header = envelope["fields"][0]["type"]
+    fields = {f["name"]: f for f in header["fields"]}
+    return {
+        "type": "record",
+        "name": "IngestRequest",
+        "namespace": "cbx.http",
+        "doc": "What an agency posts: the case, the urgency, the sharing decision and the event.",
+        "fields": [
+            {"name": "case_ref", "type": "string", "doc": fields["case_ref"]["doc"]},
+            {
+                "name": "urgency",
+                "type": copy.deepcopy(fields["urgency"]["type"]),
+                "default": "ROUTINE",
+                "doc": fields["urgency"]["doc"],
+            },
+            {
+                "name": "occurred_at",
+                "type": ["null", {"type": "long", "logicalType": "timestamp-millis"}],
+                "default": None,
+                "doc": "When the event happened (defaults to now).",
+            },
+            {
+                "name": "sharing",
+                "type": copy.deepcopy(fields["sharing"]["type"]),
+                "doc": fields["sharing"]["doc"],
+            },
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class Request:
+    """A checked request: everything ``Connector.prepare`` needs."""
+
+    event_type: str
+    case_ref: str
+    urgency: str
+    occurred_at: dt.datetime | None
+    sharing: SharingDecision
+    body: dict[str, Any]
+
+    def prepare(self, connector: Connector, message_id: uuid.UUID | None = None) -> Outgoing:
+        """Route and seal this request for ``connector`` (PolicyError when it cannot be routed)."""
+        return connector.prepare(
+            self.event_type,
+            self.body,
+            case_ref=self.case_ref,
+            sharing=self.sharing,
+            urgency=self.urgency,
+            occurred_at=self.occurred_at,
+            message_id=message_id,
+        )
+
+
+class RequestReader:
+    """Checks requests against the wrapper and the event's schema, for one catalogue."""
+
+    def __init__(self, catalogue: Catalogue, converters: dict[str, JsonToAvro]) -> None:
+        self.catalogue = catalogue
+        self.wrapper_raw = wrapper_schema(catalogue)
+        self.wrapper = JsonToAvro(fastavro.parse_schema(copy.deepcopy(self.wrapper_raw)))
+        self.converters = converters
+
+    def read(self, event_type: str, payload: Any) -> Request | list[FieldError]:
+        """The request, or every field error (paths of the event start with ``event.``)."""
+        if event_type not in self.converters or event_type in ("Receipt", "RouteGapNotice"):
+            return [FieldError("", f"unknown message type {event_type}", "a message type", "")]
+        if not isinstance(payload, dict):
+            return [FieldError("", "wrong type", "a JSON object", type(payload).__name__)]
+        meta_in = {k: v for k, v in payload.items() if k != "event"}
+        event = payload.get("event")
+        errors = self.wrapper.errors(meta_in)
+        errors += [
+            FieldError(f"event.{e.path}" if e.path else "event", e.problem, e.expected, e.got)
+            for e in self.converters[event_type].errors(event)
+        ]
+        if errors:
+            return errors
+        meta = self.wrapper.convert(meta_in)
+        s = meta["sharing"]
+        return Request(
+            event_type=event_type,
+            case_ref=meta["case_ref"],
+            urgency=meta["urgency"],
+            occurred_at=meta["occurred_at"],
+            sharing=SharingDecision(
+                purpose=s["purpose"],
+                lawful_basis=tuple(s["lawful_basis"]),
+                consent=s["consent"],
+                decision_maker_role=s["decision_maker_role"],
+                consent_not_sought_reason=s["consent_not_sought_reason"],
+                withheld=tuple((w["item"], w["reason"]) for w in s["withheld"]),
+            ),
+            body=dict(self.converters[event_type].convert(event)),
+        )
+
+
+async def send_routed(connector: Connector, read: Request) -> Outgoing:
+    """Send a checked request; if the case is not known yet, catch up once and try again.
+
+    The connector follows the directory and the placement registry all the time; waiting for
+    them to catch up on every request would cost a round trip or more, so only a request that
+    cannot be routed waits.
+    """
+    try:
+        prepared = read.prepare(connector)
+    except PolicyError:
+        await connector.sync()
+        prepared = read.prepare(connector)
+    await connector.publish([prepared])
+    return prepared
