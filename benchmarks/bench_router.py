@@ -34,6 +34,7 @@ from broker.kafka import clients as kafka
 from broker.kafka import embedded as local_kafka
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
+from broker.policy.profiles import directory_kind
 from broker.router.service import RouterService
 from connectors.gateway.connector import Connector
 
@@ -58,8 +59,7 @@ async def prefill(settings: KafkaSettings, n: int) -> tuple[str, float]:
         await provision.add_agency(settings, a)
         c = Connector(principals.settings_for(settings, a), AgencyKeys.new(a))
         await c.start()
-        kind = {"la": "COUNCIL", "pf": "POLICE", "icb": "HEALTH"}[a.split("-")[0]]
-        await publish(settings, AgencyEntry.from_keys(c.keys, a, kind))
+        await publish(settings, AgencyEntry.from_keys(c.keys, a, directory_kind(a)))
         conns[a] = c
     for c in conns.values():
         await c.sync()

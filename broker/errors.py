@@ -86,9 +86,29 @@ class KeystoreError(CbxError):
 
 
 class PolicyError(CbxError):
-    """A message breaks the sharing policy or the routing rules."""
+    """A message breaks the sharing policy or the routing rules.
+
+    At the agency edge every policy refusal answers 422 unless a subclass says otherwise: the
+    request is well formed but cannot be routed as it stands.
+    """
 
     stage = "policy"
+    #: The HTTP status an ingest request refused for this reason gets.
+    http_status: int = 422
+
+
+class NotPermittedError(PolicyError):
+    """The agency may not send this kind of message at all (its profile or role forbids it)."""
+
+    http_status = 403
+
+
+class UnknownCaseError(PolicyError):
+    """The case is not in the placement registry (yet): the connector cannot choose recipients."""
+
+
+class UnknownRecipientError(PolicyError):
+    """A message names a recipient that is not on the exchange."""
 
 
 class AccessDeniedError(CbxError):

@@ -19,10 +19,15 @@ def cbx_cache() -> Path:
     return Path(raw) if raw else Path.home() / ".cache" / "cbx"
 
 
+def project_root() -> Path:
+    """The folder holding ``broker/``, ``schemas/`` and ``deploy/``."""
+    return Path(__file__).resolve().parent.parent
+
+
 def schemas_dir() -> Path:
     """The schema folder: ``CBX_SCHEMAS_DIR`` or ``schemas/`` next to the package."""
     raw = env.get("CBX_SCHEMAS_DIR")
-    return Path(raw) if raw else Path(__file__).resolve().parent.parent / "schemas"
+    return Path(raw) if raw else project_root() / "schemas"
 
 
 def policy_file(name: str) -> Path:

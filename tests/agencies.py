@@ -13,6 +13,7 @@ from broker.crypto.signing import Verifier
 from broker.directory import AgencyEntry, Directory
 from broker.envelope import Header, Protector, SharingDecision
 from broker.model import Recipient, Role
+from broker.policy.profiles import directory_kind
 from broker.policy.sharing import SharingPolicy
 from broker.schema.catalogue import Catalogue
 
@@ -28,8 +29,6 @@ HOST_FORCE = "pf-e23000003"  # Lancashire Constabulary
 HOST_ICB = "icb-e54000048"  # NHS Lancashire and South Cumbria ICB
 OUTSIDER = "pf-e23000001"  # Metropolitan Police: not a party to the case
 
-KINDS = {"la": "COUNCIL", "pf": "POLICE", "icb": "HEALTH"}
-
 
 @dataclass
 class Network:
@@ -41,8 +40,7 @@ class Network:
         return Protector(CATALOGUE, FORMS, sealer, Verifier(self.directory))
 
     def publish(self, agency: str) -> None:
-        prefix = agency.split("-")[0]
-        self.directory.put(AgencyEntry.from_keys(self.keys[agency], agency, KINDS[prefix]))
+        self.directory.put(AgencyEntry.from_keys(self.keys[agency], agency, directory_kind(agency)))
 
 
 def network(*agencies: str) -> Network:

@@ -31,6 +31,7 @@ from broker.envelope import EnvelopeCodec, Header
 from broker.kafka import clients as kafka
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
+from broker.policy.profiles import directory_kind
 from broker.router.deadletter import DeadLetter, list_dead_letters
 from broker.schema.catalogue import Catalogue
 from connectors.gateway.connector import Connector
@@ -38,7 +39,6 @@ from connectors.gateway.connector import Connector
 CATALOGUE = Catalogue.load()
 ENVELOPES = EnvelopeCodec(CATALOGUE)
 LOGS = LogCodec(CATALOGUE)
-KINDS = {"la": "COUNCIL", "pf": "POLICE", "icb": "HEALTH", "cp": "CARE_PROVIDER"}
 
 
 class RouterProcess:
@@ -117,7 +117,7 @@ class Exchange:
         await self.sync_all()
 
     async def publish_keys(self, conn: Connector) -> None:
-        entry = AgencyEntry.from_keys(conn.keys, conn.agency, KINDS[conn.agency.split("-")[0]])
+        entry = AgencyEntry.from_keys(conn.keys, conn.agency, directory_kind(conn.agency))
         await publish(self.settings, entry)
 
     async def wait_registered(self, agency: str, case_ref: str) -> None:

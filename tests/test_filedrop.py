@@ -23,7 +23,7 @@ from test_router import KENT, KENT_ICB, KENT_POLICE, LANCS, LANCS_ICB, LANCS_POL
 from broker.crypto import keys as keystore
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
-from connectors.filedrop import FileDrop
+from connectors.filedrop.folder import FileDrop
 from connectors.ingest.idempotency import IdempotencyStore
 
 pytestmark = pytest.mark.kafka

@@ -9,7 +9,7 @@ import pytest
 from broker.errors import ConfigurationError
 from broker.schema.catalogue import Catalogue
 from broker.schema.json_to_avro import JsonToAvro
-from connectors.filedrop import load_mappings, row_request
+from connectors.filedrop.mappings import load_mappings, row_request
 from connectors.ingest.request import RequestReader
 
 CATALOGUE = Catalogue.load()

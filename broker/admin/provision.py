@@ -19,6 +19,7 @@ from broker.kafka import principals, topics
 from broker.kafka.acls import AccessControl, Grant, grants
 from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
+from broker.policy.profiles import directory_kind
 from broker.policy.reference import reference
 
 log = get_logger("provision")
@@ -28,7 +29,6 @@ SERVICES = {
     model.TRACKER: ("tracker", "cbx delivery tracker"),
     model.OPERATOR: ("operator", "cbx operators"),
 }
-KINDS = {"la": "COUNCIL", "pf": "POLICE", "icb": "HEALTH", "gp": "HEALTH", "cp": "CARE_PROVIDER"}
 
 
 def secured(settings: KafkaSettings) -> bool:
@@ -101,6 +101,6 @@ async def remove_agency(admin: KafkaSettings, agency: str) -> None:
 async def publish_agency_keys(admin: KafkaSettings, keys: keystore.AgencyKeys) -> None:
     """Publish an agency's public keys to the directory (as administrator)."""
     agency = keys.agency
-    kind = KINDS.get(agency.split("-")[0], "SERVICE")
+    kind = directory_kind(agency)
     entry = directory_mod.AgencyEntry.from_keys(keys, reference().name_of(agency), kind)
     await directory_mod.publish(admin, entry)

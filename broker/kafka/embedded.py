@@ -31,10 +31,10 @@ from broker import env
 from broker.errors import EmbeddedKafkaError, JavaNotFoundError
 from broker.kafka.settings import KafkaSettings
 from broker.kafka.tls import ensure_dev_pki
-from broker.paths import cbx_cache, cbx_home
+from broker.paths import cbx_cache, cbx_home, project_root
 
 KAFKA_VERSION = "4.1.1"
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_REPO_ROOT = project_root()
 _POM = _REPO_ROOT / "deploy" / "local-kafka" / "pom.xml"
 _LOG4J = _REPO_ROOT / "deploy" / "local-kafka" / "log4j2.properties"
 _STARTUP_TIMEOUT_S = float(env.get("CBX_KAFKA_STARTUP_TIMEOUT", "120") or "120")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from broker.errors import ConfigurationError, PolicyError
-from broker.model import Role
+from broker.errors import ConfigurationError, NotPermittedError
+from broker.model import SERVICE_PREFIX, SYSTEM_TYPES, Role
 from broker.paths import schemas_dir
 
-ALWAYS_RECEIVED = frozenset({"Receipt", "RouteGapNotice"})
+ALWAYS_RECEIVED = SYSTEM_TYPES
 SINKS = ("folder", "webhook")
 
 
@@ -26,6 +26,7 @@ SINKS = ("folder", "webhook")
 class Profile:
     kind: str
     prefix: str
+    directory_kind: str
     description: str
     roles: frozenset[Role]
     sends: frozenset[str]
@@ -34,7 +35,7 @@ class Profile:
 
     def check_send(self, agency: str, event_type: str) -> None:
         if event_type not in self.sends:
-            raise PolicyError(
+            raise NotPermittedError(
                 f"{agency} is a {self.kind}; a {self.kind} does not send {event_type} "
                 f"(it sends {', '.join(sorted(self.sends))})"
             )
@@ -60,6 +61,7 @@ def profiles(path: Path | None = None) -> dict[str, Profile]:
         out[kind] = Profile(
             kind=kind,
             prefix=p["prefix"],
+            directory_kind=p["directory_kind"],
             description=p["description"],
             roles=roles,
             sends=frozenset(p["sends"]),
@@ -76,3 +78,10 @@ def profile_for(agency: str) -> Profile:
             return p
     prefixes = ", ".join(f"{p.prefix} ({p.kind})" for p in profiles().values())
     raise ConfigurationError(f"agency id {agency!r} has no profile: ids start with {prefixes}")
+
+
+def directory_kind(agency: str) -> str:
+    """The ``AgencyKind`` of an agency's directory entry (SERVICE for cbx's own services)."""
+    if agency.startswith(SERVICE_PREFIX):
+        return "SERVICE"
+    return profile_for(agency).directory_kind

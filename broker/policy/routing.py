@@ -9,19 +9,18 @@ registry of who is who in each case is built from the cleartext headers of place
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from broker.errors import ConfigurationError, PolicyError
+from broker.errors import ConfigurationError, PolicyError, UnknownRecipientError
 from broker.model import Recipient, Role
 from broker.paths import schemas_dir
 from broker.policy.reference import Reference, reference
+from broker.policy.registry import Placement
 
 # Roles that the placement registry can resolve for a case.
 CASE_ROLES = (
@@ -51,52 +50,6 @@ class Rule:
     @property
     def allowed(self) -> frozenset[Role]:
         return frozenset(self.required) | frozenset(self.required_if_known) | self.optional
-
-
-@dataclass
-class Placement:
-    """Who is who in one child's case (a cbx.placements entry)."""
-
-    case_ref: str
-    parties: dict[Role, str]
-    active: bool = True
-    source_message_id: uuid.UUID | None = None
-    updated_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "case_ref": self.case_ref,
-            "status": "ACTIVE" if self.active else "ENDED",
-            "parties": [{"agency": a, "role": str(r)} for r, a in self.parties.items()],
-            "source_message_id": str(self.source_message_id or uuid.UUID(int=0)),
-            "updated_at": self.updated_at,
-        }
-
-    @classmethod
-    def from_record(cls, r: dict[str, Any]) -> Placement:
-        return cls(
-            case_ref=r["case_ref"],
-            parties={Role(p["role"]): p["agency"] for p in r["parties"]},
-            active=r["status"] == "ACTIVE",
-            source_message_id=uuid.UUID(str(r["source_message_id"])),
-            updated_at=r["updated_at"],
-        )
-
-
-class PlacementRegistry:
-    """Case reference to placement, in memory (the router keeps ``cbx.placements`` as its log)."""
-
-    def __init__(self) -> None:
-        self._cases: dict[str, Placement] = {}
-
-    def get(self, case_ref: str) -> Placement | None:
-        return self._cases.get(case_ref)
-
-    def put(self, placement: Placement) -> None:
-        self._cases[placement.case_ref] = placement
-
-    def __len__(self) -> int:
-        return len(self._cases)
 
 
 @dataclass(frozen=True)
@@ -240,7 +193,7 @@ class Rules:
             if r.role not in rule.allowed:
                 raise PolicyError(f"{event_type} may not be sent to {r.agency} as {r.role}")
             if not is_known_agency(r.agency):
-                raise PolicyError(
+                raise UnknownRecipientError(
                     f"recipient {r.agency} is not on the exchange (unknown recipient)"
                 )
             holder = parties.get(r.role)

@@ -25,13 +25,15 @@ from broker.errors import (
     ProtectionError,
     SerializationError,
     SignatureError,
+    UnknownRecipientError,
     UnknownSchemaError,
 )
 from broker.kafka.topics import Topics
 from broker.logging import get_logger
-from broker.model import ROUTER, Recipient, Role
+from broker.model import ROUTE_GAP_NOTICE, ROUTER, Recipient, Role
 from broker.policy.deadlines import Windows, ack_deadline
-from broker.policy.routing import Placement, PlacementRegistry, Rules
+from broker.policy.registry import Placement, PlacementRegistry
+from broker.policy.routing import Rules
 from broker.router.deadletter import Failure, error_headers
 from broker.schema import codec
 from broker.schema.catalogue import Catalogue
@@ -170,7 +172,7 @@ class RouterCore:
         now = dt.datetime.now(dt.UTC)
         notice_header = Header(
             message_id=uuid.uuid4(),
-            event_type="RouteGapNotice",
+            event_type=ROUTE_GAP_NOTICE,
             sender=ROUTER,
             sender_role=Role.EXCHANGE,
             recipients=(Recipient(header.sender, header.sender_role),),
@@ -178,7 +180,7 @@ class RouterCore:
             urgency=header.urgency,
             occurred_at=now,
             recorded_at=now,
-            schema_fingerprint=self.forms.latest["RouteGapNotice"].plain.fingerprint,
+            schema_fingerprint=self.forms.latest[ROUTE_GAP_NOTICE].plain.fingerprint,
             sharing=SharingDecision(
                 purpose="tell the sender which required recipients a message left out",
                 lawful_basis=("UK_GDPR_6_1_E_PUBLIC_TASK",),
@@ -194,7 +196,7 @@ class RouterCore:
             "rule": f"{header.event_type}: required {', '.join(str(g.role) for g in gaps)}",
             "original": original,
         }
-        sealed = self.sealer.seal("RouteGapNotice", notice_header.message_id, body, [])
+        sealed = self.sealer.seal(ROUTE_GAP_NOTICE, notice_header.message_id, body, [])
         value = self.envelopes.encode(notice_header, sealed.body)
         headers = self.signer.sign_batch([value])[0]
         return Out(self.topics.inbox(header.sender), header.case_ref.encode(), value, headers)
@@ -284,9 +286,10 @@ class RouterCore:
                 self.directory.__contains__,
                 repair=repair,
             )
+        except UnknownRecipientError as exc:
+            raise _fail("unknown-recipient", exc) from exc
         except PolicyError as exc:
-            reason = "unknown-recipient" if "unknown recipient" in str(exc) else "policy"
-            raise _fail(reason, exc) from exc
+            raise _fail("policy", exc) from exc
 
         now = dt.datetime.now(dt.UTC)
         common: dict[str, Any] = {

@@ -32,12 +32,11 @@ from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
 from broker.model import ROUTER
 from broker.policy.deadlines import Windows
-from broker.policy.routing import Placement, Rules
+from broker.policy.registry import placement_follower
+from broker.policy.routing import Rules
 from broker.policy.sharing import SharingPolicy
 from broker.router.core import InRecord, Outcome, RouterCore, RouterState
-from broker.schema import codec
 from broker.schema.catalogue import Catalogue
-from broker.schema.store import SchemaStore
 
 log = get_logger("router")
 
@@ -97,24 +96,13 @@ class RouterService:
     # --- start-up -----------------------------------------------------------------------------
 
     async def _load_state(self) -> None:
-        placements = self.catalogue.latest("PlacementRecord")
-        store = SchemaStore(self.catalogue)
-
-        def placement(r: Any) -> None:
-            # Other router instances write here too; an older record never replaces a newer one.
-            if r.value is not None:
-                rec = codec.decode(r.value, store.writer_for, placements.parsed)
-                new = Placement.from_record(rec)
-                old = self.state.registry.get(new.case_ref)
-                if old is None or old.updated_at <= new.updated_at:
-                    self.state.registry.put(new)
-
         def routed(r: Any) -> None:
             if r.key is not None:
                 self.state.routed.add(r.key.decode())
 
-        self.placement_follower = TopicFollower(
-            self.settings, self.settings.topics.placements, placement
+        # Other router instances write here too: the registry keeps the newer record.
+        self.placement_follower = placement_follower(
+            self.settings, self.catalogue, self.state.registry
         )
         await self.placement_follower.start()
         n_ids = await kafka.read_to_end(self.settings, self.settings.topics.routed, routed)

@@ -33,6 +33,7 @@ from broker.kafka import clients as kafka
 from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
+from broker.model import RECEIPT
 from broker.schema import codec
 from broker.schema.catalogue import Catalogue
 
@@ -145,7 +146,7 @@ class TrackerService:
         self.view = DeliveryView()
         self.check_every_s = check_every_s
         self.stop_event = asyncio.Event()
-        self._receipt_form = self.forms.latest["Receipt"]
+        self._receipt_form = self.forms.latest[RECEIPT]
         dcodec = DirectoryCodec(self.catalogue)
         self._followers = [
             TopicFollower(
@@ -182,7 +183,7 @@ class TrackerService:
         header, body = self.envelopes.decode(value)
         form = self._receipt_form
         record = codec.decode(body, lambda _fp: form.wire_parsed)
-        if header.event_type != "Receipt" or record["recipient"] != signer:
+        if header.event_type != RECEIPT or record["recipient"] != signer:
             raise CbxError(f"receipt signed by {signer} is about another recipient")
         subject = str(record["subject_message_id"])
         known = self.view.messages.get(subject)

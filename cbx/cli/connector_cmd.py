@@ -53,7 +53,7 @@ async def _run(
 
     from broker.admin.identity import passphrase_from_env
     from broker.crypto import keys as keystore
-    from connectors.filedrop import FileDrop
+    from connectors.filedrop.folder import FileDrop
     from connectors.gateway.connector import Connector
     from connectors.ingest.http import create_app
     from connectors.ingest.idempotency import IdempotencyStore

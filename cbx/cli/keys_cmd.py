@@ -14,6 +14,7 @@ from broker.admin.identity import passphrase_from_env
 from broker.crypto import keys as keystore
 from broker.errors import CbxError, KeystoreError
 from broker.kafka import topics
+from broker.policy.profiles import directory_kind
 from broker.policy.reference import reference
 from cbx.cli.output import console, fail, print_json
 
@@ -114,9 +115,7 @@ def show(agency: AgencyOpt, passphrase_file: PassFileOpt = None, json_out: JsonO
 
 
 def _default_name_kind(agency: str) -> tuple[str, str]:
-    ref = reference()
-    kind = {"la": "COUNCIL", "pf": "POLICE", "icb": "HEALTH", "gp": "HEALTH", "cp": "CARE_PROVIDER"}
-    return ref.name_of(agency), kind.get(agency.split("-")[0], "SERVICE")
+    return reference().name_of(agency), directory_kind(agency)
 
 
 @directory_app.command()

@@ -23,16 +23,16 @@ from broker.crypto.signing import Verifier
 from broker.delivery_log import LogCodec
 from broker.directory import Directory, DirectoryCodec, apply
 from broker.envelope import Header, Outgoing, Protector, SharingDecision
-from broker.errors import CbxError, PolicyError, ProtectionError
+from broker.errors import CbxError, PolicyError, ProtectionError, UnknownCaseError
 from broker.kafka import clients as kafka
 from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
-from broker.model import ROUTER, Recipient, Role
+from broker.model import RECEIPT, ROUTE_GAP_NOTICE, ROUTER, Recipient, Role
 from broker.policy.profiles import Profile, profile_for
-from broker.policy.routing import Placement, PlacementRegistry, Rules
+from broker.policy.registry import PlacementRegistry, placement_follower
+from broker.policy.routing import Rules
 from broker.policy.sharing import SharingPolicy
-from broker.schema import codec
 from broker.schema.catalogue import Catalogue
 from broker.schema.json_to_avro import JsonToAvro
 from broker.schema.store import SchemaStore
@@ -126,7 +126,7 @@ class Connector:
                     self.topics.directory,
                     lambda r: apply(self.directory, self._dcodec, r),
                 ),
-                TopicFollower(self.settings, self.topics.placements, self._apply_placement),
+                placement_follower(self.settings, self.catalogue, self.registry),
                 TopicFollower(
                     self.settings,
                     self.topics.status(self.agency),
@@ -156,12 +156,6 @@ class Connector:
         for f in self._followers:
             await f.sync()
 
-    def _apply_placement(self, r: Any) -> None:
-        if r.value is None:
-            return
-        rec = codec.decode(r.value, self._store.writer_for, self._placement_v.parsed)
-        self.registry.put(Placement.from_record(rec))
-
     # --- outbound -----------------------------------------------------------------------------
 
     def route(
@@ -180,7 +174,7 @@ class Connector:
         else:
             case = self.registry.get(case_ref)
             if case is None:
-                raise PolicyError(
+                raise UnknownCaseError(
                     f"case {case_ref} is not in the placement registry: name the recipients"
                 )
             parties = case.parties
@@ -353,7 +347,7 @@ class Connector:
         )
         header = Header(
             message_id=uuid.uuid4(),
-            event_type="Receipt",
+            event_type=RECEIPT,
             sender=self.agency,
             sender_role=my_role,
             recipients=(Recipient(subject.sender, subject.sender_role),),
@@ -361,7 +355,7 @@ class Connector:
             urgency=subject.urgency,
             occurred_at=now,
             recorded_at=now,
-            schema_fingerprint=self.forms.latest["Receipt"].plain.fingerprint,
+            schema_fingerprint=self.forms.latest[RECEIPT].plain.fingerprint,
             sharing=RECEIPT_SHARING,
             related_message_id=subject.message_id,
         )
@@ -439,7 +433,7 @@ class Connector:
                 header, "REJECTED", f"a {self.profile.kind} does not take {header.event_type}"
             )
             return
-        if header.event_type == "RouteGapNotice":
+        if header.event_type == ROUTE_GAP_NOTICE:
             if header.sender != ROUTER:
                 log.warning("notice_not_from_router", sender=header.sender)
                 return

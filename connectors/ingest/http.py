@@ -11,7 +11,6 @@ key). The OpenAPI document's request bodies are generated from the Avro schemas.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
 
@@ -19,13 +18,14 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
-from broker.errors import AccessDeniedError, CbxError, PolicyError, ProtectionError
+from broker.errors import PolicyError
 from broker.logging import get_logger
+from broker.model import SYSTEM_TYPES
 from broker.schema.json_to_avro import FieldError
 from connectors.gateway.connector import Connector
 from connectors.ingest.idempotency import IdempotencyStore, body_hash
 from connectors.ingest.openapi import components, json_schema
-from connectors.ingest.request import RequestReader, send_routed
+from connectors.ingest.submit import Rejected, Submitter
 
 log = get_logger("http_ingest")
 
@@ -36,8 +36,8 @@ def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
         version="1",
         description="Post an agency's safeguarding events to the Cross-Boundary Exchange.",
     )
-    reader = RequestReader(connector.catalogue, connector.converters)
-    wrapper_raw = reader.wrapper_raw
+    submitter = Submitter(connector)
+    wrapper_raw = submitter.reader.wrapper_raw
 
     def errors(items: list[FieldError]) -> JSONResponse:
         return JSONResponse(status_code=422, content={"errors": [e.as_dict() for e in items]})
@@ -46,7 +46,7 @@ def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
     async def ingest(event_type: str, request: Request) -> Response:
         raw = await request.body()
         key = request.headers.get("Idempotency-Key")
-        if event_type not in connector.converters or event_type == "Receipt":
+        if not submitter.knows(event_type):
             return JSONResponse(
                 status_code=404, content={"error": f"unknown message type {event_type}"}
             )
@@ -74,48 +74,10 @@ def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
                     return JSONResponse(
                         status_code=202, content={**seen["answer"], "replayed": True}
                     )
-            try:
-                connector.profile.check_send(connector.agency, event_type)
-            except PolicyError as exc:
-                return JSONResponse(status_code=403, content={"error": str(exc)})
-            read = reader.read(event_type, payload)
-            if isinstance(read, list):
-                return errors(read)
-            try:
-                out = await send_routed(connector, read)
-            except PolicyError as exc:
-                return JSONResponse(
-                    status_code=422,
-                    content={
-                        "errors": [
-                            {
-                                "path": "",
-                                "problem": str(exc),
-                                "expected": "a routable message",
-                                "got": event_type,
-                            }
-                        ]
-                    },
-                )
-            except (AccessDeniedError, ProtectionError) as exc:
-                return JSONResponse(status_code=403, content={"error": str(exc)})
-            except CbxError as exc:
-                log.warning("ingest_unavailable", event_type=event_type, error=str(exc))
-                return JSONResponse(
-                    status_code=503,
-                    content={
-                        "error": "the exchange could not take it now: retry with the same key"
-                    },
-                )
-            answer = {
-                "message_id": str(out.header.message_id),
-                "event_type": event_type,
-                "case_ref": out.header.case_ref,
-                "recipients": [
-                    {"agency": r.agency, "role": str(r.role)} for r in out.header.recipients
-                ],
-                "published_at": dt.datetime.now(dt.UTC).isoformat(),
-            }
+            result = await submitter.submit(event_type, payload)
+            if isinstance(result, Rejected):
+                return JSONResponse(status_code=result.status, content=result.body())
+            answer = result.answer()
             store.record(key, digest, event_type, answer)
             log.info(
                 "event_published",
@@ -173,7 +135,7 @@ def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
         json_schema(wrapper_raw, defs)
         comps.update({k.rsplit(".", 1)[-1]: v for k, v in defs.items() if v})
         for event_type in connector.catalogue.event_types():
-            if event_type in ("Receipt", "RouteGapNotice"):
+            if event_type in SYSTEM_TYPES:
                 continue
             request = {
                 "allOf": [

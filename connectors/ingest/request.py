@@ -25,7 +25,7 @@ import fastavro
 from fastavro.schema import expand_schema
 
 from broker.envelope import Outgoing, SharingDecision
-from broker.errors import PolicyError
+from broker.model import SYSTEM_TYPES
 from broker.schema.catalogue import ENVELOPE, Catalogue
 from broker.schema.json_to_avro import FieldError, JsonToAvro
 from connectors.gateway.connector import Connector
@@ -99,7 +99,7 @@ class RequestReader:
 
     def read(self, event_type: str, payload: Any) -> Request | list[FieldError]:
         """The request, or every field error (paths of the event start with ``event.``)."""
-        if event_type not in self.converters or event_type in ("Receipt", "RouteGapNotice"):
+        if event_type not in self.converters or event_type in SYSTEM_TYPES:
             return [FieldError("", f"unknown message type {event_type}", "a message type", "")]
         if not isinstance(payload, dict):
             return [FieldError("", "wrong type", "a JSON object", type(payload).__name__)]
@@ -129,19 +129,3 @@ class RequestReader:
             ),
             body=dict(self.converters[event_type].convert(event)),
         )
-
-
-async def send_routed(connector: Connector, read: Request) -> Outgoing:
-    """Send a checked request; if the case is not known yet, catch up once and try again.
-
-    The connector follows the directory and the placement registry all the time; waiting for
-    them to catch up on every request would cost a round trip or more, so only a request that
-    cannot be routed waits.
-    """
-    try:
-        prepared = read.prepare(connector)
-    except PolicyError:
-        await connector.sync()
-        prepared = read.prepare(connector)
-    await connector.publish([prepared])
-    return prepared

@@ -26,229 +26,28 @@ import asyncio
 import contextlib
 import csv
 import datetime as dt
-import fnmatch
 import hashlib
 import io
 import json
 import os
-import re
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from fastavro.schema import expand_schema
-
-from broker.envelope import Outgoing
-from broker.errors import ConfigurationError, PolicyError
+from broker.errors import CbxError
 from broker.logging import get_logger
-from broker.paths import schemas_dir
-from broker.schema.json_to_avro import FieldError
+from connectors.filedrop.mappings import Mapping, load_mappings, row_request
 from connectors.gateway.connector import Connector
 from connectors.ingest.idempotency import IdempotencyStore
-from connectors.ingest.request import Request, RequestReader
+from connectors.ingest.submit import Item, Rejected, Submitter
 
 log = get_logger("filedrop")
 
 # Message ids of rows are uuid5(ROW_NAMESPACE, "<agency>/<row digest>").
 ROW_NAMESPACE = uuid.UUID("5b0f3c1e-8d0a-4f53-9a43-2f1e0c6b9d21")
 IGNORED_SUFFIXES = (".part", ".tmp", ".report.json")
-WRAPPER_FIELDS = {"case_ref": True, "urgency": False, "occurred_at": False}
-_SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-_TRUE = {"true", "yes", "y", "1"}
-_FALSE = {"false", "no", "n", "0"}
-
-
-def parse_path(path: str) -> tuple[str | int, ...]:
-    """``event.address.lines[0]`` → ``("event", "address", "lines", 0)``."""
-    out: list[str | int] = []
-    for name, index in _SEGMENT.findall(path):
-        out.append(int(index) if index else name)
-    if not out or "".join(str(p) for p in out) != re.sub(r"[.\[\]]", "", path):
-        raise ConfigurationError(f"bad column path {path!r}")
-    return tuple(out)
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    path: tuple[str | int, ...]
-    split: str | None
-    kind: str  # boolean, int, number or string: how a cell's text is read
-    required: bool
-
-    @property
-    def dotted(self) -> str:
-        out = ""
-        for p in self.path:
-            out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
-        return out
-
-
-@dataclass(frozen=True)
-class Mapping:
-    name: str
-    match: tuple[str, ...]
-    event_type: str
-    urgency: str
-    sharing: dict[str, Any]
-    columns: tuple[Column, ...]
-
-    def matches(self, filename: str) -> bool:
-        return any(fnmatch.fnmatch(filename.lower(), m) for m in self.match)
-
-    def column_for(self, error_path: str) -> str | None:
-        """The column whose path is, or contains, the field an error is about."""
-        best: tuple[int, str] | None = None
-        for c in self.columns:
-            dotted = c.dotted
-            inside = error_path == dotted or error_path.startswith((dotted + ".", dotted + "["))
-            if inside and (best is None or len(dotted) > best[0]):
-                best = (len(dotted), c.name)
-        return best[1] if best else None
-
-
-def _leaf(schema: Any, path: tuple[str | int, ...]) -> tuple[str, bool]:
-    """(kind of the value at ``path`` in an expanded Avro schema, whether it is required)."""
-    t = schema
-    required = True
-    for seg in path:
-        if isinstance(t, list):
-            branches = [b for b in t if b != "null"]
-            required = required and len(branches) == len(t)
-            t = branches[0]
-        if isinstance(seg, int):
-            if not (isinstance(t, dict) and t.get("type") == "array"):
-                raise ConfigurationError("index on a field that is not a list")
-            t = t["items"]
-            required = required and seg == 0
-            continue
-        if not (isinstance(t, dict) and t.get("type") == "record"):
-            raise ConfigurationError(f"{seg!r}: the field above it is not a record")
-        field = next((f for f in t["fields"] if f["name"] == seg), None)
-        if field is None:
-            raise ConfigurationError(f"{t['name']} has no field {seg!r}")
-        ft = field["type"]
-        required = (
-            required and "default" not in field and not (isinstance(ft, list) and "null" in ft)
-        )
-        t = ft
-    if isinstance(t, list):
-        t = next(b for b in t if b != "null")
-    if isinstance(t, dict) and t.get("type") == "array":
-        t = t["items"]
-    base = t.get("type") if isinstance(t, dict) else t
-    logical = t.get("logicalType") if isinstance(t, dict) else None
-    if base == "boolean":
-        return "boolean", required
-    if base in ("int", "long") and logical is None:
-        return "int", required
-    if base in ("float", "double"):
-        return "number", required
-    return "string", required
-
-
-def load_mapping(path: Path, reader: RequestReader) -> Mapping:
-    data = yaml.safe_load(path.read_text())
-    where = f"{path.name}"
-    try:
-        event_type = data["event_type"]
-        if event_type not in reader.converters:
-            raise ConfigurationError(f"{where}: unknown message type {event_type}")
-        event_schema: Any = expand_schema(reader.catalogue.latest(event_type).raw)
-        wrapper: Any = expand_schema(reader.wrapper_raw)
-        columns = []
-        for name, spec in data["columns"].items():
-            spec = spec if isinstance(spec, dict) else {"path": spec}
-            p = parse_path(spec["path"])
-            if p[0] == "event":
-                kind, required = _leaf(event_schema, p[1:])
-            elif p[0] in WRAPPER_FIELDS and len(p) == 1:
-                kind, required = _leaf(wrapper, p)
-                required = WRAPPER_FIELDS[str(p[0])]
-            else:
-                raise ConfigurationError(
-                    f"path must start with event. or be one of {', '.join(WRAPPER_FIELDS)}"
-                )
-            columns.append(Column(name, p, spec.get("split"), kind, required))
-        match = data["match"]
-        return Mapping(
-            name=data["name"],
-            match=tuple([match] if isinstance(match, str) else match),
-            event_type=event_type,
-            urgency=data.get("urgency", "ROUTINE"),
-            sharing=data["sharing"],
-            columns=tuple(columns),
-        )
-    except KeyError as exc:
-        raise ConfigurationError(f"{where}: missing {exc.args[0]!r}") from None
-    except ConfigurationError as exc:
-        if str(exc).startswith(where):
-            raise
-        raise ConfigurationError(f"{where}: {exc}") from None
-
-
-def load_mappings(reader: RequestReader, folders: list[Path] | None = None) -> list[Mapping]:
-    """Mappings shipped in ``schemas/filedrop`` plus any in ``folders`` (theirs come first)."""
-    out: list[Mapping] = []
-    for folder in [*(folders or []), schemas_dir() / "filedrop"]:
-        out += [load_mapping(p, reader) for p in sorted(folder.glob("*.yaml"))]
-    return out
-
-
-def _cell(text: str, kind: str) -> Any:
-    """A cell's text as the JSON value the field takes (left as text when it does not read)."""
-    t = text.strip()
-    low = t.lower()
-    if kind == "boolean":
-        return True if low in _TRUE else False if low in _FALSE else t
-    if kind == "int":
-        try:
-            return int(t)
-        except ValueError:
-            return t
-    if kind == "number":
-        try:
-            return float(t)
-        except ValueError:
-            return t
-    return t
-
-
-def _put(target: dict[str, Any], path: tuple[str | int, ...], value: Any) -> None:
-    node: Any = target
-    for seg in path[:-1]:
-        if isinstance(seg, int):
-            raise ConfigurationError("nested lists are not supported in column paths")
-        node = node.setdefault(seg, {})  # a list is built as {index: value}, see _lists
-    node[path[-1]] = value
-
-
-def _lists(value: Any) -> Any:
-    """Turn ``{0: a, 2: b}`` placeholders into lists ``[a, b]``, recursively."""
-    if isinstance(value, dict):
-        if value and all(isinstance(k, int) for k in value):
-            return [_lists(value[k]) for k in sorted(value)]
-        return {k: _lists(v) for k, v in value.items()}
-    return value
-
-
-def row_request(mapping: Mapping, row: dict[str, str]) -> dict[str, Any]:
-    """One CSV row as the request HTTP ingest would take."""
-    request: dict[str, Any] = {"urgency": mapping.urgency, "sharing": mapping.sharing}
-    for c in mapping.columns:
-        text = row.get(c.name)
-        if text is None or not text.strip():
-            continue
-        if c.split is not None:
-            value: Any = [_cell(x, c.kind) for x in text.split(c.split) if x.strip()]
-        else:
-            value = _cell(text, c.kind)
-        _put(request, c.path, value)
-    request.setdefault("event", {})
-    return dict(_lists(request))
 
 
 def row_digest(event_type: str, request: dict[str, Any]) -> str:
@@ -285,7 +84,8 @@ class FileDrop:
         self.connector = connector
         self.root = root
         self.store = store
-        self.reader = RequestReader(connector.catalogue, connector.converters)
+        self.submitter = Submitter(connector)
+        self.reader = self.submitter.reader
         self.mappings = (
             mappings if mappings is not None else load_mappings(self.reader, mapping_folders)
         )
@@ -398,19 +198,20 @@ class FileDrop:
             return self._finish(path, report, self.failed)
         report.update(read_as=kind, ignored_columns=ignored)
         mapping = next((m for m in self.mappings if m.name == kind), None)
-        await self.connector.sync()
         accepted: list[dict[str, Any]] = []
         rejected: list[dict[str, Any]] = []
-        pending: list[tuple[Row, str, Request, Outgoing]] = []
-        first_of: dict[str, dict[str, Any]] = {}
+        pending: list[tuple[Row, str, Item]] = []
+        first_of: dict[str, int] = {}  # row digest -> the first row with that content
+        repeats: list[tuple[int, str]] = []
         for row in rows:
             if row.errors or row.request is None or row.event_type is None:
                 rejected.append({"row": row.number, "errors": row.errors})
                 continue
             digest = row_digest(row.event_type, row.request)
             if digest in first_of:
-                accepted.append({**first_of[digest], "row": row.number, "duplicate": True})
+                repeats.append((row.number, digest))
                 continue
+            first_of[digest] = row.number
             seen = self.store.get(f"file:{digest}")
             if seen is not None:
                 entry = {"row": row.number, **seen["answer"]}
@@ -418,69 +219,54 @@ class FileDrop:
                 if seen["answer"].get("file_sha256") != sha:
                     entry["already_sent"] = True
                 accepted.append(entry)
-                first_of[digest] = entry
                 continue
-            errors = self._check(row, mapping)
-            if isinstance(errors, list):
-                rejected.append({"row": row.number, "errors": errors})
-                continue
-            request = errors
-            try:
-                row_id = uuid.uuid5(ROW_NAMESPACE, f"{self.connector.agency}/{digest}")
-                out = request.prepare(self.connector, row_id)
-            except PolicyError as exc:
-                column = mapping.column_for("case_ref") if mapping else None
-                rejected.append(
-                    {
-                        "row": row.number,
-                        "errors": [_err("case_ref", str(exc), "a routable message", column)],
-                    }
-                )
-                continue
-            pending.append((row, digest, request, out))
+            row_id = uuid.uuid5(ROW_NAMESPACE, f"{self.connector.agency}/{digest}")
+            pending.append((row, digest, Item(row.event_type, row.request, row_id)))
             if len(pending) >= self.batch:
-                accepted += await self._flush(pending, sha)
+                await self._flush(pending, sha, mapping, accepted, rejected)
                 pending = []
-            first_of[digest] = {"row": row.number, "message_id": str(out.header.message_id)}
         if pending:
-            accepted += await self._flush(pending, sha)
+            await self._flush(pending, sha, mapping, accepted, rejected)
+        # A row repeating an earlier one of the file shares its outcome.
+        by_row = {a["row"]: (accepted, a) for a in accepted} | {
+            r["row"]: (rejected, r) for r in rejected
+        }
+        for number, digest in repeats:
+            target, first = by_row[first_of[digest]]
+            target.append({**first, "row": number, "duplicate": True})
         accepted.sort(key=lambda a: a["row"])
+        rejected.sort(key=lambda a: a["row"])
         report.update(rows=len(rows), accepted=accepted, rejected=rejected)
         return self._finish(path, report, self.failed if rejected else self.processed)
 
-    def _check(self, row: Row, mapping: Mapping | None) -> Request | list[dict[str, Any]]:
-        assert row.event_type is not None
-        try:
-            self.connector.profile.check_send(self.connector.agency, row.event_type)
-        except PolicyError as exc:
-            return [_err("event_type", str(exc), "a type this agency sends")]
-        read = self.reader.read(row.event_type, row.request)
-        if isinstance(read, list):
-            return [_field_error(e, mapping) for e in read]
-        return read
-
     async def _flush(
-        self, pending: list[tuple[Row, str, Request, Outgoing]], sha: str
-    ) -> list[dict[str, Any]]:
-        await self.connector.publish([o for *_, o in pending])
-        entries = []
+        self,
+        pending: list[tuple[Row, str, Item]],
+        sha: str,
+        mapping: Mapping | None,
+        accepted: list[dict[str, Any]],
+        rejected: list[dict[str, Any]],
+    ) -> None:
+        """Submit a batch (one signature, one publish); record what Kafka has, report the rest."""
+        results = await self.submitter.submit_many([item for *_, item in pending])
+        unavailable = [r for r in results if isinstance(r, Rejected) and r.retriable]
+        if unavailable:  # Kafka cannot take it now: keep the file and try again later
+            raise CbxError(unavailable[0].errors[0]["problem"])
         records: list[tuple[str | None, str, str, dict[str, Any]]] = []
-        for row, digest, request, out in pending:
-            answer = {
-                "message_id": str(out.header.message_id),
-                "event_type": request.event_type,
-                "case_ref": request.case_ref,
-                "recipients": [
-                    {"agency": r.agency, "role": str(r.role)} for r in out.header.recipients
-                ],
-                "file_sha256": sha,
-            }
-            records.append((f"file:{digest}", digest, request.event_type, answer))
+        for (row, digest, item), result in zip(pending, results, strict=True):
+            if isinstance(result, Rejected):
+                rejected.append(
+                    {"row": row.number, "errors": [_column(e, mapping) for e in result.errors]}
+                )
+                continue
+            answer = result.answer()
+            answer.pop("published_at")
+            answer["file_sha256"] = sha
+            records.append((f"file:{digest}", digest, item.event_type, answer))
             entry = {"row": row.number, **answer}
             entry.pop("file_sha256")
-            entries.append(entry)
+            accepted.append(entry)
         self.store.record_many(records)
-        return entries
 
     def _finish(self, path: Path, report: dict[str, Any], dest: Path) -> dict[str, Any]:
         target = dest / path.name
@@ -510,5 +296,7 @@ def _err(path: str, problem: str, expected: str, column: str | None = None) -> d
     return {"column": column, "path": path, "problem": problem, "expected": expected, "got": ""}
 
 
-def _field_error(e: FieldError, mapping: Mapping | None) -> dict[str, Any]:
-    return {"column": mapping.column_for(e.path) if mapping else None, **e.as_dict()}
+def _column(e: dict[str, Any], mapping: Mapping | None) -> dict[str, Any]:
+    """An ingest error with the CSV column its path maps to (None for JSON lines)."""
+    column = mapping.column_for(e["path"] or "case_ref") if mapping else None
+    return {"column": column, **e}
