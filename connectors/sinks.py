@@ -1,8 +1,10 @@
 """Handing delivered messages to the agency's system: a webhook, or a folder of JSON files.
 
 Neither says DELIVERED until the agency's system has the message: the webhook retries with capped,
-jittered backoff for as long as it takes (the inbox topic is the buffer, so nothing is lost and the
-order is kept), and the folder sink writes each file atomically.
+jittered backoff for as long as the agency's system is down or busy (connection failures, 5xx,
+408, 425, 429: the inbox topic is the buffer, so nothing is lost and the order is kept), and the
+folder sink writes each file atomically. A 4xx that would be the same on every try is a refusal of
+that message: :class:`SinkRefused`, which the inbox quarantines and answers REJECTED.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ import httpx
 
 from broker.logging import get_logger
 from broker.model import Withheld
-from connectors.gateway.connector import Delivered
+from connectors.gateway.inbox import Delivered, SinkRefused
 
 log = get_logger("sink")
+#: Answers that will not change if the same POST is tried again (any other 4xx likewise).
+PERMANENT = frozenset({400, 401, 403, 404, 405, 410, 411, 413, 414, 415, 422})
+#: 4xx answers that mean "not now": retried like a 5xx or a connection failure.
+TRANSIENT = frozenset({408, 425, 429})
 
 
 def to_json(value: Any) -> Any:
@@ -110,6 +116,10 @@ class WebhookSink:
                 )
                 if 200 <= r.status_code < 300:
                     return
+                if r.status_code in PERMANENT or (
+                    400 <= r.status_code < 500 and r.status_code not in TRANSIENT
+                ):
+                    raise SinkRefused(f"the agency's system answered HTTP {r.status_code}")
                 reason = f"HTTP {r.status_code}"
             except httpx.HTTPError as exc:
                 reason = type(exc).__name__

@@ -18,7 +18,7 @@ from broker.delivery_log import Status
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
 from broker.tracker.service import TrackerService
-from connectors.gateway.connector import Delivered
+from connectors.gateway.inbox import Delivered
 
 pytestmark = pytest.mark.kafka
 

@@ -65,9 +65,17 @@ async def _service(admin: KafkaSettings, principal: str, role: str, name: str) -
     return Provisioned(principal, role, entries, [])
 
 
-async def ensure_service(admin: KafkaSettings, principal: str) -> None:
-    """Set up one service principal if its credentials are not there yet (development)."""
-    if principals.load(principal) is None or not keystore.keystore_path(principal).exists():
+async def ensure_service(admin: KafkaSettings, principal: str, *, grant: bool = False) -> None:
+    """Set up one service principal if its credentials are not there yet (development).
+
+    ``grant`` sets up its ACLs in ``admin``'s namespace even when the principal exists (for an
+    operator looking into another namespace, such as a scenario's).
+    """
+    if (
+        grant
+        or principals.load(principal) is None
+        or not keystore.keystore_path(principal).exists()
+    ):
         await kafka.ensure_topics(admin, admin.topics.core())
         role, name = SERVICES[principal]
         await _service(admin, principal, role, name)

@@ -366,6 +366,11 @@ class Opener:
                     f"field {sf.name} fails authentication: tampered, or moved from another "
                     "field or message"
                 ) from None
-            value: Any = fastavro.schemaless_reader(BytesIO(plaintext), sf.parsed, None)
+            try:
+                value: Any = fastavro.schemaless_reader(BytesIO(plaintext), sf.parsed, None)
+            except Exception as exc:  # the sealed value does not decode: the record's failure
+                raise SerializationError(
+                    f"field {sf.name} does not decode: {type(exc).__name__}"
+                ) from exc
             record[sf.name] = value["v"]
         return form.event_type, record

@@ -217,6 +217,12 @@ class RouterCore:
             return self._route(rec)
         except _Rejected as rej:
             return self._dead_letter(rec, rej.failure, rej.header)
+        except Exception as exc:
+            # Whatever else one record makes a check raise is that record's outcome, never the
+            # router's: dead-lettered with the class of the error, and the next record routed.
+            failure = Failure("unprocessable", "router", type(exc).__name__, type(exc).__name__)
+            log.error("record_unprocessable", source=rec.source, error_class=type(exc).__name__)
+            return self._dead_letter(rec, failure, None)
 
     def _route(self, rec: InRecord) -> Outcome:
         owner = rec.topic.removeprefix(self.topics.outbound_prefix)

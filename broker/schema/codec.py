@@ -64,13 +64,15 @@ def decode(
     buf.seek(HEADER_LEN)
     try:
         record = schemaless_reader(buf, writer, reader_schema)
-    except (ValueError, TypeError, KeyError, IndexError, EOFError, UnicodeDecodeError) as exc:
-        raise SerializationError(
-            f"message body does not decode with writer schema {fp.hex()}: {type(exc).__name__}"
-        ) from exc
     except SchemaResolutionError as exc:
         raise SerializationError(
             f"cannot resolve writer schema {fp.hex()} against the reader schema: {exc}"
+        ) from exc
+    except Exception as exc:
+        # Whatever the bytes make fastavro raise (a date past year 9999 is an OverflowError, a
+        # hostile length a MemoryError): the record does not decode, and that is its outcome.
+        raise SerializationError(
+            f"message body does not decode with writer schema {fp.hex()}: {type(exc).__name__}"
         ) from exc
     if buf.tell() != len(data):
         raise SerializationError(

@@ -15,11 +15,14 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import math
 import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from broker.schema import limits
 
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
@@ -100,6 +103,8 @@ def _compile(schema: Any, named: dict[str, Any], cache: dict[str, Converter], ns
         return _union([_compile(s, named, cache, ns) for s in schema], schema)
     t = schema["type"]
     logical = schema.get("logicalType")
+    if t == "string" and logical is None and "maxLength" in schema:
+        return _string(int(schema["maxLength"]))
     if logical == "date" and t == "int":
         return _date
     if logical in ("timestamp-millis", "timestamp-micros") and t == "long":
@@ -169,18 +174,22 @@ def _primitive(t: str) -> Converter:
 
     def number(v: Any, p: str, e: list[FieldError]) -> Any:
         if isinstance(v, int | float) and not isinstance(v, bool):
-            return float(v)
+            try:
+                f = float(v)
+            except OverflowError:
+                f = math.inf
+            if math.isfinite(f):
+                return f
+            e.append(FieldError(p, "out of range", "a finite number", kind_of(v)))
+            return INVALID
         e.append(FieldError(p, "wrong type", "number", kind_of(v)))
-        return INVALID
-
-    def string(v: Any, p: str, e: list[FieldError]) -> Any:
-        if isinstance(v, str):
-            return v
-        e.append(FieldError(p, "wrong type", "string", kind_of(v)))
         return INVALID
 
     def bytes_(v: Any, p: str, e: list[FieldError]) -> Any:
         if isinstance(v, str):
+            if len(v) > limits.MAX_BYTES * 4 // 3 + 4:
+                e.append(FieldError(p, "too long", f"at most {limits.MAX_BYTES} bytes", "string"))
+                return INVALID
             try:
                 return base64.b64decode(v, validate=True)
             except (binascii.Error, ValueError):
@@ -196,7 +205,7 @@ def _primitive(t: str) -> Converter:
         "long": integer(*_INT64, "64-bit integer"),
         "float": number,
         "double": number,
-        "string": string,
+        "string": _string(limits.MAX_STRING),
         "bytes": bytes_,
     }
     try:
@@ -205,13 +214,41 @@ def _primitive(t: str) -> Converter:
         raise ValueError(f"unsupported Avro type {t!r}") from None
 
 
+def _string(max_length: int) -> Converter:
+    expected = f"string of at most {max_length} characters"
+
+    def conv(v: Any, p: str, e: list[FieldError]) -> Any:
+        if not isinstance(v, str):
+            e.append(FieldError(p, "wrong type", "string", kind_of(v)))
+            return INVALID
+        if len(v) > max_length:
+            e.append(FieldError(p, "too long", expected, f"string of {len(v)} characters"))
+            return INVALID
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            e.append(FieldError(p, "contains a lone surrogate", "valid Unicode text", "string"))
+            return INVALID
+        return v
+
+    return conv
+
+
+_DATE_EXPECTED = f"date YYYY-MM-DD, {limits.EARLIEST_YEAR} to {limits.LATEST_YEAR}"
+_TIME_EXPECTED = f"ISO 8601 date-time with offset, {limits.TIME_RANGE}"
+
+
 def _date(v: Any, p: str, e: list[FieldError]) -> Any:
     if isinstance(v, str) and _DATE.match(v):
         try:
-            return dt.date.fromisoformat(v)
+            d = dt.date.fromisoformat(v)
         except ValueError:
             e.append(FieldError(p, "not a real calendar date", "date YYYY-MM-DD", "string"))
             return INVALID
+        if not limits.EARLIEST_DATE <= d <= limits.LATEST_DATE:
+            e.append(FieldError(p, "outside the supported range", _DATE_EXPECTED, "string"))
+            return INVALID
+        return d
     e.append(FieldError(p, "wrong format", "date YYYY-MM-DD", kind_of(v)))
     return INVALID
 
@@ -229,6 +266,13 @@ def _timestamp(v: Any, p: str, e: list[FieldError]) -> Any:
                     p, "no time zone", "ISO 8601 date-time with offset (Z or +01:00)", "string"
                 )
             )
+            return INVALID
+        try:
+            utc = parsed.astimezone(dt.UTC)
+        except (OverflowError, ValueError):  # year 1 at +14:00 is before year 1 in UTC
+            utc = None
+        if utc is None or not limits.EARLIEST <= utc <= limits.LATEST:
+            e.append(FieldError(p, "outside the supported range", _TIME_EXPECTED, "string"))
             return INVALID
         return parsed
     e.append(FieldError(p, "wrong type", "ISO 8601 date-time with offset", kind_of(v)))
@@ -280,6 +324,11 @@ def _array(item: Converter) -> Converter:
         if not isinstance(v, list):
             e.append(FieldError(p, "wrong type", "array", kind_of(v)))
             return INVALID
+        if len(v) > limits.MAX_ITEMS:
+            e.append(
+                FieldError(p, "too many items", f"at most {limits.MAX_ITEMS}", f"{len(v)} items")
+            )
+            return INVALID
         out = [item(x, f"{p}[{i}]", e) for i, x in enumerate(v)]
         return INVALID if any(x is INVALID for x in out) else out
 
@@ -290,6 +339,9 @@ def _map(value: Converter) -> Converter:
     def conv(v: Any, p: str, e: list[FieldError]) -> Any:
         if not isinstance(v, dict):
             e.append(FieldError(p, "wrong type", "object", kind_of(v)))
+            return INVALID
+        if len(v) > limits.MAX_ITEMS:
+            e.append(FieldError(p, "too many entries", f"at most {limits.MAX_ITEMS}", f"{len(v)}"))
             return INVALID
         # Map keys are data (not field names), so paths give the entry's position, not its key.
         out = {k: value(x, f"{p}{{entry {i}}}", e) for i, (k, x) in enumerate(v.items())}
@@ -350,11 +402,10 @@ def _record(name: str, fields: list[tuple[str, Converter, bool, Any]]) -> Conver
             if val is INVALID:
                 bad = True
             out[fname] = val
-        for extra in v.keys() - known:
+        for extra in sorted(v.keys() - known)[: limits.MAX_ERRORS]:
+            shown = extra if len(extra) <= 64 else f"{extra[:60]}..."
             e.append(
-                FieldError(
-                    _join(p, str(extra)), "unknown field", "no such field", kind_of(v[extra])
-                )
+                FieldError(_join(p, shown), "unknown field", "no such field", kind_of(v[extra]))
             )
             bad = True
         return INVALID if bad else out

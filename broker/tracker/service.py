@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from dataclasses import dataclass, field
 from typing import Any
 
 from broker.crypto.sealing import BodyForms
@@ -36,6 +35,7 @@ from broker.logging import get_logger
 from broker.model import RECEIPT
 from broker.schema import codec
 from broker.schema.catalogue import Catalogue
+from broker.tracker.view import DeliveryView
 
 log = get_logger("tracker")
 _RECEIPT_STATUS = {
@@ -43,94 +43,6 @@ _RECEIPT_STATUS = {
     "ACKNOWLEDGED": Status.ACKNOWLEDGED,
     "REJECTED": Status.RECIPIENT_REJECTED,
 }
-_ORDER = [Status.ROUTED, Status.DELIVERED, Status.ACKNOWLEDGED]
-
-
-@dataclass
-class RecipientState:
-    status: Status
-    role: str | None = None
-    at: dict[str, dt.datetime] = field(default_factory=dict)
-
-
-@dataclass
-class MessageState:
-    """What is known of one message, from the delivery log."""
-
-    message_id: str
-    event_type: str | None = None
-    sender: str | None = None
-    case_ref: str | None = None
-    urgency: str | None = None
-    accepted_at: dt.datetime | None = None
-    ack_deadline: dt.datetime | None = None
-    recipients: dict[str, RecipientState] = field(default_factory=dict)
-    escalated: set[str] = field(default_factory=set)
-    rejected_reason: str | None = None
-
-
-class DeliveryView:
-    """The latest state of every message and recipient, folded from delivery-log entries."""
-
-    def __init__(self) -> None:
-        self.messages: dict[str, MessageState] = {}
-
-    def apply(self, e: LogEntry) -> None:
-        if e.message_id is None:
-            return
-        m = self.messages.setdefault(e.message_id, MessageState(e.message_id))
-        for attr in ("event_type", "sender", "case_ref", "urgency"):
-            if getattr(m, attr) is None and getattr(e, attr) is not None:
-                setattr(m, attr, getattr(e, attr))
-        if e.status == Status.ACCEPTED:
-            m.accepted_at = e.at
-            m.ack_deadline = e.ack_deadline
-        elif e.status == Status.REJECTED:
-            m.rejected_reason = e.reason
-        elif e.recipient:
-            r = m.recipients.get(e.recipient)
-            if r is None:
-                r = m.recipients[e.recipient] = RecipientState(e.status, e.role)
-            r.at.setdefault(str(e.status), e.at)
-            if e.role and not r.role:
-                r.role = e.role
-            if e.status == Status.ESCALATED:
-                m.escalated.add(e.recipient)
-            if _rank(e.status) >= _rank(r.status):
-                r.status = e.status
-
-    def overdue(self, now: dt.datetime) -> list[tuple[MessageState, str]]:
-        """(message, recipient) pairs past their deadline, unacknowledged, not yet escalated."""
-        out = []
-        for m in self.messages.values():
-            if m.ack_deadline is None or m.ack_deadline > now:
-                continue
-            for agency, r in m.recipients.items():
-                if Status.ACKNOWLEDGED.value in r.at or agency in m.escalated:
-                    continue
-                if r.status in (
-                    Status.ROUTED,
-                    Status.DELIVERED,
-                    Status.OVERDUE,
-                    Status.RECIPIENT_REJECTED,
-                    Status.ROUTE_GAP,
-                ):
-                    out.append((m, agency))
-        return out
-
-
-def _rank(s: Status) -> int:
-    order = {
-        Status.ROUTE_GAP: 0,
-        Status.ROUTED: 1,
-        Status.REPAIRED: 1,
-        Status.DELIVERED: 2,
-        Status.RECIPIENT_REJECTED: 3,
-        Status.OVERDUE: 3,
-        Status.ESCALATED: 4,
-        Status.ACKNOWLEDGED: 5,
-    }
-    return order.get(s, 0)
 
 
 class TrackerService:
@@ -210,8 +122,13 @@ class TrackerService:
                 for r in records:
                     try:
                         entries.append(self._receipt_entry(r.value, list(r.headers)))
-                    except (CbxError, KeyError, ValueError) as exc:
-                        log.warning("receipt_rejected", offset=r.offset, error=str(exc))
+                    except Exception as exc:  # one receipt's failure is its own: log, go on
+                        log.warning(
+                            "receipt_rejected",
+                            offset=r.offset,
+                            error_class=type(exc).__name__,
+                            error=str(exc) if isinstance(exc, CbxError) else "",
+                        )
             if entries:
                 await self._write(entries)
             if batch:
@@ -284,8 +201,10 @@ class TrackerService:
                 for r in records:
                     try:
                         sender = self.logs.decode(r.value).sender
-                    except CbxError as exc:
-                        log.warning("log_entry_unreadable", offset=r.offset, error=str(exc))
+                    except Exception as exc:  # one entry's failure is its own
+                        log.warning(
+                            "log_entry_unreadable", offset=r.offset, error_class=type(exc).__name__
+                        )
                         continue
                     if sender and topics.is_agency_id(sender) and not sender.startswith("svc-"):
                         pending.append((topics.status(sender), r))

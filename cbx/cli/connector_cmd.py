@@ -63,9 +63,16 @@ async def _run(
     connector = Connector(settings, keys)
     await connector.start()
     sink: Any = WebhookSink(target) if sink_kind == "webhook" else FolderSink(Path(target))
-    connector.start_inbox(sink)
     store = IdempotencyStore(cbx_home() / "connectors" / agency / "sent.jsonl")
     stop = asyncio.Event()
+    fatal: list[BaseException] = []
+
+    def die(exc: BaseException) -> None:  # a loop that cannot go on takes the process down
+        fatal.append(exc)
+        stop.set()
+
+    connector.inbox.on_fatal = die
+    connector.start_inbox(sink)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -103,6 +110,14 @@ async def _run(
         await connector.stop()
         if isinstance(sink, WebhookSink):
             await sink.close()
+    if fatal:
+        raise ConnectorFailed(
+            f"{agency}: the inbox stopped ({type(fatal[0]).__name__}); see the log"
+        )
+
+
+class ConnectorFailed(CbxError):
+    """A loop of the connector failed in a way it cannot handle; a supervisor should restart it."""
 
 
 @app.command()

@@ -13,8 +13,9 @@ from broker import model
 from broker.delivery_log import LogCodec, LogEntry
 from broker.errors import CbxError
 from broker.kafka import clients as kafka
+from broker.kafka.settings import KafkaSettings
 from broker.schema.catalogue import Catalogue
-from broker.tracker.service import DeliveryView
+from broker.tracker.view import DeliveryView
 from cbx.cli.output import console, fail, print_json
 from cbx.cli.router_cmd import service_settings
 
@@ -34,8 +35,13 @@ def tracker() -> None:
         pass
 
 
-async def _entries() -> list[LogEntry]:
-    settings = service_settings(model.OPERATOR)
+NamespaceOpt = Annotated[
+    str | None,
+    typer.Option(help="Topic namespace to read (default: CBX_TOPIC_PREFIX, or cbx)."),
+]
+
+
+async def _entries(settings: KafkaSettings) -> list[LogEntry]:
     logs = LogCodec(Catalogue.load())
     out: list[LogEntry] = []
     async with kafka.access(settings):
@@ -62,11 +68,12 @@ def deliveries(
     since: Annotated[
         str | None, typer.Option(help="Only messages accepted since (ISO time).")
     ] = None,
+    namespace: NamespaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Who received what, and when: one row per message and recipient."""
     try:
-        entries = asyncio.run(_entries())
+        entries = asyncio.run(_entries(service_settings(model.OPERATOR, namespace)))
         since_at = dt.datetime.fromisoformat(since) if since else None
     except (CbxError, ValueError) as exc:
         fail(str(exc))
@@ -119,11 +126,12 @@ def deliveries(
 
 def trace(
     message_id: Annotated[str, typer.Argument(help="The message to follow.")],
+    namespace: NamespaceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """A message's timeline across its recipients (and its route-gap repairs)."""
     try:
-        entries = asyncio.run(_entries())
+        entries = asyncio.run(_entries(service_settings(model.OPERATOR, namespace)))
     except CbxError as exc:
         fail(str(exc))
     mine = [e for e in entries if message_id in (e.message_id, e.related_message_id)]

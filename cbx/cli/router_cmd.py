@@ -14,16 +14,22 @@ from broker.kafka.settings import KafkaSettings
 from cbx.cli.output import fail
 
 
-def service_settings(principal: str) -> KafkaSettings:
-    """Settings for a service: its own principal (set up on first use on the embedded broker)."""
+def service_settings(principal: str, namespace: str | None = None) -> KafkaSettings:
+    """Settings for a service: its own principal (set up on first use on the embedded broker).
+
+    ``namespace`` selects another topic namespace than the deployment's (a scenario's, say).
+    Call it before any event loop runs: setting up the principal runs one of its own.
+    """
     from broker.admin.provision import ensure_service
     from broker.kafka.cluster import resolve_settings
 
     external = KafkaSettings.from_env()
     if external is not None:
-        return external
+        return external.with_prefix(namespace) if namespace else external
     admin = resolve_settings()
-    asyncio.run(ensure_service(admin, principal))
+    if namespace:
+        admin = admin.with_prefix(namespace)
+    asyncio.run(ensure_service(admin, principal, grant=namespace is not None))
     return principals.settings_for(admin, principal)
 
 

@@ -43,7 +43,8 @@ from broker.policy.routing import rules
 from broker.router.service import RouterService
 from broker.schema.catalogue import Catalogue
 from broker.tracker.service import TrackerService
-from connectors.gateway.connector import Connector, Delivered
+from connectors.gateway.connector import Connector
+from connectors.gateway.inbox import Delivered
 from connectors.ingest.http import create_app
 from connectors.ingest.idempotency import IdempotencyStore
 

@@ -90,6 +90,20 @@ def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
             if lock is not None:
                 lock.release()
 
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        """The process answers."""
+        return JSONResponse(content={"status": "ok"})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        """Ready while the inbox loop runs (a connector without one is never ready)."""
+        running = connector.inbox.running
+        return JSONResponse(
+            status_code=200 if running else 503,
+            content={"ready": running, "inbox": "running" if running else "stopped"},
+        )
+
     @app.get("/v1/messages/{message_id}")
     async def message(message_id: str) -> Response:
         """What became of a message this agency sent: each recipient's state.

@@ -1,0 +1,311 @@
+"""The inbox: an agency's messages from the exchange, verified, opened and handed to its system.
+
+Each record's failure is that record's outcome, never the inbox's: a record that cannot be
+verified, decoded or opened, that the agency's profile does not take, or that the agency's system
+refuses for good is quarantined (kept as it arrived, see :mod:`connectors.gateway.quarantine`)
+and, when its header can be read, answered with a signed REJECTED receipt carrying a reason code
+(never a value), so the sender and the tracker know at once. Then the next record is handled.
+
+Only transient failures are retried: the agency's system being down (the webhook sink retries with
+backoff) and Kafka not taking receipts or the commit (retried here with backoff, the batch is not
+committed until its receipts are out). Anything else is a fault of the inbox itself: the task ends,
+logs why at CRITICAL and calls ``on_fatal`` so the process exits non-zero and is restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from broker.envelope import Header, Outgoing
+from broker.errors import CbxError, PolicyError, ProtectionError, SignatureError
+from broker.kafka import clients as kafka
+from broker.kafka.settings import KafkaSettings
+from broker.kafka.topics import Topics
+from broker.logging import get_logger
+from broker.model import ROUTE_GAP_NOTICE, ROUTER, Recipient, Role
+from broker.policy.profiles import Profile
+from connectors.gateway.quarantine import Quarantine
+
+log = get_logger("inbox")
+
+
+class SinkRefused(Exception):
+    """The agency's system refused a message for good (not a passing failure): quarantine it."""
+
+
+@dataclass
+class Delivered:
+    """A message opened for this agency: header, and body with withheld fields marked."""
+
+    header: Header
+    body: dict[str, Any]
+    topic: str
+    partition: int
+    offset: int
+
+
+Sink = Callable[[Delivered], Awaitable[None]]
+
+
+class Gateway(Protocol):
+    """What the inbox needs of its connector."""
+
+    agency: str
+    settings: KafkaSettings
+    topics: Topics
+    profile: Profile
+    protector: Any
+    quarantine: Quarantine
+    stats: Any
+
+    def open(self, value: bytes, headers: Any) -> tuple[Header, dict[str, Any]]: ...
+    def make_receipt(self, subject: Header, status: str, reason: str | None = None) -> Outgoing: ...
+    async def receipt(
+        self, subject: Header, status: str, reason: str | None = None
+    ) -> Outgoing: ...
+    async def send_receipts(self, receipts: list[Outgoing]) -> None: ...
+
+    @property
+    def prepare(self) -> Callable[..., Outgoing]: ...
+
+    async def publish(self, batch: list[Outgoing]) -> list[Outgoing]: ...
+
+
+#: Reason codes of a REJECTED receipt and of a quarantined record.
+UNDECODABLE = "undecodable"
+BAD_SIGNATURE = "bad-signature"
+UNOPENABLE = "unopenable"
+OUTSIDE_PROFILE = "outside-profile"
+SINK_REFUSED = "sink-refused"
+REPAIR_FAILED = "repair-failed"
+
+
+def reason_for(exc: BaseException) -> str:
+    """The reason code of a failure to open a record."""
+    if isinstance(exc, SignatureError):
+        return BAD_SIGNATURE
+    if isinstance(exc, ProtectionError):
+        return UNOPENABLE
+    return UNDECODABLE
+
+
+def detail_of(exc: BaseException) -> str:
+    """What may be said of a failure: cbx's own messages (which never carry values), else the
+    class of a foreign exception alone (its text might)."""
+    return str(exc) if isinstance(exc, CbxError) else type(exc).__name__
+
+
+class Inbox:
+    """Consumes one agency's inbox topic for its connector."""
+
+    def __init__(self, connector: Gateway) -> None:
+        self.connector = connector
+        self.delivered: dict[str, Header] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.failure: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
+        self.retry_base_s = 0.2
+        self.retry_max_s = 10.0
+        self._consumer: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    # --- one record ---------------------------------------------------------------------------
+
+    async def handle(self, record: Any, sink: Sink | None, receipts: list[Outgoing]) -> None:
+        """Verify, open and dispatch one record; its receipt is added to ``receipts``."""
+        c = self.connector
+        try:
+            header, body = c.open(record.value, list(record.headers or []))
+        except Exception as exc:  # this record's failure: keep it, say so, go on
+            self._reject(record, self._header_of(record), reason_for(exc), exc, receipts)
+            return
+        if not c.profile.may_receive(header.event_type):
+            problem = PolicyError(f"a {c.profile.kind} does not take {header.event_type}")
+            self._reject(record, header, OUTSIDE_PROFILE, problem, receipts)
+            return
+        if header.event_type == ROUTE_GAP_NOTICE:
+            if header.sender != ROUTER:
+                log.warning("notice_not_from_router", sender=header.sender)
+                c.quarantine.keep(record, "notice-not-from-router", "PolicyError")
+                return
+            try:
+                await self.repair(body)
+            except CbxError as exc:
+                if exc.retriable:
+                    raise
+                log.error("route_gap_repair_failed", error=str(exc), offset=record.offset)
+                c.quarantine.keep(record, REPAIR_FAILED, type(exc).__name__, detail=str(exc))
+            return
+        if sink is not None:
+            try:
+                await sink(Delivered(header, body, record.topic, record.partition, record.offset))
+            except SinkRefused as exc:
+                self._reject(record, header, SINK_REFUSED, exc, receipts)
+                return
+        c.stats.delivered += 1
+        self.delivered[str(header.message_id)] = header
+        if len(self.delivered) > 100_000:
+            self.delivered.pop(next(iter(self.delivered)))
+        receipts.append(c.make_receipt(header, "DELIVERED"))
+
+    def _header_of(self, record: Any) -> Header | None:
+        """The record's header if its envelope decodes and names this agency, else None."""
+        try:
+            header: Header = self.connector.protector.envelopes.decode(record.value)[0]
+        except Exception:
+            return None
+        if self.connector.agency not in header.recipient_agencies():
+            return None
+        return header
+
+    def _reject(
+        self,
+        record: Any,
+        header: Header | None,
+        reason: str,
+        exc: BaseException,
+        receipts: list[Outgoing],
+    ) -> None:
+        c = self.connector
+        c.stats.rejected += 1
+        message_id = str(header.message_id) if header else None
+        kept = c.quarantine.keep(record, reason, type(exc).__name__, message_id, detail_of(exc))
+        log.warning(
+            "inbox_record_quarantined",
+            reason=reason,
+            error_class=type(exc).__name__,
+            message_id=message_id,
+            source=kept.source,
+        )
+        if header is not None:
+            receipts.append(c.make_receipt(header, "REJECTED", f"{reason}: {detail_of(exc)}"))
+
+    # --- route-gap repair ---------------------------------------------------------------------
+
+    async def repair(self, notice: dict[str, Any]) -> Outgoing | None:
+        """Re-send a message of ours to the recipients a route-gap notice says it missed."""
+        c = self.connector
+        original = bytes(notice["original"])
+        header, body_bytes = c.protector.envelopes.decode(original)
+        if header.sender != c.agency:
+            raise ProtectionError("route-gap notice about a message this agency did not send")
+        _, body = c.protector.opener.open(body_bytes, header.message_id, header.schema_fingerprint)
+        missing = [Recipient(m["agency"], Role(m["role"])) for m in notice["missing"]]
+        out = c.prepare(
+            header.event_type,
+            body,
+            case_ref=header.case_ref,
+            sharing=header.sharing,
+            urgency=header.urgency,
+            occurred_at=header.occurred_at,
+            recipients=missing,
+            sender_role=header.sender_role,
+            related_message_id=header.message_id,
+        )
+        await c.publish([out])
+        c.stats.repaired += 1
+        c.stats.repairs.append(
+            (str(header.message_id), str(out.header.message_id), [m.agency for m in missing])
+        )
+        log.info(
+            "route_gap_repaired",
+            message_id=str(header.message_id),
+            repair_message_id=str(out.header.message_id),
+            missing=[m.agency for m in missing],
+        )
+        return out
+
+    async def acknowledge(self, message_id: str | uuid.UUID) -> Outgoing:
+        """The agency's system confirms it has seen and acted on a message."""
+        subject = self.delivered.get(str(message_id))
+        if subject is None:
+            raise PolicyError(f"message {message_id} was not delivered to {self.connector.agency}")
+        return await self.connector.receipt(subject, "ACKNOWLEDGED")
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    async def run(self, sink: Sink | None = None, group: str | None = None) -> None:
+        """Consume the inbox until cancelled (committing after each handled batch)."""
+        c = self.connector
+        consumer = kafka.consumer(
+            c.settings,
+            c.topics.inbox(c.agency),
+            group_id=group or c.topics.agency_group(c.agency, "inbox"),
+        )
+        self._consumer = consumer
+        try:
+            async with kafka.access(c.settings):
+                await consumer.start()
+                while True:
+                    batch = await consumer.getmany(timeout_ms=200, max_records=500)
+                    receipts: list[Outgoing] = []
+                    for records in batch.values():
+                        for r in records:
+                            await self.handle(r, sink, receipts)
+                    await self._finish(consumer, receipts, bool(batch))
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+            self._consumer = None
+
+    async def _finish(self, consumer: Any, receipts: list[Outgoing], commit: bool) -> None:
+        """Send a batch's receipts, then commit it; transient failures are retried with backoff."""
+        attempt = 0
+        while True:
+            try:
+                await self.connector.send_receipts(receipts)
+                if commit:
+                    await consumer.commit()
+                return
+            except (CbxError, OSError) as exc:
+                if isinstance(exc, CbxError) and not exc.retriable:
+                    raise
+                attempt += 1
+                delay = min(self.retry_max_s, self.retry_base_s * 2 ** min(attempt, 10))
+                log.warning(
+                    "inbox_batch_retry",
+                    attempt=attempt,
+                    error_class=type(exc).__name__,
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    def start(self, sink: Sink | None = None) -> asyncio.Task[None]:
+        """Run the inbox as a task; if it ever fails, log why and call ``on_fatal``."""
+        self.task = asyncio.create_task(self.run(sink), name=f"inbox {self.connector.agency}")
+        self.task.add_done_callback(self._done)
+        return self.task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        self.failure = exc
+        log.critical(
+            "inbox_stopped",
+            agency=self.connector.agency,
+            error_class=type(exc).__name__,
+            error=detail_of(exc),
+        )
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
