@@ -15,6 +15,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -103,20 +104,16 @@ def run(seconds: float) -> dict[str, Any]:
         def raw_read(v: Any = v, raw: bytes = raw) -> Any:
             return fastavro.schemaless_reader(BytesIO(raw), v.parsed, None)
 
-        row = {
+        row: dict[str, Any] = {
             "message": name,
             "bytes": len(data),
-            "encode_us": per_op(
-                lambda v=v, record=record: codec.encode(v.parsed, v.fingerprint, record), seconds
-            ),
+            "encode_us": per_op(partial(codec.encode, v.parsed, v.fingerprint, record), seconds),
             "encode_baseline_us": per_op(raw_write, seconds),
-            "decode_us": per_op(lambda data=data: codec.decode(data, store.writer_for), seconds),
+            "decode_us": per_op(partial(codec.decode, data, store.writer_for), seconds),
             "decode_baseline_us": per_op(raw_read, seconds),
-            "json_to_record_us": per_op(
-                lambda conv=conv, payload=payload: conv.convert(payload), seconds
-            ),
+            "json_to_record_us": per_op(partial(conv.convert, payload), seconds),
             "json_validate_baseline_us": per_op(
-                lambda v=v, payload=payload: _naive_convert(v.parsed, payload), seconds
+                partial(_naive_convert, v.parsed, payload), seconds
             ),
         }
         row["encode_ratio"] = row["encode_us"] / row["encode_baseline_us"]

@@ -47,6 +47,7 @@ from broker.kafka import clients as kafka
 from broker.kafka import embedded as local_kafka
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
+from broker.kafka.topics import TopicSpec
 
 RESULTS = Path(__file__).parent / "results"
 PLA, HLA, HOF, HF = "la-e10000016", "la-e10000017", "pf-e23000032", "pf-e23000003"
@@ -158,7 +159,7 @@ async def _recipient_loop(pipe: Any, counter: Counter, run: Coroutine[Any, Any, 
 
 
 async def role_cbx_recipient(args: dict[str, Any], pipe: Any) -> None:
-    from connectors.gateway.connector import Delivered
+    from connectors.gateway.inbox import Delivered
 
     conn = await started_connector(args)
     counter = Counter()
@@ -586,7 +587,7 @@ async def baseline(
     out = f"{ns.topic_prefix}.raw.outbound"
     inboxes = [f"{ns.topic_prefix}.raw.inbox{i}" for i in range(3)]
     await kafka.ensure_topics(
-        ns, [kafka.TopicSpec(out, parts), *(kafka.TopicSpec(t, inbox_parts) for t in inboxes)]
+        ns, [TopicSpec(out, parts), *(TopicSpec(t, inbox_parts) for t in inboxes)]
     )
     router = Proc("router", "raw_router", {"ns": ns, "topic": out, "outs": inboxes, "env": env})
     await router.recv(120)

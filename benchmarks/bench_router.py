@@ -34,6 +34,7 @@ from broker.kafka import clients as kafka
 from broker.kafka import embedded as local_kafka
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
+from broker.kafka.topics import TopicSpec
 from broker.policy.profiles import directory_kind
 from broker.router.service import RouterService
 from connectors.gateway.connector import Connector
@@ -125,7 +126,7 @@ async def drain_time(
 async def baseline(settings: KafkaSettings, topic: str, total: int) -> float:
     """Raw aiokafka: read, write three copies, commit offsets in the transaction."""
     outs = [f"{settings.topic_prefix}.bench.copy{i}" for i in range(3)]
-    await kafka.ensure_topics(settings, [kafka.TopicSpec(t, 3) for t in outs])
+    await kafka.ensure_topics(settings, [TopicSpec(t, 3) for t in outs])
     group = f"{settings.topic_prefix}-baseline"
     consumer = kafka.consumer(settings, topic, group_id=group)
     producers: dict[int, Any] = {}

@@ -51,6 +51,15 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "clothing": "grey hoodie, black joggers, white trainers",
         "circumstances": "left after a phone call, did not return for curfew",
     },
+    "CSERiskAssessed": {
+        "assessment_id": "0b6c3d5e-2f41-4a7b-9c1d-5e8f7a6b4c3d",
+        "tool": "CSE screening tool v3",
+        "level": "HIGH",
+        "category": "CATEGORY_2_OPPORTUNISTIC",
+        "assessed_date": "2026-04-14",
+        "review_date": "2026-07-14",
+        "indicators": ["gifts from older males", "going missing", "new phone"],
+    },
     "MissingRiskGraded": {
         "episode_id": EPISODE,
         "grade": "HIGH",

@@ -10,11 +10,11 @@ from cli import cbx
 
 from broker.kafka.settings import KafkaSettings
 from broker.schema.catalogue import Catalogue
-from cbx.scenarios import runner as scenario
+from cbx.scenarios import audit, spec
 
 CATALOGUE = Catalogue.load()
 
-EXAMPLES = [p for p in scenario.shipped() if p != scenario.demo()]
+EXAMPLES = [p for p in spec.shipped() if p != spec.demo()]
 
 
 def check_delivered(report: dict[str, object]) -> None:
@@ -40,9 +40,9 @@ def test_demo_json_reaches_and_is_acknowledged_by_every_required_recipient(
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     report = json.loads(done.stdout)
     check_delivered(report)
-    secrets = literal_sensitive_values(scenario.load(scenario.demo()))
+    secrets = literal_sensitive_values(spec.load(spec.demo()))
     assert [v for v in secrets if v in done.stdout + done.stderr] == []
-    steps = list(scenario.load(scenario.demo()).steps)
+    steps = list(spec.load(spec.demo()).steps)
     assert [m["event_type"] for m in report["messages"]] == [s.event_type for s in steps]
     for m in report["messages"]:
         assert set(m) >= {"message_id", "event_type", "sender", "recipients", "route_gaps"}
@@ -65,10 +65,10 @@ def test_demo_json_reaches_and_is_acknowledged_by_every_required_recipient(
     assert report["records_scanned"] > 50
 
 
-def literal_sensitive_values(case: scenario.Scenario) -> set[str]:
+def literal_sensitive_values(case: spec.Scenario) -> set[str]:
     """The sensitive values written out in a scenario file (not those made by references)."""
     requests = [(s.event_type, s.request) for s in case.steps if s.event_type]
-    values = scenario.sensitive_values(CATALOGUE, requests)  # type: ignore[arg-type]
+    values = audit.sensitive_values(CATALOGUE, requests)  # type: ignore[arg-type]
     return {v for v in values if "${" not in v}
 
 
@@ -81,13 +81,13 @@ def test_shipped_scenario_passes(kafka_settings: KafkaSettings, tmp_path: Path, 
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     check_delivered(json.loads(done.stdout))
     # Neither the report nor any log line of the router, tracker or connectors holds them.
-    secrets = literal_sensitive_values(scenario.load(path))
+    secrets = literal_sensitive_values(spec.load(path))
     assert len(secrets) >= 5
     assert [v for v in secrets if v in done.stdout + done.stderr] == []
 
 
 def test_the_provider_scenario_shows_both_refusals() -> None:
-    case = scenario.load(scenario.scenarios_dir() / "provider-reports-missing.yaml")
+    case = spec.load(spec.scenarios_dir() / "provider-reports-missing.yaml")
     assert [s.id for s in case.steps if s.outcome == "rejected"] == [
         "council-cannot-report",
         "found-bad-time",
@@ -194,8 +194,8 @@ def test_bad_scenario_files_name_the_step_and_the_problem(
     path = tmp_path / "bad.yaml"
     assert change[0] in FAILING
     path.write_text(FAILING.replace(*change))
-    with pytest.raises(scenario.ScenarioError) as err:
-        scenario.load(path)
+    with pytest.raises(spec.ScenarioError) as err:
+        spec.load(path)
     assert message in str(err.value)
     assert str(err.value).startswith("bad.yaml: ")
 
@@ -203,16 +203,16 @@ def test_bad_scenario_files_name_the_step_and_the_problem(
 def test_a_reference_to_nothing_names_the_reference(tmp_path: Path) -> None:
     path = tmp_path / "ref.yaml"
     path.write_text(FAILING.replace("${steps.placement.case_ref}", "${steps.placment.case_ref}"))
-    case = scenario.load(path)
-    context = scenario.Context(case)
+    case = spec.load(path)
+    context = spec.Context(case)
     context.values["steps"]["placement"] = {"case_ref": "KCC-1"}
-    with pytest.raises(scenario.ScenarioError, match=r"steps\.placment\.case_ref"):
+    with pytest.raises(spec.ScenarioError, match=r"steps\.placment\.case_ref"):
         context.resolve(case.steps[1].request, "steps.missing.request")
 
 
 def test_references_keep_types_and_interpolate_in_text() -> None:
-    case = scenario.load(scenario.demo())
-    context = scenario.Context(case)
+    case = spec.load(spec.demo())
+    context = spec.Context(case)
     assert context.values["vars"]["case"].startswith("KCC-LAC-")
     context.values["steps"]["x"] = {"n": 4, "ids": ["a", "b"]}
     assert context.resolve("${steps.x.n}", "t") == 4

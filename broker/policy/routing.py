@@ -104,15 +104,22 @@ class Rules:
     def placement_parties(
         self, placing_authority: str, host_authority: str, provider: str | None = None
     ) -> dict[Role, str]:
-        """Every party of a placement, derived from the two councils (and the provider)."""
-        parties = {
-            Role.PLACING_AUTHORITY: placing_authority,
-            Role.HOST_AUTHORITY: host_authority,
-            Role.HOST_FORCE: self.ref.force_for_council(host_authority).agency_id,
-            Role.HOME_FORCE: self.ref.force_for_council(placing_authority).agency_id,
-            Role.HOST_ICB: self.ref.icb_for_council(host_authority).agency_id,
-            Role.PLACING_ICB: self.ref.icb_for_council(placing_authority).agency_id,
-        }
+        """Every party of a placement, derived from the two councils (and the provider).
+
+        A council code not in the reference data is the request's problem (PolicyError naming it),
+        not the exchange's configuration.
+        """
+        try:
+            parties = {
+                Role.PLACING_AUTHORITY: placing_authority,
+                Role.HOST_AUTHORITY: host_authority,
+                Role.HOST_FORCE: self.ref.force_for_council(host_authority).agency_id,
+                Role.HOME_FORCE: self.ref.force_for_council(placing_authority).agency_id,
+                Role.HOST_ICB: self.ref.icb_for_council(host_authority).agency_id,
+                Role.PLACING_ICB: self.ref.icb_for_council(placing_authority).agency_id,
+            }
+        except (ConfigurationError, KeyError) as exc:
+            raise PolicyError(f"unknown council: {exc}") from exc
         if provider:
             parties[Role.CARE_PROVIDER] = provider
         return parties
@@ -223,11 +230,7 @@ class Rules:
         """For a placement message: the parties, derived from the two councils."""
         named = {r.role: r.agency for r in recipients}
         host = named.get(Role.HOST_AUTHORITY, sender)
-        try:
-            derived = self.placement_parties(sender, host, named.get(Role.CARE_PROVIDER))
-        except ConfigurationError as exc:
-            raise PolicyError(str(exc)) from exc
-        return derived
+        return self.placement_parties(sender, host, named.get(Role.CARE_PROVIDER))
 
 
 @cache

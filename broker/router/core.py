@@ -10,6 +10,7 @@ the transaction commits.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -94,14 +95,34 @@ def _fail(reason: str, exc: CbxError | Exception) -> _Rejected:
     return _Rejected(Failure(reason, stage, type(exc).__name__, str(exc)))
 
 
+def message_identity(header: Header) -> str:
+    """What a message id stands for, as far as the router can see: who sent what to whom.
+
+    A sender that sends a message again after a crash re-seals it (new nonces, new recording time),
+    so the bytes differ; the identity does not. A message id reused for another case, type, sender
+    or set of recipients has another identity and is refused. (The sealed body is not visible here.)
+    """
+    parts = [
+        header.sender,
+        header.event_type,
+        header.case_ref,
+        header.schema_fingerprint.hex(),
+        ",".join(sorted(f"{r.agency}:{r.role}" for r in header.recipients)),
+        str(header.related_message_id or ""),
+    ]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
 class RouterState:
     """Registry and routed ids, with tentative changes per transaction."""
 
     def __init__(self) -> None:
         self.registry = PlacementRegistry()
-        self.routed: set[str] = set()
+        # Routed message id (or dead-lettered source) -> the identity of what was routed under it
+        # ("" when unknown: markers written before identities were kept).
+        self.routed: dict[str, str] = {}
         self._pending_cases: dict[str, Placement] = {}
-        self._pending_ids: set[str] = set()
+        self._pending_ids: dict[str, str] = {}
 
     def case(self, case_ref: str) -> Placement | None:
         return self._pending_cases.get(case_ref) or self.registry.get(case_ref)
@@ -109,23 +130,28 @@ class RouterState:
     def seen(self, message_id: str) -> bool:
         return message_id in self.routed or message_id in self._pending_ids
 
-    def stage(self, message_id: str, placement: Placement | None) -> None:
-        self._pending_ids.add(message_id)
+    def identity_of(self, message_id: str) -> str | None:
+        """What was routed under ``message_id`` (None: nothing; "": not recorded)."""
+        found = self._pending_ids.get(message_id)
+        return found if found is not None else self.routed.get(message_id)
+
+    def stage(self, message_id: str, placement: Placement | None, identity: str = "") -> None:
+        self._pending_ids[message_id] = identity
         if placement is not None:
             self._pending_cases[placement.case_ref] = placement
 
     def unstage(self, key: str) -> None:
         """Forget a tentative decision about ``key`` (before deciding again)."""
-        self._pending_ids.discard(key)
+        self._pending_ids.pop(key, None)
 
     def commit(self) -> None:
-        self.routed |= self._pending_ids
+        self.routed.update(self._pending_ids)
         for p in self._pending_cases.values():
             self.registry.put(p)
         self.rollback()
 
     def rollback(self) -> None:
-        self._pending_ids = set()
+        self._pending_ids = {}
         self._pending_cases = {}
 
 
@@ -276,9 +302,21 @@ class RouterCore:
             raise _fail("unsealed-or-malformed-body", exc) from exc
 
         message_id = str(header.message_id)
-        if self.state.seen(message_id) or self.state.seen(rec.source):
-            log.debug("duplicate_ignored", message_id=message_id, source=rec.source)
+        identity = message_identity(header)
+        if self.state.seen(rec.source):
             return Outcome([], "duplicate", message_id, header.event_type, header.sender)
+        before = self.state.identity_of(message_id)
+        if before is not None:
+            if before in ("", identity):  # the same message again (a re-send after a crash)
+                log.debug("duplicate_ignored", message_id=message_id, source=rec.source)
+                return Outcome([], "duplicate", message_id, header.event_type, header.sender)
+            raise _fail(
+                "message-id-reused",
+                PolicyError(
+                    f"message id {message_id} was already routed for another message "
+                    "(another sender, case, type or recipients): refused, the first stands"
+                ),
+            )
 
         case = self.state.case(header.case_ref)
         repair = header.related_message_id is not None
@@ -379,8 +417,8 @@ class RouterCore:
         # One marker, keyed by message id: a routed record read again (after a crash or a
         # rebalance) carries the same message id. Dead letters, which may have none, are marked
         # by their source instead.
-        outs.append(Out(self.topics.routed, message_id.encode(), rec.source.encode()))
-        self.state.stage(message_id, placement)
+        outs.append(Out(self.topics.routed, message_id.encode(), identity.encode()))
+        self.state.stage(message_id, placement, identity)
         return Outcome(
             outs,
             "routed",
@@ -394,6 +432,8 @@ class RouterCore:
 
     def _dead_letter(self, rec: InRecord, failure: Failure, header: Header | None) -> Outcome:
         message_id = str(header.message_id) if header else None
+        # A reused id belongs to the message routed first: this refusal must not mark it REJECTED.
+        logged_id = None if failure.reason == "message-id-reused" else message_id
         if self.state.seen(rec.source):  # read again after a rebalance: already dead-lettered
             return Outcome([], "duplicate", message_id)
         headers = [(k, bytes(v)) for k, v in rec.headers]
@@ -402,7 +442,8 @@ class RouterCore:
             Out(self.topics.deadletter, rec.key, rec.value, headers),
             self._log(
                 LogEntry(
-                    message_id=message_id,
+                    message_id=logged_id,
+                    related_message_id=message_id if logged_id is None else None,
                     status=Status.REJECTED,
                     at=dt.datetime.now(dt.UTC),
                     event_type=header.event_type if header else None,

@@ -98,7 +98,9 @@ class RouterService:
     async def _load_state(self) -> None:
         def routed(r: Any) -> None:
             if r.key is not None:
-                self.state.routed.add(r.key.decode())
+                value = r.value.decode() if r.value else ""
+                # Older markers hold the source position, not an identity: "" (unknown).
+                self.state.routed[r.key.decode()] = "" if "/" in value else value
 
         # Other router instances write here too: the registry keeps the newer record.
         self.placement_follower = placement_follower(

@@ -404,6 +404,7 @@ def _record(name: str, fields: list[tuple[str, Converter, bool, Any]]) -> Conver
             out[fname] = val
         for extra in sorted(v.keys() - known)[: limits.MAX_ERRORS]:
             shown = extra if len(extra) <= 64 else f"{extra[:60]}..."
+            shown = shown.encode("utf-8", "backslashreplace").decode("utf-8")
             e.append(
                 FieldError(_join(p, shown), "unknown field", "no such field", kind_of(v[extra]))
             )

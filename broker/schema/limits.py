@@ -26,6 +26,9 @@ MAX_STRING = 20_000
 MAX_ITEMS = 1_000
 #: Bytes in a bytes or fixed field.
 MAX_BYTES = 1_000_000
+#: Bytes of one sealed message on the wire: under Kafka's default ``max.message.bytes`` (1 MiB),
+#: with room for the record's headers.
+MAX_MESSAGE = 1_000_000
 #: Nesting of a request's JSON (objects and arrays); the deepest schema needs far fewer.
 MAX_DEPTH = 32
 #: Errors reported for one request; the rest are counted, not listed.

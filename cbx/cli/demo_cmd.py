@@ -21,6 +21,7 @@ scenario_app = typer.Typer(help="Play scenario files through the whole exchange.
 
 def _play(path: Path | None, keep: bool, json_out: bool) -> None:
     from cbx.scenarios import runner as scenario
+    from cbx.scenarios import spec
 
     started_here = local_kafka.status() is None and KafkaSettings.from_env() is None
 
@@ -30,7 +31,7 @@ def _play(path: Path | None, keep: bool, json_out: bool) -> None:
 
     report: dict[str, Any] = {}
     try:
-        case = scenario.load(path or scenario.demo())
+        case = spec.load(path or spec.demo())
         settings = resolve_settings(start_embedded=True)
         progress(f"Kafka at {settings.bootstrap_servers} (SASL/SCRAM, ACLs on)")
         report = asyncio.run(scenario.run(settings, case, progress))

@@ -30,13 +30,14 @@ import hashlib
 import io
 import json
 import os
+import stat
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.errors import CbxError
+from broker.errors import KafkaUnavailableError
 from broker.logging import get_logger
 from connectors.filedrop.mappings import Mapping, load_mappings, row_request
 from connectors.gateway.connector import Connector
@@ -47,6 +48,12 @@ log = get_logger("filedrop")
 
 # Message ids of rows are uuid5(ROW_NAMESPACE, "<agency>/<row digest>").
 ROW_NAMESPACE = uuid.UUID("5b0f3c1e-8d0a-4f53-9a43-2f1e0c6b9d21")
+#: Longest file name taken (the report adds ``.report.json`` and a time stamp, within 255 bytes).
+MAX_NAME = 200
+#: Largest file taken.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+#: Most rows in one file.
+MAX_ROWS = 100_000
 IGNORED_SUFFIXES = (".part", ".tmp", ".report.json")
 
 
@@ -80,7 +87,9 @@ class FileDrop:
         mapping_folders: list[Path] | None = None,
         settle_s: float = 1.0,
         batch: int = 200,
+        max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
+        self.max_file_bytes = max_file_bytes
         self.connector = connector
         self.root = root
         self.store = store
@@ -97,23 +106,41 @@ class FileDrop:
             d.mkdir(parents=True, exist_ok=True)
 
     def pending(self) -> list[Path]:
-        """Files ready to take, oldest first."""
+        """Entries ready to take, oldest first (symbolic links and other non-files included:
+        they are refused, not read)."""
         now = time.time()
         out = []
         for p in self.root.iterdir():
-            if not p.is_file() or p.name.startswith(".") or p.name.endswith(IGNORED_SUFFIXES):
+            if p.name.startswith(".") or p.name.endswith(IGNORED_SUFFIXES):
                 continue
             try:
-                if now - p.stat().st_mtime < self.settle_s:
-                    continue
+                st = p.lstat()
             except FileNotFoundError:
                 continue
-            out.append(p)
-        return sorted(out, key=lambda p: (p.stat().st_mtime, p.name))
+            if stat.S_ISDIR(st.st_mode):
+                continue  # processed/, failed/, or an agency's own subfolder: not ours to take
+            if now - st.st_mtime < self.settle_s:
+                continue
+            out.append((st.st_mtime, p.name, p))
+        return [p for *_, p in sorted(out)]
 
     async def scan(self) -> list[dict[str, Any]]:
-        """Process every ready file; the reports, in order."""
-        return [await self.process(p) for p in self.pending()]
+        """Process every ready file; the reports, in order.
+
+        A file's failure is its own: it goes to ``failed/`` with a report and the next file is
+        taken. Only a transient failure (Kafka cannot take it now) leaves the file where it is, to
+        be tried again on the next scan.
+        """
+        reports = []
+        for p in self.pending():
+            try:
+                reports.append(await self.process(p))
+            except Exception as exc:
+                if _transient(exc):
+                    raise
+                log.error("file_failed", file=_short(p.name), error_class=type(exc).__name__)
+                reports.append(self._refuse(p, f"could not be processed ({type(exc).__name__})"))
+        return reports
 
     async def run(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
         while not stop.is_set():
@@ -134,15 +161,22 @@ class FileDrop:
             raise FileRejected(f"not UTF-8 text (byte {exc.start})") from None
         name = path.name.lower()
         if name.endswith(".jsonl"):
-            return "jsonl", self._jsonl_rows(text), []
-        if name.endswith(".csv"):
+            kind, rows, ignored = "jsonl", self._jsonl_rows(text), list[str]()
+        elif name.endswith(".csv"):
             mapping = next((m for m in self.mappings if m.matches(path.name)), None)
             if mapping is None:
                 known = "; ".join(f"{m.name}: {', '.join(m.match)}" for m in self.mappings)
                 raise FileRejected(f"no column mapping matches the file name (known: {known})")
-            rows, ignored = self._csv_rows(mapping, text)
-            return mapping.name, rows, ignored
-        raise FileRejected("only .csv and .jsonl files are taken")
+            try:
+                rows, ignored = self._csv_rows(mapping, text)
+            except csv.Error as exc:  # a cell over the csv module's limit, a stray NUL...
+                raise FileRejected(f"not a readable CSV file: {exc}") from None
+            kind = mapping.name
+        else:
+            raise FileRejected("only .csv and .jsonl files are taken")
+        if len(rows) > MAX_ROWS:
+            raise FileRejected(f"{len(rows)} rows, over the limit of {MAX_ROWS} a file")
+        return kind, rows, ignored
 
     def _jsonl_rows(self, text: str) -> list[Row]:
         out = []
@@ -182,8 +216,28 @@ class FileDrop:
             out.append(Row(n, mapping.event_type, row_request(mapping, row), []))
         return out, ignored
 
+    def _refuse(self, path: Path, error: str, sha: str | None = None) -> dict[str, Any]:
+        """Move a file (or a link, or anything else) to failed/ with a report saying why."""
+        report: dict[str, Any] = {
+            "file": _short(path.name),
+            "sha256": sha,
+            "agency": self.connector.agency,
+            "started_at": dt.datetime.now(dt.UTC).isoformat(),
+            "read_as": None,
+            "error": error,
+            "rows": 0,
+            "accepted": [],
+            "rejected": [],
+        }
+        return self._finish(path, report, self.failed)
+
     async def process(self, path: Path) -> dict[str, Any]:
-        data = await asyncio.to_thread(path.read_bytes)
+        if len(path.name) > MAX_NAME:
+            return self._refuse(path, f"the file name is over {MAX_NAME} characters")
+        try:
+            data = await asyncio.to_thread(_read_regular, path, self.max_file_bytes)
+        except FileRejected as exc:
+            return self._refuse(path, str(exc))
         sha = hashlib.sha256(data).hexdigest()
         report: dict[str, Any] = {
             "file": path.name,
@@ -194,8 +248,7 @@ class FileDrop:
         try:
             kind, rows, ignored = self.rows(path, data)
         except FileRejected as exc:
-            report.update(read_as=None, error=str(exc), rows=0, accepted=[], rejected=[])
-            return self._finish(path, report, self.failed)
+            return self._refuse(path, str(exc), sha)
         report.update(read_as=kind, ignored_columns=ignored)
         mapping = next((m for m in self.mappings if m.name == kind), None)
         accepted: list[dict[str, Any]] = []
@@ -251,7 +304,7 @@ class FileDrop:
         results = await self.submitter.submit_many([item for *_, item in pending])
         unavailable = [r for r in results if isinstance(r, Rejected) and r.retriable]
         if unavailable:  # Kafka cannot take it now: keep the file and try again later
-            raise CbxError(unavailable[0].errors[0]["problem"])
+            raise KafkaUnavailableError(unavailable[0].errors[0]["problem"])
         records: list[tuple[str | None, str, str, dict[str, Any]]] = []
         for (row, digest, item), result in zip(pending, results, strict=True):
             if isinstance(result, Rejected):
@@ -269,10 +322,12 @@ class FileDrop:
         self.store.record_many(records)
 
     def _finish(self, path: Path, report: dict[str, Any], dest: Path) -> dict[str, Any]:
-        target = dest / path.name
-        if target.exists():
+        name = _short(path.name)
+        target = dest / name
+        if target.exists() or target.is_symlink():
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
-            target = dest / f"{path.stem}.{stamp}{path.suffix}"
+            stem, dot, suffix = name.rpartition(".")
+            target = dest / (f"{stem}.{stamp}.{suffix}" if dot else f"{name}.{stamp}")
         report["outcome"] = dest.name
         report["moved_to"] = f"{dest.name}/{target.name}"
         report["finished_at"] = dt.datetime.now(dt.UTC).isoformat()
@@ -283,7 +338,7 @@ class FileDrop:
         os.replace(path, target)
         log.info(
             "file_processed",
-            file=path.name,
+            file=name,
             outcome=dest.name,
             rows=report.get("rows", 0),
             accepted=len(report["accepted"]),
@@ -300,3 +355,37 @@ def _column(e: dict[str, Any], mapping: Mapping | None) -> dict[str, Any]:
     """An ingest error with the CSV column its path maps to (None for JSON lines)."""
     column = mapping.column_for(e["path"] or "case_ref") if mapping else None
     return {"column": column, **e}
+
+
+def _short(name: str) -> str:
+    """A file name that fits with a report suffix and a time stamp (and is valid UTF-8)."""
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if len(name.encode()) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name.encode()[: MAX_NAME - 20].decode('utf-8', 'ignore')}-{digest}"
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file, never following a symbolic link; FileRejected otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if path.is_symlink():
+            raise FileRejected("a symbolic link: only regular files are taken") from None
+        raise FileRejected(f"cannot be opened ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRejected("not a regular file: only regular files are taken")
+        if st.st_size > limit:
+            raise FileRejected(f"the file is {st.st_size} bytes, over the limit of {limit}")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise FileRejected(f"the file is over the limit of {limit} bytes")
+    return data
+
+
+def _transient(exc: BaseException) -> bool:
+    """Kafka could not take it now: leave the file and try again later."""
+    return bool(getattr(exc, "retriable", False)) or isinstance(exc, TimeoutError)

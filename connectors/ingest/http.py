@@ -3,10 +3,13 @@
 A request is agency JSON as ``connectors.ingest.request`` reads it (case reference, urgency, sharing
 decision, event).
 
-Answers: 202 with the message id and recipients; 422 with every field error (path, problem,
-expected, kind of value given; never the value); 409 when an ``Idempotency-Key`` is reused for a
-different request; 503 when Kafka cannot take it now (nothing was published: retry with the same
-key). The OpenAPI document's request bodies are generated from the Avro schemas.
+Answers: 202 with the message id and recipients; 400 for a body that is not JSON or nests too
+deep; 403 for a type the agency may not send; 404 for an unknown type; 409 when an
+``Idempotency-Key`` is reused for a different request; 413 for a body over the limit (read no
+further than the limit) or a message too large once sealed; 415 unless the body is declared JSON;
+422 with every field error (path, problem, expected, kind of value given; never the value; at most
+``MAX_ERRORS`` listed); 503 only when Kafka cannot take it now (nothing was published: retry with
+the same key). The OpenAPI document's request bodies are generated from the Avro schemas.
 """
 
 from __future__ import annotations
@@ -17,20 +20,68 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from broker.errors import PolicyError
 from broker.logging import get_logger
 from broker.model import SYSTEM_TYPES
-from broker.schema.json_to_avro import FieldError
+from broker.schema import limits
 from connectors.gateway.connector import Connector
 from connectors.ingest.idempotency import IdempotencyStore, body_hash
 from connectors.ingest.openapi import components, json_schema
 from connectors.ingest.submit import Rejected, Submitter
 
 log = get_logger("http_ingest")
+#: Default request body limit.
+MAX_BODY = 1024 * 1024
 
 
-def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
+class BodyTooLarge(Exception):
+    """The request body is over the limit."""
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, read no further than ``limit`` bytes (BodyTooLarge past it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def is_json(content_type: str | None) -> bool:
+    """``application/json`` or a ``+json`` type, with any parameters."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+def problem(status: int, text: str, path: str = "", expected: str = "") -> JSONResponse:
+    """An error answer in the shape every ingest refusal has."""
+    err = {"path": path, "problem": text, "expected": expected, "got": ""}
+    return JSONResponse(status_code=status, content={"error": text, "errors": [err]})
+
+
+def capped(rejected: Rejected) -> dict[str, Any]:
+    """A refusal's body with at most ``MAX_ERRORS`` errors listed (and how many were left out)."""
+    body = rejected.body()
+    extra = len(rejected.errors) - limits.MAX_ERRORS
+    if extra > 0:
+        body["errors"] = rejected.errors[: limits.MAX_ERRORS]
+        body["more_errors"] = extra
+    return body
+
+
+def create_app(
+    connector: Connector, store: IdempotencyStore, *, max_body: int = MAX_BODY
+) -> FastAPI:
     app = FastAPI(
         title=f"cbx connector for {connector.agency}",
         version="1",
@@ -39,23 +90,31 @@ def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
     submitter = Submitter(connector)
     wrapper_raw = submitter.reader.wrapper_raw
 
-    def errors(items: list[FieldError]) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"errors": [e.as_dict() for e in items]})
-
     @app.post("/v1/events/{event_type}", status_code=202, include_in_schema=False)
     async def ingest(event_type: str, request: Request) -> Response:
-        raw = await request.body()
-        key = request.headers.get("Idempotency-Key")
         if not submitter.knows(event_type):
             return JSONResponse(
                 status_code=404, content={"error": f"unknown message type {event_type}"}
             )
+        if not is_json(request.headers.get("content-type")):
+            return problem(415, "the body must be JSON", "", "Content-Type: application/json")
+        try:
+            raw = await read_body(request, max_body)
+        except BodyTooLarge:
+            return problem(413, f"the body is over {max_body} bytes", "", f"at most {max_body}")
+        except ClientDisconnect:
+            return problem(400, "the client went away before the body arrived")
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and (len(key) > 200 or not key.isprintable()):
+            return problem(400, "Idempotency-Key is over 200 characters or not printable")
         try:
             payload = json.loads(raw)
-        except ValueError:
-            return errors([FieldError("", "not valid JSON", "a JSON object", "text")])
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's stack
+            return problem(400, "not valid JSON", "", "a JSON object")
         if not isinstance(payload, dict):
-            return errors([FieldError("", "wrong type", "a JSON object", type(payload).__name__)])
+            return problem(400, "the body is not a JSON object", "", "a JSON object")
+        if limits.depth_of(payload) > limits.MAX_DEPTH:
+            return problem(400, f"JSON nested deeper than {limits.MAX_DEPTH} levels")
         digest = body_hash(raw)
         lock = store.lock(key) if key else None
         if lock is not None:
@@ -76,7 +135,7 @@ def create_app(connector: Connector, store: IdempotencyStore) -> FastAPI:
                     )
             result = await submitter.submit(event_type, payload)
             if isinstance(result, Rejected):
-                return JSONResponse(status_code=result.status, content=result.body())
+                return JSONResponse(status_code=result.status, content=capped(result))
             answer = result.answer()
             store.record(key, digest, event_type, answer)
             log.info(

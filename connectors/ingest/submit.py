@@ -24,14 +24,15 @@ from typing import Any
 from broker.envelope import Outgoing
 from broker.errors import (
     AccessDeniedError,
-    CbxError,
     NotPermittedError,
     PolicyError,
     ProtectionError,
+    SerializationError,
     UnknownCaseError,
 )
 from broker.logging import get_logger
 from broker.model import SYSTEM_TYPES
+from broker.schema import limits
 from connectors.gateway.connector import Connector
 from connectors.ingest.request import Request, RequestReader
 
@@ -98,6 +99,11 @@ def _refused(exc: PolicyError | ProtectionError | AccessDeniedError) -> Rejected
     return Rejected(403, [error("", str(exc), "a message this agency may send")])
 
 
+def _transient(exc: Exception) -> bool:
+    """Kafka could not take it now, and may later (cbx's or aiokafka's ``retriable`` says so)."""
+    return bool(getattr(exc, "retriable", False)) or isinstance(exc, TimeoutError | OSError)
+
+
 class Submitter:
     """Checks, routes, seals and publishes requests for one connector."""
 
@@ -124,9 +130,24 @@ class Submitter:
 
     def _prepare(self, request: Request, message_id: uuid.UUID | None) -> Outgoing | Rejected:
         try:
-            return request.prepare(self.connector, message_id)
+            out = request.prepare(self.connector, message_id)
         except (PolicyError, ProtectionError) as exc:
             return _refused(exc)
+        except SerializationError as exc:  # the checked request still does not encode
+            return Rejected(422, [error("", str(exc), "a request that fits the schema")])
+        if len(out.value) > limits.MAX_MESSAGE:
+            return Rejected(
+                413,
+                [
+                    error(
+                        "event",
+                        f"the sealed message is {len(out.value)} bytes, over the exchange's "
+                        f"limit of {limits.MAX_MESSAGE}",
+                        "a smaller event (attach documents by reference)",
+                    )
+                ],
+            )
+        return out
 
     async def submit(
         self, event_type: str, payload: Any, message_id: uuid.UUID | None = None
@@ -162,8 +183,10 @@ class Submitter:
                 await self.connector.publish(batch)
             except (AccessDeniedError, ProtectionError) as exc:
                 return [p if isinstance(p, Rejected) else _refused(exc) for p in prepared]
-            except CbxError as exc:
-                log.warning("ingest_unavailable", error=str(exc), error_class=type(exc).__name__)
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                log.warning("ingest_unavailable", error_class=type(exc).__name__)
                 unavailable = Rejected(
                     503,
                     [

@@ -1,0 +1,397 @@
+"""No input can stop delivery: each record a stage cannot take is refused or kept with its reason,
+and the next valid message still reaches every recipient. On the real broker.
+
+Each test reproduces one way a single accepted request once stopped delivery for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from agencies import SHARING, body_of
+from exchange import Exchange, exchange
+from test_http_ingest import SHARING_JSON, serving
+from test_router import (
+    CASE,
+    KENT,
+    KENT_ICB,
+    KENT_POLICE,
+    LANCS,
+    LANCS_ICB,
+    LANCS_POLICE,
+    PROVIDER,
+    placement_body,
+)
+
+from benchmarks.samples import PAYLOADS
+from broker import model
+from broker.delivery_log import Status
+from broker.envelope import Outgoing
+from broker.kafka import principals
+from broker.kafka.settings import KafkaSettings
+from broker.tracker.service import TrackerService
+from connectors.filedrop.folder import FileDrop
+from connectors.gateway.inbox import Delivered
+from connectors.ingest.http import create_app
+from connectors.ingest.idempotency import IdempotencyStore
+
+pytestmark = pytest.mark.kafka
+
+PARTIES = [KENT, LANCS, KENT_POLICE, LANCS_POLICE, KENT_ICB, LANCS_ICB, PROVIDER]
+MISSING_RECIPIENTS = {KENT, LANCS, KENT_POLICE}
+EDGE_TIMES = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]
+
+
+def _at(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+class Recorder:
+    """A sink per agency that remembers which message ids reached the agency's system."""
+
+    def __init__(self) -> None:
+        self.got: dict[str, set[str]] = {}
+
+    def sink(self, agency: str) -> Any:
+        async def deliver(d: Delivered) -> None:
+            self.got.setdefault(agency, set()).add(str(d.header.message_id))
+
+        return deliver
+
+    def reached(self, message_id: str) -> set[str]:
+        return {a for a, ids in self.got.items() if message_id in ids}
+
+
+async def _case(ex: Exchange, rec: Recorder) -> None:
+    for agency in PARTIES:
+        await ex.agency(agency, inbox=True, sink=rec.sink(agency))
+    await ex.sync_all()
+    await ex.connectors[KENT].send(
+        "PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING
+    )
+    await ex.wait_registered(LANCS_POLICE, CASE)
+
+
+async def _everyone_gets(ex: Exchange, rec: Recorder, out: Outgoing, who: set[str]) -> None:
+    mid = str(out.header.message_id)
+
+    async def arrived() -> bool:
+        return rec.reached(mid) >= who
+
+    await ex.wait_for(arrived, what=f"{out.header.event_type} {mid} at {sorted(who)}")
+
+
+async def test_a_header_date_at_the_calendar_edge_is_dead_lettered_and_the_next_report_flows(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    rec = Recorder()
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await _case(ex, rec)
+        police = ex.connectors[LANCS_POLICE]
+        # At the edge: refused with the field's path, nothing published.
+        store = IdempotencyStore(tmp_path / "sent.jsonl")
+        async with serving(create_app(police, store)) as url, httpx.AsyncClient(base_url=url) as h:
+            for when in EDGE_TIMES:
+                r = await h.post(
+                    "/v1/events/ChildMissingReported",
+                    json={
+                        "case_ref": CASE,
+                        "urgency": "IMMEDIATE",
+                        "occurred_at": when,
+                        "sharing": SHARING_JSON,
+                        "event": PAYLOADS["ChildMissingReported"],
+                    },
+                )
+                assert r.status_code == 422, r.text
+                assert [e["path"] for e in r.json()["errors"]] == ["occurred_at"]
+                assert "outside the supported range" in r.text
+        # A connector that skips the edge: the router dead-letters the record and goes on.
+        bad = [
+            police.prepare(
+                "ChildMissingReported",
+                body_of("ChildMissingReported"),
+                case_ref=CASE,
+                sharing=SHARING,
+                urgency="IMMEDIATE",
+                occurred_at=_at(when),
+            )
+            for when in EDGE_TIMES
+        ]
+        good = police.prepare(
+            "ChildMissingReported",
+            body_of("ChildMissingReported"),
+            case_ref=CASE,
+            sharing=SHARING,
+            urgency="IMMEDIATE",
+        )
+        await police.publish([*bad, good])  # one partition (one case): the good one comes last
+        await _everyone_gets(ex, rec, good, MISSING_RECIPIENTS)
+        letters = await ex.dead_letters()
+        # The header itself does not decode, so the dead letters cannot name the message id.
+        assert [d.reason for d in letters] == ["malformed", "malformed"]
+        rejected = [e for e in await ex.log() if e.status == Status.REJECTED]
+        assert len(rejected) == 2
+        assert all(e.reason and e.reason.startswith("malformed") for e in rejected)
+        assert ex.router.alive()
+        for o in bad:
+            assert not rec.reached(str(o.header.message_id))
+
+
+async def test_a_body_date_at_the_calendar_edge_is_quarantined_by_each_recipient(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    rec = Recorder()
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await _case(ex, rec)
+        police = ex.connectors[LANCS_POLICE]
+        store = IdempotencyStore(tmp_path / "sent.jsonl")
+        async with serving(create_app(police, store)) as url, httpx.AsyncClient(base_url=url) as h:
+            r = await h.post(
+                "/v1/events/ChildMissingReported",
+                json={
+                    "case_ref": CASE,
+                    "urgency": "IMMEDIATE",
+                    "sharing": SHARING_JSON,
+                    "event": {**PAYLOADS["ChildMissingReported"], "reported_at": EDGE_TIMES[1]},
+                },
+            )
+            assert r.status_code == 422, r.text
+            assert [e["path"] for e in r.json()["errors"]] == ["event.reported_at"]
+        tracker = TrackerService(principals.settings_for(kafka_ns, model.TRACKER), 0.5)
+        tracker_task = asyncio.create_task(tracker.run())
+        try:
+            body = body_of("ChildMissingReported")
+            body["reported_at"] = _at(EDGE_TIMES[1])
+            bad = await police.send(
+                "ChildMissingReported", body, case_ref=CASE, sharing=SHARING, urgency="IMMEDIATE"
+            )
+            bad_id = str(bad.header.message_id)
+            later = await ex.connectors[KENT].send(
+                "CSERiskAssessed", body_of("CSERiskAssessed"), case_ref=CASE, sharing=SHARING
+            )
+            await _everyone_gets(ex, rec, later, {LANCS, KENT_POLICE, LANCS_POLICE})
+
+            async def all_rejected() -> dict[str, str] | None:
+                found = {
+                    e.recipient: e.reason or ""
+                    for e in await ex.log()
+                    if e.message_id == bad_id and e.status == Status.RECIPIENT_REJECTED
+                }
+                return found if set(found) == MISSING_RECIPIENTS else None
+
+            reasons = await ex.wait_for(all_rejected, what="REJECTED receipts from every recipient")
+        finally:
+            tracker.stop_event.set()
+            await tracker_task
+        assert all(r.startswith("undecodable") for r in reasons.values()), reasons
+        assert not rec.reached(bad_id)
+        for agency in MISSING_RECIPIENTS:
+            conn = ex.connectors[agency]
+            assert conn.inbox.running, f"{agency}'s inbox stopped"
+            kept = conn.quarantine.list()
+            assert [(q["message_id"], q["reason"]) for q in kept] == [(bad_id, "undecodable")]
+            assert all(k not in q for q in kept for k in ("value", "key"))
+
+
+async def test_a_message_id_reused_for_other_content_is_refused_and_the_first_stands(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    rec = Recorder()
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await _case(ex, rec)
+        police = ex.connectors[LANCS_POLICE]
+        mid = uuid.uuid4()
+        first = police.prepare(
+            "ChildMissingReported",
+            body_of("ChildMissingReported"),
+            case_ref=CASE,
+            sharing=SHARING,
+            urgency="IMMEDIATE",
+            message_id=mid,
+        )
+        # The same message sent again after a crash (re-sealed, so other bytes): a duplicate.
+        again = police.prepare(
+            "ChildMissingReported",
+            body_of("ChildMissingReported"),
+            case_ref=CASE,
+            sharing=SHARING,
+            urgency="IMMEDIATE",
+            message_id=mid,
+        )
+        # The same id for a message to other recipients: refused.
+        other = police.prepare(
+            "ChildMissingReported",
+            body_of("ChildMissingReported"),
+            case_ref=CASE,
+            sharing=SHARING,
+            urgency="IMMEDIATE",
+            message_id=mid,
+            recipients=[first.header.recipients[0]],
+        )
+        sentinel = police.prepare(
+            "MissingRiskGraded", body_of("MissingRiskGraded"), case_ref=CASE, sharing=SHARING
+        )
+        await police.publish([first, again, other, sentinel])
+        await _everyone_gets(ex, rec, sentinel, {KENT, LANCS, KENT_POLICE})
+        await _everyone_gets(ex, rec, first, MISSING_RECIPIENTS)
+        letters = [d for d in await ex.dead_letters() if d.reason == "message-id-reused"]
+        assert [d.message_id for d in letters] == [str(mid)]
+        log = await ex.log()
+        assert not [e for e in log if e.message_id == str(mid) and e.status == Status.REJECTED]
+        reused = [e for e in log if e.status == Status.REJECTED]
+        assert [(e.related_message_id, e.reason.split(":")[0]) for e in reused if e.reason] == [
+            (str(mid), "message-id-reused")
+        ]
+        routed = [e for e in log if e.message_id == str(mid) and e.status == Status.ROUTED]
+        assert {e.recipient for e in routed} == MISSING_RECIPIENTS
+
+
+async def test_http_ingest_answers_hostile_requests_with_4xx_and_keeps_the_connection(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    rec = Recorder()
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await _case(ex, rec)
+        police = ex.connectors[LANCS_POLICE]
+        store = IdempotencyStore(tmp_path / "sent.jsonl")
+        async with serving(create_app(police, store)) as url, httpx.AsyncClient(base_url=url) as h:
+            path = "/v1/events/ChildMissingReported"
+            good = {
+                "case_ref": CASE,
+                "urgency": "IMMEDIATE",
+                "sharing": SHARING_JSON,
+                "event": PAYLOADS["ChildMissingReported"],
+            }
+            deep = "[" * 1000 + "]" * 1000
+            for body, status in [
+                (b'{"event": ' + deep.encode() + b"}", 400),
+                (b"[" * 100_000, 400),
+                (json.dumps({**good, "case_ref": "KCC-\ud800"}).encode(), 422),
+                (b'{"case_ref": "' + b"x" * (2 * 1024 * 1024) + b'"}', 413),
+                (b"not json", 400),
+                (b"[]", 400),
+            ]:
+                r = await h.post(path, content=body, headers={"Content-Type": "application/json"})
+                assert r.status_code == status, (status, r.text[:300])
+                assert r.json()["errors"], r.text[:300]
+                assert len(r.content) < 20_000
+                if status == 422:
+                    assert [e["path"] for e in r.json()["errors"]] == ["case_ref"]
+                    assert "surrogate" in r.text
+            r = await h.post(path, content=json.dumps(good), headers={"Content-Type": "text/plain"})
+            assert r.status_code == 415
+            r = await h.post(
+                path,
+                content="case_ref=x",
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )
+            assert r.status_code == 415
+            many = {**good, "event": {f"field{i}": i for i in range(5000)}}
+            r = await h.post(path, json=many)
+            assert r.status_code == 422
+            assert len(r.json()["errors"]) == 100
+            assert r.json()["more_errors"] > 0
+            # The same keep-alive connection still takes a valid report, and it is delivered.
+            ok = await h.post(path, json=good)
+            assert ok.status_code == 202, ok.text
+            mid = ok.json()["message_id"]
+
+            async def arrived() -> bool:
+                return rec.reached(mid) >= MISSING_RECIPIENTS
+
+            await ex.wait_for(arrived, what="the valid report at every recipient")
+
+
+def _jsonl(path: Path, requests: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    os.replace(tmp, path)
+
+
+async def test_no_file_can_jam_the_drop_folder(kafka_ns: KafkaSettings, tmp_path: Path) -> None:
+    from test_filedrop import placement_row, write_csv
+
+    rec = Recorder()
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await _case(ex, rec)
+        kent = ex.connectors[KENT]
+        drop_dir = tmp_path / "drop"
+        store = IdempotencyStore(tmp_path / "kent-sent.jsonl")
+        drop = FileDrop(kent, drop_dir, store, settle_s=0)
+        # 1. an unknown host authority in one row: that row refused, the others sent
+        write_csv(
+            drop_dir / "placements-a.csv",
+            [placement_row(1), placement_row(2, host_authority="la-e99999999"), placement_row(3)],
+        )
+        # 2. a cell over the csv module's 128 KiB limit
+        write_csv(drop_dir / "placements-b.csv", [placement_row(4, known_risks="r" * 140_000)])
+        # 3. a row whose sealed message is over 1 MB (and a good row after it)
+        huge = {
+            "case_ref": CASE,
+            "event_type": "CSERiskAssessed",
+            "sharing": SHARING_JSON,
+            "event": {**PAYLOADS["CSERiskAssessed"], "indicators": ["i" * 19_000] * 60},
+        }
+        fine = {
+            "case_ref": CASE,
+            "event_type": "CSERiskAssessed",
+            "sharing": SHARING_JSON,
+            "event": PAYLOADS["CSERiskAssessed"],
+        }
+        _jsonl(drop_dir / "c.jsonl", [huge, fine])
+        # 4. a 244-character file name
+        long_name = "placements-" + "x" * 229 + ".csv"
+        write_csv(drop_dir / long_name, [placement_row(5)])
+        # 5. a symbolic link to a file outside the folder
+        outside = tmp_path / "secret.csv"
+        outside.write_text("case_ref\nsomething private\n")
+        (drop_dir / "placements-link.csv").symlink_to(outside)
+        reports = await drop.scan()
+
+        by_file = {r["file"][:40]: r for r in reports}
+        assert len(reports) == 5
+        a = by_file["placements-a.csv"]
+        assert a["outcome"] == "failed"
+        assert [x["row"] for x in a["accepted"]] == [2, 4]
+        (row2,) = a["rejected"]
+        assert row2["row"] == 3
+        assert "la-e99999999" in row2["errors"][0]["problem"]
+        b = by_file["placements-b.csv"]
+        assert b["outcome"] == "failed"
+        assert "not a readable CSV file" in b["error"]
+        c = by_file["c.jsonl"]
+        assert [x["row"] for x in c["accepted"]] == [2]
+        (too_big,) = c["rejected"]
+        assert too_big["row"] == 1
+        assert "over the exchange's limit" in too_big["errors"][0]["problem"]
+        long = next(r for r in reports if r["file"].startswith("placements-xxx"))
+        assert long["outcome"] == "failed"
+        assert "over 200 characters" in long["error"]
+        link = by_file["placements-link.csv"]
+        assert link["outcome"] == "failed"
+        assert "symbolic link" in link["error"]
+        assert link["sha256"] != hashlib.sha256(outside.read_bytes()).hexdigest()
+        assert outside.exists()  # the target is left alone; the link moved to failed/
+        assert not list(drop_dir.glob("*.csv"))
+        assert not list(drop_dir.glob("*.jsonl"))
+        for r in reports:  # every report is on disk beside the moved file
+            assert (drop_dir / (r["moved_to"] + ".report.json")).exists()
+        # A file dropped afterwards is taken as usual.
+        write_csv(drop_dir / "placements-later.csv", [placement_row(6)])
+        (later,) = await drop.scan()
+        assert later["outcome"] == "processed"
+        mid = later["accepted"][0]["message_id"]
+
+        async def arrived() -> bool:
+            return LANCS in rec.reached(mid)
+
+        await ex.wait_for(arrived, what="the later file's placement at the host authority")
