@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cbx-installed
 
-.PHONY: setup kafka-jars demo test lint typecheck schemas-check format bench clean
+.PHONY: setup kafka-jars demo test fuzz lint typecheck schemas-check format bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ schemas-check: setup
 
 test: kafka-jars lint typecheck schemas-check
 	$(BIN)/pytest
+
+# The property-based fuzz run through HTTP ingest, the router and every recipient, at length
+# (make test runs 500 cases of it). CBX_FUZZ_CASES and CBX_FUZZ_SEED change the run.
+fuzz: kafka-jars
+	CBX_FUZZ_CASES=$${CBX_FUZZ_CASES:-10000} $(BIN)/pytest -s -p no:cacheprovider tests/test_fuzz.py
 
 bench: kafka-jars
 	$(BIN)/python -m benchmarks.bench_codec

@@ -172,7 +172,7 @@ async def role_cbx_recipient(args: dict[str, Any], pipe: Any) -> None:
         counter.last_at = now
 
     try:
-        await _recipient_loop(pipe, counter, conn.run_inbox(sink))
+        await _recipient_loop(pipe, counter, conn.inbox.run(sink))
     finally:
         await conn.stop()
 
