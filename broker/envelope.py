@@ -140,6 +140,18 @@ class EnvelopeCodec:
             raise SerializationError(f"envelope header is malformed: {type(exc).__name__}") from exc
 
 
+def system_sharing(purpose: str, decided_by: str, why_no_consent: str) -> SharingDecision:
+    """The sharing decision of a message the exchange itself sends (a receipt, a notice):
+    public task, consent not sought because it carries metadata only."""
+    return SharingDecision(
+        purpose=purpose,
+        lawful_basis=("UK_GDPR_6_1_E_PUBLIC_TASK",),
+        consent="NOT_SOUGHT",
+        consent_not_sought_reason=why_no_consent,
+        decision_maker_role=decided_by,
+    )
+
+
 @dataclass
 class Outgoing:
     """A message ready to publish: key, value and signature headers."""

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import json
-import os
 import random
 import uuid
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from broker.files import write_private_json
 from broker.logging import get_logger
 from broker.model import Withheld
 from connectors.gateway.inbox import Delivered, SinkRefused
@@ -77,13 +76,7 @@ class FolderSink:
         final = (
             self.folder / f"{doc['occurred_at'][:10]}_{doc['event_type']}_{doc['message_id']}.json"
         )
-        tmp = final.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(final)
+        write_private_json(final, doc)
 
 
 class WebhookSink:

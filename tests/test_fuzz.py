@@ -10,13 +10,10 @@ runs ``CBX_FUZZ_CASES`` (10,000) and prints the counts (``docs/reliability.md``)
 
 from __future__ import annotations
 
-import base64
 import copy
-import datetime as dt
 import json
 import os
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -46,6 +43,7 @@ from broker.kafka.settings import KafkaSettings
 from broker.schema.catalogue import Catalogue
 from connectors.ingest.http import create_app
 from connectors.ingest.idempotency import IdempotencyStore
+from connectors.sinks import to_json
 
 pytestmark = pytest.mark.kafka
 
@@ -105,21 +103,6 @@ EDGES: list[Any] = [
     "SOON",
     "KCC-LAC-000123",
 ]
-
-
-def to_json(value: Any) -> Any:
-    """A generated record as agency JSON."""
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return value
 
 
 def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

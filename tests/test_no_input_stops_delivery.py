@@ -81,6 +81,18 @@ async def _case(ex: Exchange, rec: Recorder) -> None:
     await ex.wait_registered(LANCS_POLICE, CASE)
 
 
+def _report(police: Any, **kw: Any) -> Outgoing:
+    """An IMMEDIATE missing report about the case, sealed, not yet published."""
+    return police.prepare(  # type: ignore[no-any-return]
+        "ChildMissingReported",
+        kw.pop("body", None) or body_of("ChildMissingReported"),
+        case_ref=CASE,
+        sharing=SHARING,
+        urgency="IMMEDIATE",
+        **kw,
+    )
+
+
 async def _everyone_gets(ex: Exchange, rec: Recorder, out: Outgoing, who: set[str]) -> None:
     mid = str(out.header.message_id)
 
@@ -115,24 +127,8 @@ async def test_a_header_date_at_the_calendar_edge_is_dead_lettered_and_the_next_
                 assert [e["path"] for e in r.json()["errors"]] == ["occurred_at"]
                 assert "outside the supported range" in r.text
         # A connector that skips the edge: the router dead-letters the record and goes on.
-        bad = [
-            police.prepare(
-                "ChildMissingReported",
-                body_of("ChildMissingReported"),
-                case_ref=CASE,
-                sharing=SHARING,
-                urgency="IMMEDIATE",
-                occurred_at=_at(when),
-            )
-            for when in EDGE_TIMES
-        ]
-        good = police.prepare(
-            "ChildMissingReported",
-            body_of("ChildMissingReported"),
-            case_ref=CASE,
-            sharing=SHARING,
-            urgency="IMMEDIATE",
-        )
+        bad = [_report(police, occurred_at=_at(when)) for when in EDGE_TIMES]
+        good = _report(police)
         await police.publish([*bad, good])  # one partition (one case): the good one comes last
         await _everyone_gets(ex, rec, good, MISSING_RECIPIENTS)
         letters = await ex.dead_letters()
@@ -210,33 +206,11 @@ async def test_a_message_id_reused_for_other_content_is_refused_and_the_first_st
         await _case(ex, rec)
         police = ex.connectors[LANCS_POLICE]
         mid = uuid.uuid4()
-        first = police.prepare(
-            "ChildMissingReported",
-            body_of("ChildMissingReported"),
-            case_ref=CASE,
-            sharing=SHARING,
-            urgency="IMMEDIATE",
-            message_id=mid,
-        )
+        first = _report(police, message_id=mid)
         # The same message sent again after a crash (re-sealed, so other bytes): a duplicate.
-        again = police.prepare(
-            "ChildMissingReported",
-            body_of("ChildMissingReported"),
-            case_ref=CASE,
-            sharing=SHARING,
-            urgency="IMMEDIATE",
-            message_id=mid,
-        )
+        again = _report(police, message_id=mid)
         # The same id for a message to other recipients: refused.
-        other = police.prepare(
-            "ChildMissingReported",
-            body_of("ChildMissingReported"),
-            case_ref=CASE,
-            sharing=SHARING,
-            urgency="IMMEDIATE",
-            message_id=mid,
-            recipients=[first.header.recipients[0]],
-        )
+        other = _report(police, message_id=mid, recipients=[first.header.recipients[0]])
         sentinel = police.prepare(
             "MissingRiskGraded", body_of("MissingRiskGraded"), case_ref=CASE, sharing=SHARING
         )

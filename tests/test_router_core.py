@@ -36,8 +36,9 @@ from broker.envelope import Outgoing, Protector
 from broker.kafka.topics import Topics
 from broker.model import ROUTER, Recipient, Role
 from broker.policy.routing import Rules
-from broker.router.core import InRecord, Outcome, RouterCore, RouterState
+from broker.router.core import InRecord, Outcome, RouterCore
 from broker.router.deadletter import H_REASON
+from broker.router.state import RouterState
 from broker.schema import codec
 
 PLACING_ICB = "icb-e54000032"

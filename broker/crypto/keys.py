@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from broker.errors import KeystoreError
+from broker.files import write_private_json
 from broker.paths import cbx_home
 
 KeyKind = Literal["enc", "sig"]
@@ -161,14 +161,7 @@ def save(keys: AgencyKeys, path: Path, passphrase: bytes | None = None) -> Path:
             for p in keys.pairs
         ],
     }
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=2)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
-    return path
+    return write_private_json(path, doc)
 
 
 def load(path: Path, passphrase: bytes | None = None) -> AgencyKeys:

@@ -8,6 +8,9 @@ Layout (``CBX_CACHE_DIR`` defaults to ~/.cache/cbx, ``CBX_HOME`` to ~/.local/sha
 
 The broker keeps its ports across restarts: a KRaft controller formatted with ``--standalone``
 records its own endpoint in the metadata log, so a restart on other ports would not find its quorum.
+
+One module of about 490 lines, on purpose: install, format, configure, start, status and stop all
+work on the one layout above, and splitting them would spread its paths over several files.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from broker import env
 from broker.errors import EmbeddedKafkaError, JavaNotFoundError
+from broker.files import write_private_json
 from broker.kafka.settings import KafkaSettings
 from broker.kafka.tls import ensure_dev_pki
 from broker.paths import cbx_cache, cbx_home, project_root
@@ -92,9 +96,7 @@ def admin_password(data: Path) -> str:
 def _write_admin_password(data: Path) -> str:
     password = secrets.token_urlsafe(24)
     path = data / "admin-credentials.json"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"username": ADMIN, "password": password}, fh)
+    write_private_json(path, {"username": ADMIN, "password": password})
     return password
 
 

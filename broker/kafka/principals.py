@@ -9,10 +9,10 @@ external cluster they come from ``CBX_SASL_USERNAME`` / ``CBX_SASL_PASSWORD``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from broker.errors import ConfigurationError
+from broker.files import write_private_json
 from broker.kafka.settings import KafkaSettings
 from broker.paths import cbx_home
 
@@ -22,12 +22,9 @@ def credentials_path(principal: str) -> Path:
 
 
 def save(principal: str, password: str) -> Path:
-    path = credentials_path(principal)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"username": principal, "password": password}, fh)
-    return path
+    return write_private_json(
+        credentials_path(principal), {"username": principal, "password": password}
+    )
 
 
 def load(principal: str) -> str | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,17 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from broker.files import write_private
+
 
 @dataclass(frozen=True)
 class DevPki:
     ca_file: Path  # the CA certificate clients trust
     keystore_file: Path  # the broker's private key and certificate chain, PEM
-
-
-def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
 
 
 def _name(cn: str) -> x509.Name:
@@ -95,6 +90,6 @@ def ensure_dev_pki(folder: Path, days: int = 825) -> DevPki:
     key_pem = key.private_bytes(
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    _write(pki.keystore_file, key_pem + cert.public_bytes(pem) + ca_cert.public_bytes(pem))
-    _write(pki.ca_file, ca_cert.public_bytes(pem), 0o644)
+    write_private(pki.keystore_file, key_pem + cert.public_bytes(pem) + ca_cert.public_bytes(pem))
+    write_private(pki.ca_file, ca_cert.public_bytes(pem), mode=0o644)
     return pki

@@ -10,7 +10,6 @@ the transaction commits.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 from broker.crypto.sealing import BodyForms, Sealer
 from broker.crypto.signing import Signer, Verifier
 from broker.delivery_log import LogCodec, LogEntry, Status
-from broker.envelope import EnvelopeCodec, Header, SharingDecision
+from broker.envelope import EnvelopeCodec, Header, system_sharing
 from broker.errors import (
     CbxError,
     PolicyError,
@@ -33,9 +32,10 @@ from broker.kafka.topics import Topics
 from broker.logging import get_logger
 from broker.model import ROUTE_GAP_NOTICE, ROUTER, Recipient, Role
 from broker.policy.deadlines import Windows, ack_deadline
-from broker.policy.registry import Placement, PlacementRegistry
+from broker.policy.registry import Placement
 from broker.policy.routing import Rules
 from broker.router.deadletter import Failure, error_headers
+from broker.router.state import RouterState, message_identity
 from broker.schema import codec
 from broker.schema.catalogue import Catalogue
 
@@ -95,66 +95,6 @@ def _fail(reason: str, exc: CbxError | Exception) -> _Rejected:
     return _Rejected(Failure(reason, stage, type(exc).__name__, str(exc)))
 
 
-def message_identity(header: Header) -> str:
-    """What a message id stands for, as far as the router can see: who sent what to whom.
-
-    A sender that sends a message again after a crash re-seals it (new nonces, new recording time),
-    so the bytes differ; the identity does not. A message id reused for another case, type, sender
-    or set of recipients has another identity and is refused. (The sealed body is not visible here.)
-    """
-    parts = [
-        header.sender,
-        header.event_type,
-        header.case_ref,
-        header.schema_fingerprint.hex(),
-        ",".join(sorted(f"{r.agency}:{r.role}" for r in header.recipients)),
-        str(header.related_message_id or ""),
-    ]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
-
-
-class RouterState:
-    """Registry and routed ids, with tentative changes per transaction."""
-
-    def __init__(self) -> None:
-        self.registry = PlacementRegistry()
-        # Routed message id (or dead-lettered source) -> the identity of what was routed under it
-        # ("" when unknown: markers written before identities were kept).
-        self.routed: dict[str, str] = {}
-        self._pending_cases: dict[str, Placement] = {}
-        self._pending_ids: dict[str, str] = {}
-
-    def case(self, case_ref: str) -> Placement | None:
-        return self._pending_cases.get(case_ref) or self.registry.get(case_ref)
-
-    def seen(self, message_id: str) -> bool:
-        return message_id in self.routed or message_id in self._pending_ids
-
-    def identity_of(self, message_id: str) -> str | None:
-        """What was routed under ``message_id`` (None: nothing; "": not recorded)."""
-        found = self._pending_ids.get(message_id)
-        return found if found is not None else self.routed.get(message_id)
-
-    def stage(self, message_id: str, placement: Placement | None, identity: str = "") -> None:
-        self._pending_ids[message_id] = identity
-        if placement is not None:
-            self._pending_cases[placement.case_ref] = placement
-
-    def unstage(self, key: str) -> None:
-        """Forget a tentative decision about ``key`` (before deciding again)."""
-        self._pending_ids.pop(key, None)
-
-    def commit(self) -> None:
-        self.routed.update(self._pending_ids)
-        for p in self._pending_cases.values():
-            self.registry.put(p)
-        self.rollback()
-
-    def rollback(self) -> None:
-        self._pending_ids = {}
-        self._pending_cases = {}
-
-
 class RouterCore:
     """Checks, routes and records one message at a time."""
 
@@ -207,12 +147,10 @@ class RouterCore:
             occurred_at=now,
             recorded_at=now,
             schema_fingerprint=self.forms.latest[ROUTE_GAP_NOTICE].plain.fingerprint,
-            sharing=SharingDecision(
-                purpose="tell the sender which required recipients a message left out",
-                lawful_basis=("UK_GDPR_6_1_E_PUBLIC_TASK",),
-                consent="NOT_SOUGHT",
-                consent_not_sought_reason="no personal data: routing metadata only",
-                decision_maker_role="cbx router",
+            sharing=system_sharing(
+                "tell the sender which required recipients a message left out",
+                "cbx router",
+                "no personal data: routing metadata only",
             ),
             related_message_id=header.message_id,
         )

@@ -35,7 +35,8 @@ from broker.policy.deadlines import Windows
 from broker.policy.registry import placement_follower
 from broker.policy.routing import Rules
 from broker.policy.sharing import SharingPolicy
-from broker.router.core import InRecord, Outcome, RouterCore, RouterState
+from broker.router.core import InRecord, Outcome, RouterCore
+from broker.router.state import RouterState
 from broker.schema.catalogue import Catalogue
 
 log = get_logger("router")

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import KafkaUnavailableError
+from broker.files import write_private_json
 from broker.logging import get_logger
 from connectors.filedrop.mappings import Mapping, load_mappings, row_request
 from connectors.gateway.connector import Connector
@@ -332,9 +333,7 @@ class FileDrop:
         report["moved_to"] = f"{dest.name}/{target.name}"
         report["finished_at"] = dt.datetime.now(dt.UTC).isoformat()
         report_path = target.with_name(target.name + ".report.json")
-        tmp = report_path.with_name("." + report_path.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        os.replace(tmp, report_path)
+        write_private_json(report_path, report)
         os.replace(path, target)
         log.info(
             "file_processed",

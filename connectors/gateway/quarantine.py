@@ -13,10 +13,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from broker.files import write_private_json
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,7 @@ class Quarantine:
             "value": _b64(record.value),
             "headers": [[k, _b64(v)] for k, v in (record.headers or [])],
         }
-        final = self.folder / name
-        tmp = self.folder / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(final)
+        final = write_private_json(self.folder / name, doc)
         return Quarantined(final, reason, error_class, message_id, source)
 
     def list(self) -> list[dict[str, Any]]:

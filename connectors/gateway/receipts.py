@@ -12,15 +12,13 @@ import datetime as dt
 import uuid
 
 from broker.crypto.sealing import BodyForms
-from broker.envelope import Header, Outgoing, Protector, SharingDecision
+from broker.envelope import Header, Outgoing, Protector, system_sharing
 from broker.model import RECEIPT, Recipient
 
-RECEIPT_SHARING = SharingDecision(
-    purpose="record that a safeguarding notification was received and acted on",
-    lawful_basis=("UK_GDPR_6_1_E_PUBLIC_TASK",),
-    consent="NOT_SOUGHT",
-    consent_not_sought_reason="no personal data: delivery metadata only",
-    decision_maker_role="cbx connector",
+RECEIPT_SHARING = system_sharing(
+    "record that a safeguarding notification was received and acted on",
+    "cbx connector",
+    "no personal data: delivery metadata only",
 )
 
 
