@@ -369,3 +369,43 @@ async def test_no_file_can_jam_the_drop_folder(kafka_ns: KafkaSettings, tmp_path
             return LANCS in rec.reached(mid)
 
         await ex.wait_for(arrived, what="the later file's placement at the host authority")
+
+
+async def test_an_inbox_that_cannot_go_on_stops_its_process_and_loses_nothing(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    """A fault of the inbox itself (here a sink with a bug) ends the loop loudly: the connector's
+    fatal hook runs (``cbx connector run`` exits non-zero on it), /readyz answers 503, and the
+    message is handed over once the inbox runs again, because its batch was never committed."""
+    rec = Recorder()
+    async with exchange(kafka_ns, tmp_path) as ex:
+        for agency in (KENT, LANCS, KENT_POLICE, LANCS_POLICE, KENT_ICB, LANCS_ICB, PROVIDER):
+            await ex.agency(agency)
+        await ex.sync_all()
+        lancs = ex.connectors[LANCS]
+
+        async def broken(d: Delivered) -> None:
+            raise RuntimeError("a bug in the agency's adapter")
+
+        died: list[BaseException] = []
+        lancs.inbox.on_fatal = died.append
+        lancs.start_inbox(broken)
+        app = create_app(lancs, IdempotencyStore(tmp_path / "lancs.jsonl"))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as h:
+            assert (await h.get("/readyz")).status_code == 200
+            placed = await ex.connectors[KENT].send(
+                "PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING
+            )
+
+            async def stopped() -> bool:
+                return bool(died)
+
+            await ex.wait_for(stopped, what="the inbox to stop")
+            assert isinstance(died[0], RuntimeError)
+            ready = await h.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json() == {"ready": False, "inbox": "stopped"}
+            lancs.start_inbox(rec.sink(LANCS))
+            await _everyone_gets(ex, rec, placed, {LANCS})
+            assert (await h.get("/readyz")).status_code == 200

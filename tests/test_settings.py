@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
+from broker import env
 from broker.errors import ConfigurationError
 from broker.kafka.settings import KafkaSettings
 
@@ -51,3 +55,34 @@ def test_sasl_settings_reach_aiokafka() -> None:
 def test_bad_settings_name_the_problem(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigurationError, match=fragment):
         KafkaSettings.from_env({"CBX_BOOTSTRAP_SERVERS": "k:1", **env})
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_cbx_variable_is_read_in_broker_env_only() -> None:
+    """No module but ``broker/env.py`` touches ``os.environ`` or ``os.getenv`` for settings."""
+    offenders = []
+    for pkg in ("broker", "connectors", "cbx"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            if path == ROOT / "broker" / "env.py":
+                continue
+            text = path.read_text()
+            if re.search(r"os\.environ|os\.getenv|getenv\(", text):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+def test_the_readme_lists_every_variable_and_no_other() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Environment") : readme.index("## Tests and benchmarks")]
+    listed = re.findall(r"^\| `(CBX_[A-Z_]+)` \|", table, flags=re.M)
+    assert listed == list(env.VARIABLES)
+
+
+def test_an_undeclared_variable_is_a_programming_error() -> None:
+    with pytest.raises(KeyError, match="not a declared"):
+        env.get("CBX_NO_SUCH_THING")
+    assert env.get("CBX_HOME", env={"CBX_HOME": "  "}) is None
+    assert env.get("CBX_LOG_LEVEL", "INFO", env={}) == "INFO"
+    assert env.raw("CBX_SASL_PASSWORD", env={"CBX_SASL_PASSWORD": " pw "}) == " pw "

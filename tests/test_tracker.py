@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from agencies import SHARING
 from cli import cbx
+from conftest import EMBEDDED
 from exchange import exchange
 from test_router import ALL, CASE, KENT, KENT_POLICE, LANCS, LANCS_POLICE, placement_body
 
@@ -108,3 +109,23 @@ async def test_receipts_acknowledgement_and_escalation(
         seen += ex.router.log_text() + json.dumps([d.as_json() for d in await ex.dead_letters()])
         for secret in SECRETS:
             assert secret not in seen, secret
+
+        # The same commands as an operator runs them on the embedded broker: no cluster in the
+        # environment, the broker found from CBX_HOME, the test's namespace named on the line.
+        if EMBEDDED:
+            home = Path(EMBEDDED[0].data_dir).parent.parent
+            ns = ["--namespace", kafka_ns.topic_prefix]
+            live = cbx(None, home, "deliveries", "--json", "--status", "ESCALATED", *ns)
+            assert live.returncode == 0, live.stderr
+            assert {r["recipient"] for r in json.loads(live.stdout)} == {KENT_POLICE, LANCS}
+            live_trace = cbx(None, home, "trace", mid, "--json", *ns)
+            assert live_trace.returncode == 0, live_trace.stderr
+            assert [e["status"] for e in json.loads(live_trace.stdout)] == timeline
+            letters = cbx(None, home, "deadletter", "list", "--json", *ns)
+            assert letters.returncode == 0, letters.stderr
+            assert json.loads(letters.stdout) == []
+            shown = cbx(None, home, "agency", "show", KENT, "--live", "--json")
+            assert shown.returncode == 0, shown.stderr
+            for out in (live, live_trace, letters, shown):
+                for secret in SECRETS:
+                    assert secret not in out.stdout + out.stderr, secret
