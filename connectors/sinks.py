@@ -12,17 +12,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import json
 import random
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.files import write_private_json
 from broker.logging import get_logger
 from broker.model import Withheld
 from connectors.gateway.inbox import Delivered, SinkRefused
+from connectors.webhook_signing import sign
 
 log = get_logger("sink")
 #: Answers that will not change if the same POST is tried again (any other 4xx likewise).
@@ -80,21 +83,38 @@ class FolderSink:
 
 
 class WebhookSink:
-    """POST each message to the agency's system; retry until it answers 2xx."""
+    """POST each message to the agency's system, signed; retry while it is down or busy.
+
+    Each POST is signed (:mod:`connectors.webhook_signing`) with ``secret`` (HMAC) if given, else
+    with ``key`` (the connector's Ed25519 signing key); an unsigned sink needs ``unsigned=True``
+    (tests of other things). TLS certificates are verified (``verify``: True, or a CA file), and a
+    client certificate can be presented (``client_cert``: (certificate, key) PEM files).
+    """
 
     def __init__(
         self,
         url: str,
         *,
+        key: Ed25519PrivateKey | None = None,
+        secret: bytes | None = None,
+        unsigned: bool = False,
+        verify: bool | str = True,
+        client_cert: tuple[str, str] | None = None,
         base_delay_s: float = 0.5,
         max_delay_s: float = 30.0,
         timeout_s: float = 10.0,
         headers: dict[str, str] | None = None,
     ) -> None:
+        if key is None and secret is None and not unsigned:
+            raise ValueError("a webhook sink signs with the connector's key or a shared secret")
         self.url = url
+        self.key = key
+        self.secret = secret
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
-        self.client = httpx.AsyncClient(timeout=timeout_s, headers=headers or {})
+        self.client = httpx.AsyncClient(
+            timeout=timeout_s, headers=headers or {}, verify=verify, cert=client_cert
+        )
         self.attempts = 0
 
     async def __call__(self, d: Delivered) -> None:
@@ -104,9 +124,11 @@ class WebhookSink:
             attempt += 1
             self.attempts += 1
             try:
-                r = await self.client.post(
-                    self.url, json=doc, headers={"Idempotency-Key": doc["message_id"]}
-                )
+                body = json.dumps(doc, separators=(",", ":")).encode()
+                headers = {"Idempotency-Key": doc["message_id"], "Content-Type": "application/json"}
+                if self.key is not None or self.secret is not None:
+                    headers |= sign(body, key=self.key, secret=self.secret)
+                r = await self.client.post(self.url, content=body, headers=headers)
                 if 200 <= r.status_code < 300:
                     return
                 if r.status_code in PERMANENT or (

@@ -22,8 +22,10 @@ from broker.kafka import clients as kafka
 from broker.kafka.settings import KafkaSettings
 from broker.schema import codec
 from connectors.sinks import FolderSink, WebhookSink
+from connectors.webhook_signing import verify
 
 pytestmark = pytest.mark.kafka
+SECRET = b"shared with the agency's case system"
 
 
 async def test_failing_webhook_is_retried_and_delivered_only_when_it_succeeds(
@@ -35,6 +37,8 @@ async def test_failing_webhook_is_retried_and_delivered_only_when_it_succeeds(
 
     @agency_app.post("/cbx")
     async def receive(request: Request) -> JSONResponse:
+        # The agency's system checks the delivery came from its connector, as documented.
+        verify(request.headers, await request.body(), secret=SECRET)
         doc = await request.json()
         status = 503 if len(calls) < 4 else 200
         calls.append((dt.datetime.now(dt.UTC), status))
@@ -42,7 +46,7 @@ async def test_failing_webhook_is_retried_and_delivered_only_when_it_succeeds(
         return JSONResponse(status_code=status, content={})
 
     async with serving(agency_app) as url, exchange(ns, tmp_path) as ex:
-        webhook = WebhookSink(f"{url}/cbx", base_delay_s=0.2, max_delay_s=0.5)
+        webhook = WebhookSink(f"{url}/cbx", secret=SECRET, base_delay_s=0.2, max_delay_s=0.5)
         folder = FolderSink(tmp_path / "icb-inbox")
         for agency in ALL:
             sink = webhook if agency == KENT_POLICE else folder if agency == KENT_ICB else None

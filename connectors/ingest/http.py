@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from broker.errors import PolicyError
@@ -27,6 +28,7 @@ from broker.logging import get_logger
 from broker.model import SYSTEM_TYPES
 from broker.schema import limits
 from connectors.gateway.connector import Connector
+from connectors.ingest.auth import AuthError, Scope, TokenStore
 from connectors.ingest.idempotency import IdempotencyStore, body_hash
 from connectors.ingest.openapi import components, json_schema
 from connectors.ingest.submit import Rejected, Submitter
@@ -80,8 +82,20 @@ def capped(rejected: Rejected) -> dict[str, Any]:
 
 
 def create_app(
-    connector: Connector, store: IdempotencyStore, *, max_body: int = MAX_BODY
+    connector: Connector,
+    store: IdempotencyStore,
+    *,
+    max_body: int = MAX_BODY,
+    tokens: TokenStore | None = None,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
+    """The connector's HTTP edge.
+
+    ``tokens`` None is anonymous access, for development only (the command line allows it only on
+    a loopback address). ``allowed_hosts`` (``Host`` header values, ``*.example`` patterns) guards
+    against DNS rebinding. Any request with an ``Origin`` header is refused: the edge is for the
+    agency's systems, never for a web page in somebody's browser (and no CORS is served).
+    """
     app = FastAPI(
         title=f"cbx connector for {connector.agency}",
         version="1",
@@ -90,8 +104,35 @@ def create_app(
     submitter = Submitter(connector)
     wrapper_raw = submitter.reader.wrapper_raw
 
+    @app.middleware("http")
+    async def edge(request: Request, call_next: Any) -> Response:
+        if request.headers.get("origin") is not None:
+            return problem(403, "cross-origin requests are refused (no browser may post here)")
+        response: Response = await call_next(request)
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+
+    def denied(request: Request, scope: Scope) -> Response | None:
+        """None when the request may use ``scope``; else the 401 or 403 answer."""
+        if tokens is None:
+            return None
+        try:
+            tokens.check(request.headers.get("authorization"), scope)
+        except AuthError as exc:
+            answer = problem(exc.status, exc.problem)
+            if exc.status == 401:
+                answer.headers["WWW-Authenticate"] = 'Bearer realm="cbx"'
+            return answer
+        return None
+
     @app.post("/v1/events/{event_type}", status_code=202, include_in_schema=False)
     async def ingest(event_type: str, request: Request) -> Response:
+        if (refused := denied(request, Scope.SUBMIT)) is not None:
+            return refused
         if not submitter.knows(event_type):
             return JSONResponse(
                 status_code=404, content={"error": f"unknown message type {event_type}"}
@@ -164,7 +205,7 @@ def create_app(
         )
 
     @app.get("/v1/messages/{message_id}")
-    async def message(message_id: str) -> Response:
+    async def message(message_id: str, request: Request) -> Response:
         """What became of a message this agency sent: each recipient's state.
 
         ``status`` is PUBLISHED until the router has taken the message, then ACCEPTED, ROUTED,
@@ -172,6 +213,8 @@ def create_app(
         REJECTED, ROUTE_GAP, RECIPIENT_REJECTED, OVERDUE or ESCALATED when something needs a
         person. Metadata only.
         """
+        if (refused := denied(request, Scope.READ)) is not None:
+            return refused
         rec = store.message(message_id)
         if rec is None:
             return JSONResponse(
@@ -186,8 +229,10 @@ def create_app(
         return JSONResponse(content={**rec["answer"], **known})
 
     @app.post("/v1/messages/{message_id}/ack", status_code=202)
-    async def acknowledge(message_id: str) -> Response:
+    async def acknowledge(message_id: str, request: Request) -> Response:
         """The agency's system confirms a message delivered to it: an ACKNOWLEDGED receipt."""
+        if (refused := denied(request, Scope.ACKNOWLEDGE)) is not None:
+            return refused
         try:
             await connector.acknowledge(message_id)
         except PolicyError as exc:
@@ -202,6 +247,17 @@ def create_app(
         doc = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
+        if tokens is not None:
+            doc["components"] = {
+                "securitySchemes": {
+                    "apiToken": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "cbx_<id>_<secret>, from cbx connector token add",
+                    }
+                }
+            }
+            doc["security"] = [{"apiToken": []}]
         comps = doc.setdefault("components", {}).setdefault("schemas", {})
         comps.update(components(connector.catalogue))
         defs: dict[str, Any] = {}
@@ -237,8 +293,13 @@ def create_app(
                     },
                     "responses": {
                         "202": {"description": "published"},
-                        "422": {"description": "field errors"},
+                        "400": {"description": "not a JSON object, or nested too deep"},
+                        "401": {"description": "no valid API token"},
+                        "403": {"description": "not allowed: scope, agency kind or origin"},
                         "409": {"description": "idempotency key reused"},
+                        "413": {"description": "body or sealed message too large"},
+                        "415": {"description": "not declared as JSON"},
+                        "422": {"description": "field errors"},
                         "503": {"description": "retry later with the same key"},
                     },
                 }
