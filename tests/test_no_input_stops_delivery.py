@@ -7,6 +7,7 @@ Each test reproduces one way a single accepted request once stopped delivery for
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -36,10 +37,12 @@ from benchmarks.samples import PAYLOADS
 from broker import model
 from broker.delivery_log import Status
 from broker.envelope import Outgoing
+from broker.errors import PolicyError
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
 from broker.tracker.service import TrackerService
 from connectors.filedrop.folder import FileDrop
+from connectors.gateway.connector import Connector
 from connectors.gateway.inbox import Delivered
 from connectors.ingest.http import create_app
 from connectors.ingest.idempotency import IdempotencyStore
@@ -409,3 +412,37 @@ async def test_an_inbox_that_cannot_go_on_stops_its_process_and_loses_nothing(
             lancs.start_inbox(rec.sink(LANCS))
             await _everyone_gets(ex, rec, placed, {LANCS})
             assert (await h.get("/readyz")).status_code == 200
+
+
+async def test_a_message_delivered_before_a_restart_can_be_acknowledged_after_it(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    rec = Recorder()
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await _case(ex, rec)
+        report = await ex.report_missing(LANCS_POLICE, CASE)
+        mid = str(report.header.message_id)
+        await _everyone_gets(ex, rec, report, MISSING_RECIPIENTS)
+        kent = ex.connectors[KENT]
+
+        async def on_disk() -> bool:
+            return kent.inbox.delivered.get(mid) is not None
+
+        await ex.wait_for(on_disk, what="the delivery recorded")
+        await kent.stop()
+        # A new process: the same agency, keys and state folder, nothing in memory.
+        again = Connector(kent.settings, kent.keys, state_dir=kent.state_dir)
+        await again.start()
+        try:
+            ack = await again.acknowledge(mid)
+            assert ack.header.related_message_id == report.header.message_id
+            with pytest.raises(PolicyError, match="acknowledged already"):
+                await again.acknowledge(mid)
+        finally:
+            await again.stop()
+        third = Connector(kent.settings, kent.keys, state_dir=kent.state_dir)
+        assert third.inbox.delivered.get(mid) is None  # the acknowledgement was kept too
+        kept = [json.loads(line) for line in (kent.state_dir / "delivered.jsonl").open()]
+        raw = b"".join(base64.b64decode(k["header"]) for k in kept if "header" in k)
+        assert raw
+        assert b"Whitcombe" not in raw  # headers only: no field of the message

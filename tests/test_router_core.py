@@ -324,3 +324,22 @@ def test_a_message_id_is_not_marked_rejected_by_a_forgery_of_it(
     o = core.process(feed.signed(net, forged))
     assert o.status == "rejected"
     assert all(e.message_id != str(first.header.message_id) for e in _log(o))
+
+
+def test_a_forged_sender_cannot_mark_anothers_message_rejected(
+    core: RouterCore, net: Network
+) -> None:
+    """A record on an agency's own topic that names another sender and one of its real ids is
+    refused and logged against the writer, not against the message id it names."""
+    feed = Feed()
+    _placed(core, net, feed)
+    first = _missing(net)
+    assert core.process(feed.signed(net, first)).status == "routed"
+    core.state.commit()
+    forged = _missing(net, message_id=first.header.message_id)
+    net.protector(OUTSIDER).sign([forged])  # signed by the outsider, naming the host force
+    o = core.process(feed.record(OUTSIDER, forged.value, forged.headers))
+    entry = _dead(o, "sender-mismatch")
+    assert entry.message_id is None
+    assert entry.sender == OUTSIDER
+    assert entry.related_message_id == str(first.header.message_id)

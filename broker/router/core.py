@@ -95,6 +95,10 @@ def _fail(reason: str, exc: CbxError | Exception) -> _Rejected:
     return _Rejected(Failure(reason, stage, type(exc).__name__, str(exc)))
 
 
+#: Dead-letter reasons whose header claims are not proven (or whose id belongs to another message).
+UNPROVEN = frozenset({"bad-signature", "sender-mismatch", "message-id-reused"})
+
+
 class RouterCore:
     """Checks, routes and records one message at a time."""
 
@@ -370,8 +374,13 @@ class RouterCore:
 
     def _dead_letter(self, rec: InRecord, failure: Failure, header: Header | None) -> Outcome:
         message_id = str(header.message_id) if header else None
-        # A reused id belongs to the message routed first: this refusal must not mark it REJECTED.
-        logged_id = None if failure.reason == "message-id-reused" else message_id
+        owner = rec.topic.removeprefix(self.topics.outbound_prefix)
+        # Whoever wrote the record is only proven to be the owner of the topic. When the header's
+        # claims are not proven (another sender named, no valid signature) or the id is taken,
+        # the refusal is logged against the writer, never against the message id it names: a
+        # forgery must not mark another agency's real message REJECTED.
+        unproven = failure.reason in UNPROVEN
+        logged_id = None if unproven else message_id
         if self.state.seen(rec.source):  # read again after a rebalance: already dead-lettered
             return Outcome([], "duplicate", message_id)
         headers = [(k, bytes(v)) for k, v in rec.headers]
@@ -385,9 +394,7 @@ class RouterCore:
                     status=Status.REJECTED,
                     at=dt.datetime.now(dt.UTC),
                     event_type=header.event_type if header else None,
-                    sender=header.sender
-                    if header
-                    else rec.topic.removeprefix(self.topics.outbound_prefix),
+                    sender=header.sender if header and not unproven else owner,
                     case_ref=header.case_ref if header else None,
                     urgency=header.urgency if header else None,
                     reason=f"{failure.reason}: {failure.message}",

@@ -45,6 +45,10 @@ _RECEIPT_STATUS = {
 }
 
 
+class NotARecipientError(CbxError):
+    """A receipt about a message from an agency that was not one of its recipients."""
+
+
 class TrackerService:
     """Receipts to delivery-log states, and deadline escalation."""
 
@@ -99,12 +103,16 @@ class TrackerService:
             raise CbxError(f"receipt signed by {signer} is about another recipient")
         subject = str(record["subject_message_id"])
         known = self.view.messages.get(subject)
+        # Only a recipient of the message may say what became of it: the router logged ROUTED
+        # for each, in the transaction that wrote its inbox copy, so a genuine recipient is known.
+        if known is None or signer not in known.recipients:
+            raise NotARecipientError(f"{signer} is not a recipient of message {subject}")
         return LogEntry(
             message_id=subject,
             status=_RECEIPT_STATUS[record["status"]],
             at=record["at"],
-            event_type=known.event_type if known else None,
-            sender=known.sender if known else None,
+            event_type=known.event_type,
+            sender=known.sender,
             recipient=signer,
             role=str(header.sender_role),
             case_ref=header.case_ref,
@@ -121,7 +129,12 @@ class TrackerService:
             for records in batch.values():
                 for r in records:
                     try:
-                        entries.append(self._receipt_entry(r.value, list(r.headers)))
+                        try:
+                            entries.append(self._receipt_entry(r.value, list(r.headers)))
+                        except NotARecipientError:
+                            # The ROUTED entries may still be on their way to this view.
+                            await self._followers[1].sync()
+                            entries.append(self._receipt_entry(r.value, list(r.headers)))
                     except Exception as exc:  # one receipt's failure is its own: log, go on
                         log.warning(
                             "receipt_rejected",

@@ -64,7 +64,7 @@ class Connector:
         catalogue: Catalogue | None = None,
         rules: Rules | None = None,
         reuse: KeyReuse | None = None,
-        quarantine: Path | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.topics = settings.topics
@@ -89,9 +89,9 @@ class Connector:
         self._dcodec = DirectoryCodec(self.catalogue)
         self._followers: list[TopicFollower] = []
         self._producer: Any = None
-        self.quarantine = Quarantine(
-            quarantine or cbx_home() / "connectors" / self.agency / "quarantine"
-        )
+        #: Where this connector keeps its state on local disk.
+        self.state_dir = state_dir or cbx_home() / "connectors" / self.agency
+        self.quarantine = Quarantine(self.state_dir / "quarantine")
         self.inbox = Inbox(self)
         # What became of the messages this agency sent (the tracker mirrors the delivery log).
         self.statuses = DeliveryView()

@@ -20,6 +20,7 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from broker.envelope import Header, Outgoing
@@ -30,6 +31,7 @@ from broker.kafka.topics import Topics
 from broker.logging import get_logger
 from broker.model import ROUTE_GAP_NOTICE, ROUTER, Recipient, Role
 from broker.policy.profiles import Profile
+from connectors.gateway.delivered import DeliveredStore
 from connectors.gateway.quarantine import Quarantine
 
 log = get_logger("inbox")
@@ -63,6 +65,7 @@ class Gateway(Protocol):
     protector: Any
     quarantine: Quarantine
     stats: Any
+    state_dir: Path
 
     def open(self, value: bytes, headers: Any) -> tuple[Header, dict[str, Any]]: ...
     def make_receipt(self, subject: Header, status: str, reason: str | None = None) -> Outgoing: ...
@@ -106,7 +109,10 @@ class Inbox:
 
     def __init__(self, connector: Gateway) -> None:
         self.connector = connector
-        self.delivered: dict[str, Header] = {}
+        self.delivered = DeliveredStore(
+            connector.state_dir / "delivered.jsonl", connector.protector.envelopes
+        )
+        self._batch_delivered: list[Header] = []
         self.task: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
@@ -152,9 +158,7 @@ class Inbox:
                 self._reject(record, header, SINK_REFUSED, exc, receipts)
                 return
         c.stats.delivered += 1
-        self.delivered[str(header.message_id)] = header
-        if len(self.delivered) > 100_000:
-            self.delivered.pop(next(iter(self.delivered)))
+        self._batch_delivered.append(header)
         receipts.append(c.make_receipt(header, "DELIVERED"))
 
     def _header_of(self, record: Any) -> Header | None:
@@ -228,8 +232,13 @@ class Inbox:
         """The agency's system confirms it has seen and acted on a message."""
         subject = self.delivered.get(str(message_id))
         if subject is None:
-            raise PolicyError(f"message {message_id} was not delivered to {self.connector.agency}")
-        return await self.connector.receipt(subject, "ACKNOWLEDGED")
+            raise PolicyError(
+                f"message {message_id} was not delivered to {self.connector.agency}, "
+                "or was acknowledged already"
+            )
+        out = await self.connector.receipt(subject, "ACKNOWLEDGED")
+        self.delivered.acknowledged(str(message_id))
+        return out
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -259,6 +268,10 @@ class Inbox:
 
     async def _finish(self, consumer: Any, receipts: list[Outgoing], commit: bool) -> None:
         """Send a batch's receipts, then commit it; transient failures are retried with backoff."""
+        # What was delivered is on disk before its DELIVERED receipts go out, so the agency's
+        # system can acknowledge it even after a restart.
+        self.delivered.add_many(self._batch_delivered)
+        self._batch_delivered = []
         attempt = 0
         while True:
             try:

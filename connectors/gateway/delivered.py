@@ -1,0 +1,92 @@
+"""What this agency's system has received and not yet acknowledged, kept across restarts.
+
+Acknowledging a message needs its header (whom to tell, about which case, how urgent). A connector
+that kept those in memory forgot them on restart, and a message delivered before the restart could
+never be acknowledged: it escalated with no way to clear it. Each delivered header is appended to
+``delivered.jsonl`` beside the connector's other state (one fsync per inbox batch, before the batch
+is committed), acknowledgements are appended too, and the file is read back at start. Entries are
+kept until acknowledged or until they are older than ``keep`` (30 days by default: far past any
+acknowledgement deadline); the file is rewritten without the rest when it has grown twice as large
+as what it must keep. Only headers are kept (metadata: no field of any message).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+from broker.envelope import EnvelopeCodec, Header
+from broker.files import write_private
+
+
+class DeliveredStore:
+    """Headers of delivered, unacknowledged messages, by message id."""
+
+    def __init__(
+        self, path: Path, envelopes: EnvelopeCodec, keep: dt.timedelta = dt.timedelta(days=30)
+    ) -> None:
+        self.path = path
+        self.envelopes = envelopes
+        self.keep = keep
+        self._headers: dict[str, tuple[str, Header]] = {}  # id -> (delivered at, header)
+        self._lines = 0
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        cutoff = (dt.datetime.now(dt.UTC) - self.keep).isoformat()
+        for line in self.path.read_text().splitlines():
+            self._lines += 1
+            try:
+                rec = json.loads(line)
+                if "ack" in rec:
+                    self._headers.pop(rec["ack"], None)
+                elif rec["at"] >= cutoff:
+                    header, _ = self.envelopes.decode(base64.b64decode(rec["header"]))
+                    self._headers[str(header.message_id)] = (rec["at"], header)
+            except Exception:  # noqa: S112 - a line cut short by a crash: its batch was re-read
+                continue
+        if self._lines > 2 * len(self._headers) + 100:
+            self._compact()
+
+    def _compact(self) -> None:
+        lines = [self._line(at, h) for at, h in self._headers.values()]
+        write_private(self.path, "".join(lines))
+        self._lines = len(lines)
+
+    def _line(self, at: str, header: Header) -> str:
+        value = self.envelopes.encode(header, b"")
+        return json.dumps({"at": at, "header": base64.b64encode(value).decode()}) + "\n"
+
+    def _append(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as fh:
+            fh.write("".join(lines))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._lines += len(lines)
+
+    def add_many(self, headers: list[Header]) -> None:
+        """Remember delivered messages; returns once they are on disk."""
+        at = dt.datetime.now(dt.UTC).isoformat()
+        self._append([self._line(at, h) for h in headers])
+        for h in headers:
+            self._headers[str(h.message_id)] = (at, h)
+
+    def get(self, message_id: str) -> Header | None:
+        found = self._headers.get(message_id)
+        return found[1] if found else None
+
+    def acknowledged(self, message_id: str) -> None:
+        self._append([json.dumps({"ack": message_id}) + "\n"])
+        self._headers.pop(message_id, None)
+
+    def __len__(self) -> int:
+        return len(self._headers)

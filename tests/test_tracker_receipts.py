@@ -1,0 +1,46 @@
+"""The tracker takes a receipt only from a recipient of the message it is about (no broker)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from agencies import HOME_FORCE, HOST, HOST_FORCE, OUTSIDER, PLACING, header, network
+
+from broker.delivery_log import LogEntry, Status
+from broker.kafka.settings import KafkaSettings
+from broker.model import Recipient, Role
+from broker.tracker.service import NotARecipientError, TrackerService
+from connectors.gateway.receipts import make_receipt
+
+
+def test_receipts_count_only_from_the_messages_recipients() -> None:
+    net = network()
+    tracker = TrackerService(KafkaSettings(bootstrap_servers="127.0.0.1:9"))
+    tracker.directory = net.directory
+    tracker._verifier.directory = net.directory
+    subject = header(
+        "ChildMissingReported",
+        HOST_FORCE,
+        Role.HOST_FORCE,
+        [Recipient(PLACING, Role.PLACING_AUTHORITY), Recipient(HOME_FORCE, Role.HOME_FORCE)],
+    )
+    mid = str(subject.message_id)
+    now = dt.datetime.now(dt.UTC)
+    tracker.view.apply(LogEntry(mid, Status.ACCEPTED, now, "ChildMissingReported", HOST_FORCE))
+    for agency in (PLACING, HOME_FORCE):
+        tracker.view.apply(LogEntry(mid, Status.ROUTED, now, recipient=agency))
+
+    def receipt(agency: str, status: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+        prot = net.protector(agency)
+        out = make_receipt(prot, prot.sealer.forms, agency, subject, status)
+        prot.sign([out])
+        return out.value, list(out.headers)
+
+    entry = tracker._receipt_entry(*receipt(PLACING, "ACKNOWLEDGED"))
+    assert (entry.message_id, entry.recipient, entry.status) == (mid, PLACING, Status.ACKNOWLEDGED)
+    assert entry.sender == HOST_FORCE
+    for stranger in (OUTSIDER, HOST):  # not sent to them: their word changes nothing
+        for status in ("ACKNOWLEDGED", "REJECTED"):
+            with pytest.raises(NotARecipientError, match="not a recipient"):
+                tracker._receipt_entry(*receipt(stranger, status))
