@@ -40,7 +40,7 @@ async def _write(settings: KafkaSettings, topic: str) -> None:
             await p.stop()
 
 
-async def _read(settings: KafkaSettings, topic: str, group: str) -> None:
+async def _read(settings: KafkaSettings, topic: str, group: str | None) -> None:
     c = kafka.consumer(settings, topic, group_id=group)
     try:
         async with kafka.access(settings):
@@ -165,3 +165,71 @@ def test_the_acl_set_of_each_role_is_reviewable_data(secured: KafkaSettings) -> 
     assert secured.topics.outbound(AGENCIES[0]) in names
     assert secured.topics.inbox(AGENCIES[0]) in names
     assert not any(AGENCIES[1] in n for n in names)
+
+
+# What each kind of principal may do on each shared topic: (read, write).
+SHARED = {
+    "agency": {
+        "schemas": (True, False),
+        "directory": (True, False),
+        "placements": (True, False),
+        "receipts": (False, True),
+        "delivery_log": (False, False),
+        "deadletter": (False, False),
+        "routed": (False, False),
+    },
+    "router": {
+        "schemas": (True, False),
+        "directory": (True, False),
+        "placements": (True, True),
+        "receipts": (False, False),
+        "delivery_log": (False, True),
+        "deadletter": (False, True),
+        "routed": (True, True),
+    },
+    "tracker": {
+        "schemas": (False, False),
+        "directory": (True, False),
+        "placements": (False, False),
+        "receipts": (True, False),
+        "delivery_log": (True, True),
+        "deadletter": (False, False),
+        "routed": (False, False),
+    },
+    "operator": {
+        "schemas": (False, False),
+        "directory": (True, False),
+        "placements": (True, False),
+        "receipts": (False, False),
+        "delivery_log": (True, False),
+        "deadletter": (True, False),
+        "routed": (False, False),
+    },
+}
+PRINCIPALS = {
+    "agency": AGENCIES[0],
+    "router": "svc-router",
+    "tracker": "svc-tracker",
+    "operator": "svc-operator",
+}
+
+
+async def test_every_principal_kind_on_every_shared_topic(secured: KafkaSettings) -> None:
+    t = secured.topics
+    wrong = []
+    for kind, rights in SHARED.items():
+        who = principals.settings_for(secured, PRINCIPALS[kind])
+        for attr, (may_read, may_write) in rights.items():
+            topic = getattr(t, attr)
+            for action, allowed in (("read", may_read), ("write", may_write)):
+                try:
+                    if action == "read":
+                        await _read(who, topic, None)  # topic rights alone, no group
+                    else:
+                        await _write(who, topic)
+                    done = True
+                except AccessDeniedError:
+                    done = False
+                if done != allowed:
+                    wrong.append(f"{kind} {action} {topic}: {'allowed' if done else 'refused'}")
+    assert wrong == []
