@@ -75,6 +75,15 @@ def test_start_status_stop_restart(tmp_path: Path) -> None:
         assert restarted.returncode == 0, restarted.stderr
         assert restarted.stdout.strip().splitlines()[-1] == address, "same data, same ports"
         assert len(_kafka_pids(data_dir)) == 1
+        # Headers at rest are for the broker's user alone: folders 0700, files 0600.
+        exposed = [
+            f"{p.relative_to(home)} {oct(p.stat().st_mode & 0o777)}"
+            for p in [data_dir.parent, *data_dir.rglob("*")]
+            if p.stat().st_mode & 0o077
+        ]
+        assert exposed == []
+        segments = list(data_dir.rglob("*.log"))
+        assert segments  # the check above saw the broker's own log segments
     finally:
         purge = _cbx(home, "kafka", "stop", "--purge")
     assert purge.returncode == 0

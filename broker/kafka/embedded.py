@@ -32,7 +32,7 @@ from pathlib import Path
 
 from broker import env
 from broker.errors import EmbeddedKafkaError, JavaNotFoundError
-from broker.files import write_private_json
+from broker.files import write_private, write_private_json
 from broker.kafka.settings import KafkaSettings
 from broker.kafka.tls import ensure_dev_pki
 from broker.paths import cbx_cache, cbx_home, project_root
@@ -347,7 +347,11 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
     java = find_java()
     libs = install(version)
     data = data_dir()
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Headers at rest (case references, parties) are for the broker's user alone: the folders 0700
+    # and, through the JVM's umask, every log segment it writes 0600.
+    for folder in (kafka_dir(), data):
+        folder.chmod(0o700)
     props_file = data / "server.properties"
     ports_file = data / "ports.json"
     formatted = (data / "kraft-logs" / "meta.properties").exists()
@@ -369,11 +373,12 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
                 "free them or run `cbx kafka stop --purge` to start afresh"
             )
         # The configuration is always written afresh, so a newer cbx's settings take effect.
-        props_file.write_text(
-            _server_properties(data, broker_port, controller_port, tls_port, admin_password(data))
+        write_private(
+            props_file,
+            _server_properties(data, broker_port, controller_port, tls_port, admin_password(data)),
         )
-        ports_file.write_text(
-            json.dumps({"broker": broker_port, "controller": controller_port, "tls": tls_port})
+        write_private_json(
+            ports_file, {"broker": broker_port, "controller": controller_port, "tls": tls_port}
         )
     else:
         shutil.rmtree(data / "kraft-logs", ignore_errors=True)
@@ -382,12 +387,11 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
             ports_taken.add(_free_port())
         broker_port, controller_port, tls_port = sorted(ports_taken)
         password = _write_admin_password(data)
-        props_file.write_text(
-            _server_properties(data, broker_port, controller_port, tls_port, password)
+        write_private(
+            props_file, _server_properties(data, broker_port, controller_port, tls_port, password)
         )
-        os.chmod(props_file, 0o600)
-        ports_file.write_text(
-            json.dumps({"broker": broker_port, "controller": controller_port, "tls": tls_port})
+        write_private_json(
+            ports_file, {"broker": broker_port, "controller": controller_port, "tls": tls_port}
         )
         fmt = subprocess.run(
             _java_cmd(
@@ -407,6 +411,7 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
             capture_output=True,
             text=True,
             check=False,
+            umask=0o077,
         )
         if fmt.returncode != 0:
             raise EmbeddedKafkaError(
@@ -414,7 +419,9 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
                 "\n".join((fmt.stdout + fmt.stderr).splitlines()[-30:]),
             )
 
-    out = open(data / "kafka.out", "ab")  # noqa: SIM115 - handed to the detached JVM
+    out = os.fdopen(
+        os.open(data / "kafka.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
+    )
     try:
         proc = subprocess.Popen(
             _java_cmd(java, libs, data, "kafka.Kafka", str(props_file)),
@@ -423,6 +430,7 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=data,
+            umask=0o077,
         )
     finally:
         out.close()
@@ -444,10 +452,7 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
                 _log_tail(state.log_file) or _log_tail(data / "kafka.out"),
             )
         if _accepts_connections(state.bootstrap) and _broker_ready(state):
-            kafka_dir().mkdir(parents=True, exist_ok=True)
-            tmp = state_file().with_suffix(".tmp")
-            tmp.write_text(json.dumps(asdict(state), indent=2))
-            tmp.replace(state_file())
+            write_private_json(state_file(), asdict(state))
             return state
         time.sleep(0.25)
     _terminate(proc.pid)

@@ -37,7 +37,8 @@ def _name(cn: str) -> x509.Name:
 
 def ensure_dev_pki(folder: Path, days: int = 825) -> DevPki:
     """Create (once) a CA and a broker certificate for 127.0.0.1 and localhost under ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
     pki = DevPki(folder / "ca.pem", folder / "broker-keystore.pem")
     if pki.ca_file.exists() and pki.keystore_file.exists():
         return pki
@@ -91,5 +92,5 @@ def ensure_dev_pki(folder: Path, days: int = 825) -> DevPki:
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     write_private(pki.keystore_file, key_pem + cert.public_bytes(pem) + ca_cert.public_bytes(pem))
-    write_private(pki.ca_file, ca_cert.public_bytes(pem), mode=0o644)
+    write_private(pki.ca_file, ca_cert.public_bytes(pem))
     return pki
