@@ -446,3 +446,39 @@ async def test_a_message_delivered_before_a_restart_can_be_acknowledged_after_it
         raw = b"".join(base64.b64decode(k["header"]) for k in kept if "header" in k)
         assert raw
         assert b"Whitcombe" not in raw  # headers only: no field of the message
+
+
+async def test_a_message_sealed_for_fewer_recipients_than_it_names_is_refused_not_delivered(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    """Named for three, keys wrapped for one: the other two answer REJECTED (missing-key) instead
+    of DELIVERED with every field withheld, which would look like policy withholding."""
+    rec = Recorder()
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await _case(ex, rec)
+        police = ex.connectors[LANCS_POLICE]
+        full = _report(police)
+        only = [r for r in full.header.recipients if r.agency == KENT_POLICE]
+        sealed = police.protector.sealer.seal(
+            full.header.event_type,
+            full.header.message_id,
+            body_of("ChildMissingReported"),
+            only,
+        )
+        short = Outgoing(full.header, police.protector.envelopes.encode(full.header, sealed.body))
+        await police.publish([short])
+        await _everyone_gets(ex, rec, short, {KENT_POLICE})
+        mid = str(full.header.message_id)
+
+        async def refused() -> dict[str, list[str]] | None:
+            kept = {
+                a: [q["reason"] for q in ex.connectors[a].quarantine.list()] for a in (KENT, LANCS)
+            }
+            return kept if all(kept.values()) else None
+
+        kept = await ex.wait_for(refused, what="the short-sealed message refused by two")
+        assert kept == {KENT: ["missing-key"], LANCS: ["missing-key"]}
+        assert rec.reached(mid) == {KENT_POLICE}
+        later = _report(police)
+        await police.publish([later])
+        await _everyone_gets(ex, rec, later, MISSING_RECIPIENTS)

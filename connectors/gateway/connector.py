@@ -76,10 +76,11 @@ class Connector:
         self.rules = rules or Rules.load()
         self.directory = Directory()
         self.registry = PlacementRegistry()
+        self.policy = SharingPolicy.load()
         self.protector = Protector(
             self.catalogue,
             self.forms,
-            Sealer(keys, self.directory, SharingPolicy.load(), self.forms, reuse),
+            Sealer(keys, self.directory, self.policy, self.forms, reuse),
             Verifier(self.directory),
         )
         self.converters = {

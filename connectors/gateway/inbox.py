@@ -29,8 +29,9 @@ from broker.kafka import clients as kafka
 from broker.kafka.settings import KafkaSettings
 from broker.kafka.topics import Topics
 from broker.logging import get_logger
-from broker.model import ROUTE_GAP_NOTICE, ROUTER, Recipient, Role
+from broker.model import ROUTE_GAP_NOTICE, ROUTER, Recipient, Role, Withheld
 from broker.policy.profiles import Profile
+from broker.policy.sharing import SharingPolicy
 from connectors.gateway.delivered import DeliveredStore
 from connectors.gateway.quarantine import Quarantine
 
@@ -66,6 +67,7 @@ class Gateway(Protocol):
     quarantine: Quarantine
     stats: Any
     state_dir: Path
+    policy: SharingPolicy
 
     def open(self, value: bytes, headers: Any) -> tuple[Header, dict[str, Any]]: ...
     def make_receipt(self, subject: Header, status: str, reason: str | None = None) -> Outgoing: ...
@@ -86,6 +88,7 @@ BAD_SIGNATURE = "bad-signature"
 UNOPENABLE = "unopenable"
 OUTSIDE_PROFILE = "outside-profile"
 SINK_REFUSED = "sink-refused"
+MISSING_KEY = "missing-key"
 REPAIR_FAILED = "repair-failed"
 
 
@@ -138,6 +141,14 @@ class Inbox:
             problem = PolicyError(f"a {c.profile.kind} does not take {header.event_type}")
             self._reject(record, header, OUTSIDE_PROFILE, problem, receipts)
             return
+        missing = self._missing_keys(header, body)
+        if missing:
+            unsealed = ProtectionError(
+                f"no data key for {', '.join(missing)} fields, which this agency's role may read: "
+                "the sender did not seal them for it"
+            )
+            self._reject(record, header, MISSING_KEY, unsealed, receipts)
+            return
         if header.event_type == ROUTE_GAP_NOTICE:
             if header.sender != ROUTER:
                 log.warning("notice_not_from_router", sender=header.sender)
@@ -160,6 +171,19 @@ class Inbox:
         c.stats.delivered += 1
         self._batch_delivered.append(header)
         receipts.append(c.make_receipt(header, "DELIVERED"))
+
+    def _missing_keys(self, header: Header, body: dict[str, Any]) -> list[str]:
+        """Classes withheld from this agency although one of its roles here may read them."""
+        c = self.connector
+        roles = {r.role for r in header.recipients if r.agency == c.agency}
+        return sorted(
+            {
+                str(v.sensitivity)
+                for v in body.values()
+                if isinstance(v, Withheld)
+                and roles & c.policy.audience(header.event_type, v.sensitivity)
+            }
+        )
 
     def _header_of(self, record: Any) -> Header | None:
         """The record's header if its envelope decodes and names this agency, else None."""
