@@ -161,3 +161,14 @@ def test_entries_without_a_message_id_are_ignored() -> None:
     v = DeliveryView()
     v.apply(entry(Status.REJECTED, message_id=None, reason="malformed"))
     assert v.messages == {}
+
+
+def test_a_replayed_message_is_judged_again_by_what_follows() -> None:
+    v = DeliveryView()
+    v.apply(entry(Status.REJECTED, reason="bad-signature: unknown key"))
+    assert status(v) == "REJECTED"
+    v.apply(entry(Status.REPLAYED, 60))
+    assert status(v) == "PUBLISHED"
+    v.apply(entry(Status.ACCEPTED, 60.1))
+    v.apply(entry(Status.ROUTED, 60.1, recipient=A, role="PLACING_AUTHORITY"))
+    assert status(v) == "ROUTED"

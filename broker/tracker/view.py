@@ -58,6 +58,8 @@ class DeliveryView:
             m.ack_deadline = e.ack_deadline
         elif e.status == Status.REJECTED:
             m.rejected_reason = e.reason
+        elif e.status == Status.REPLAYED:
+            m.rejected_reason = None  # checked again from scratch: what follows decides
         elif e.recipient:
             r = m.recipients.get(e.recipient)
             if r is None:
