@@ -19,6 +19,7 @@ from broker.crypto.signing import Signer, Verifier
 from broker.delivery_log import Status
 from broker.directory import AgencyEntry, Directory
 from broker.envelope import Protector
+from broker.errors import CbxError
 from broker.kafka.settings import KafkaSettings
 from broker.model import Recipient, Role
 from broker.policy.sharing import SharingPolicy
@@ -408,3 +409,56 @@ async def test_metrics_and_sigterm(kafka_ns: KafkaSettings, tmp_path: Path) -> N
         code = ex.router.terminate(timeout=30)
         assert code == 0, ex.router.log_text()[-3000:]
         assert "router_stopped" in ex.router.log_text()
+
+
+async def test_replay_refuses_a_dead_letter_the_router_did_not_sign(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    from broker.kafka import clients as kafka
+    from broker.router import deadletter
+    from broker.router.deadletter import Failure, error_headers
+
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await ex.agencies(ALL)
+        kent = ex.connectors[KENT]
+        genuine = kent.prepare(
+            "PlacementNotified", placement_body(), case_ref="C-DL", sharing=SHARING
+        )
+        kent.protector.sign([genuine])
+        damaged = [
+            (k, bytes([v[0] ^ 1]) + v[1:] if k == "cbx-sig" else v) for k, v in genuine.headers
+        ]
+        producer = kafka.producer(kafka_ns)  # as the administrator: agencies may not write there
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                kafka_ns.topics.outbound(KENT), genuine.value, key=genuine.key, headers=damaged
+            )
+            forged_headers = list(genuine.headers) + error_headers(
+                Failure("bad-signature", "protection", "SignatureError", "looks genuine"),
+                kafka_ns.topics.outbound(KENT),
+                0,
+                0,
+                str(genuine.header.message_id),
+                "svc-router",
+            )
+            await producer.send_and_wait(
+                kafka_ns.topics.deadletter, genuine.value, key=genuine.key, headers=forged_headers
+            )
+        finally:
+            await producer.stop()
+
+        async def both() -> list[Any] | None:
+            dead = await ex.dead_letters()
+            return dead if len(dead) == 2 else None
+
+        dead = await ex.wait_for(both, what="the router's dead letter and the forged one")
+        forged = next(
+            d for d in dead if not any(k.startswith("cbx.errors.sig.") for k, _ in d.headers)
+        )
+        real = next(d for d in dead if d is not forged)
+        assert forged.writer == real.writer == "svc-router"  # the claim alone proves nothing
+        with pytest.raises(CbxError, match="not carry a valid signature of the router"):
+            await deadletter.replay(kafka_ns, forged.id)
+        replayed = await deadletter.replay(kafka_ns, real.id)
+        assert replayed.id == real.id

@@ -34,7 +34,7 @@ from broker.model import ROUTE_GAP_NOTICE, ROUTER, Recipient, Role
 from broker.policy.deadlines import Windows, ack_deadline
 from broker.policy.registry import Placement
 from broker.policy.routing import Rules
-from broker.router.deadletter import Failure, error_headers
+from broker.router.deadletter import Failure, error_headers, sign_dead_letter
 from broker.router.state import RouterState, message_identity
 from broker.schema import codec
 from broker.schema.catalogue import Catalogue
@@ -385,6 +385,7 @@ class RouterCore:
             return Outcome([], "duplicate", message_id)
         headers = [(k, bytes(v)) for k, v in rec.headers]
         headers += error_headers(failure, rec.topic, rec.partition, rec.offset, message_id, ROUTER)
+        headers = sign_dead_letter(self.signer, rec.key, rec.value, headers)
         outs = [
             Out(self.topics.deadletter, rec.key, rec.value, headers),
             self._log(

@@ -3,18 +3,26 @@
 A dead-letter record keeps the original key, value and headers (signature included, so a replay is
 verified again like any message) and adds error headers in the Kafka Connect style. Error texts are
 cbx's own messages, which never carry field values.
+
+The router signs each dead letter (key, value and every header) with its own key, in headers of
+their own (``cbx.errors.sig.*``); ``replay`` puts back only dead letters whose signature verifies
+against the router's published key, so a record forged to look like the router's is refused, even
+if somebody managed to write it to the topic.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from broker.errors import CbxError
+from broker.crypto.signing import Signer, Verifier
+from broker.errors import CbxError, SignatureError
 from broker.kafka import clients as kafka
 from broker.kafka.settings import KafkaSettings
+from broker.model import ROUTER
 
 H_TOPIC = "cbx.errors.topic"
 H_PARTITION = "cbx.errors.partition"
@@ -73,13 +81,50 @@ def error_headers(
     return [(k, v.encode()) for k, v in values.items()]
 
 
+SIG_PREFIX = "cbx.errors.sig."
+
+
+def _signed_bytes(
+    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
+) -> bytes:
+    """What the router's signature covers: key, value and every header, length-prefixed."""
+    h = hashlib.sha256()
+    for part in (key or b"", value or b"", *(x for k, v in headers for x in (k.encode(), v))):
+        h.update(len(part).to_bytes(8, "big") + bytes(part))
+    return h.digest()
+
+
+def sign_dead_letter(
+    signer: Signer, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]
+) -> list[tuple[str, bytes]]:
+    """``headers`` (original and error headers) followed by the router's signature over all."""
+    sig = signer.sign_batch([_signed_bytes(key, value, headers)])[0]
+    return [*headers, *((SIG_PREFIX + k, bytes(v)) for k, v in sig)]
+
+
 def split_headers(
     headers: Sequence[tuple[str, bytes]],
 ) -> tuple[dict[str, str], list[tuple[str, bytes]]]:
     """Error headers (as text) and the original headers of a dead-letter record."""
     errors = {k: bytes(v).decode(errors="replace") for k, v in headers if k in ERROR_HEADERS}
-    original = [(k, bytes(v)) for k, v in headers if k not in ERROR_HEADERS]
+    original = [
+        (k, bytes(v)) for k, v in headers if k not in ERROR_HEADERS and not k.startswith(SIG_PREFIX)
+    ]
     return errors, original
+
+
+def signer_of(
+    record_key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]],
+    verifier: Verifier,
+) -> str:
+    """Who signed a dead letter (SignatureError if nobody whose key is published did)."""
+    signed = [(k, bytes(v)) for k, v in headers if not k.startswith(SIG_PREFIX)]
+    sig = [(k.removeprefix(SIG_PREFIX), bytes(v)) for k, v in headers if k.startswith(SIG_PREFIX)]
+    if not sig:
+        raise SignatureError("the dead letter carries no signature")
+    return verifier.verify(_signed_bytes(record_key, value, signed), sig)
 
 
 @dataclass(frozen=True)
@@ -100,6 +145,7 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     original_headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes]]
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -134,6 +180,7 @@ def parse(record: Any) -> DeadLetter:
         key=record.key,
         value=record.value,
         original_headers=original,
+        headers=[(k, bytes(v)) for k, v in record.headers],
     )
 
 
@@ -149,6 +196,17 @@ async def replay(settings: KafkaSettings, dead_letter_id: str) -> DeadLetter:
     if not found:
         raise CbxError(f"no dead letter {dead_letter_id!r}: see cbx deadletter list")
     d = found[0]
+    from broker.directory import load as load_directory
+
+    try:
+        signer = signer_of(d.key, d.value, d.headers, Verifier(await load_directory(settings)))
+    except SignatureError as exc:
+        raise CbxError(
+            f"dead letter {dead_letter_id} does not carry a valid signature of the router "
+            f"({exc}): refused, it was not written by cbx"
+        ) from exc
+    if signer != ROUTER:
+        raise CbxError(f"dead letter {dead_letter_id} is signed by {signer}, not the router")
     if not d.topic.startswith(settings.topics.outbound_prefix):
         raise CbxError(
             f"dead letter {dead_letter_id} came from {d.topic}, which cannot be replayed"
