@@ -343,3 +343,18 @@ def test_a_forged_sender_cannot_mark_anothers_message_rejected(
     assert entry.message_id is None
     assert entry.sender == OUTSIDER
     assert entry.related_message_id == str(first.header.message_id)
+
+
+def test_dead_letter_short_sealed(core: RouterCore, net: Network) -> None:
+    feed = Feed()
+    _placed(core, net, feed)
+    full = _missing(net)
+    named = list(full.header.recipients)
+    sealed = net.protector(HOST_FORCE).sealer.seal(
+        "ChildMissingReported", full.header.message_id, body_of("ChildMissingReported"), named[:1]
+    )
+    value = net.protector(HOST_FORCE).envelopes.encode(full.header, sealed.body)
+    short = Outgoing(full.header, value)
+    entry = _dead(core.process(feed.signed(net, short)), "short-sealed")
+    for r in named[1:]:
+        assert r.agency in (entry.reason or "")

@@ -33,7 +33,7 @@ from fastavro.schema import expand_schema
 from broker.crypto.keys import AgencyKeys
 from broker.crypto.wrap import RecipientKey, unwrap, wrap
 from broker.errors import ProtectionError, SerializationError
-from broker.model import Recipient, SensitivityClass, Withheld
+from broker.model import Recipient, Role, SensitivityClass, Withheld
 from broker.policy.sharing import SharingPolicy
 from broker.schema import codec
 from broker.schema.catalogue import Catalogue, SchemaVersion, schema_fingerprint
@@ -374,3 +374,31 @@ class Opener:
                 ) from exc
             record[sf.name] = value["v"]
         return form.event_type, record
+
+
+def unsealed_for(
+    forms: BodyForms,
+    policy: SharingPolicy,
+    event_type: str,
+    recipients: Iterable[Recipient],
+    body: bytes,
+) -> dict[str, list[str]]:
+    """Recipients named in a header that the body's data keys are not wrapped for, although one of
+    their roles may read the class: agency -> classes. Reads only the sealing block (no key)."""
+    wire_fp = codec.read_fingerprint(body)
+    form = forms.by_wire[wire_fp]
+    record = codec.decode(body, lambda _fp: form.wire_parsed)
+    wrapped = {
+        str(k["sensitivity"]): {w["recipient"] for w in k["wrapped"]}
+        for k in record[SEALING_FIELD]["keys"]
+    }
+    roles: dict[str, set[Role]] = {}
+    for r in recipients:
+        roles.setdefault(r.agency, set()).add(r.role)
+    gaps: dict[str, list[str]] = {}
+    for cls in sorted({str(sf.sensitivity) for sf in form.sealed}):
+        audience = policy.audience(event_type, SensitivityClass(cls))
+        for agency, held in roles.items():
+            if held & audience and agency not in wrapped.get(cls, set()):
+                gaps.setdefault(agency, []).append(cls)
+    return gaps

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.crypto.sealing import BodyForms, Sealer
+from broker.crypto.sealing import BodyForms, Sealer, unsealed_for
 from broker.crypto.signing import Signer, Verifier
 from broker.delivery_log import LogCodec, LogEntry, Status
 from broker.envelope import EnvelopeCodec, Header, system_sharing
@@ -242,6 +242,20 @@ class RouterCore:
             raise _fail("unknown-schema", exc) from exc
         except (ProtectionError, SerializationError) as exc:
             raise _fail("unsealed-or-malformed-body", exc) from exc
+        try:
+            short = unsealed_for(
+                self.forms, self.sealer.policy, header.event_type, header.recipients, body
+            )
+        except SerializationError as exc:
+            raise _fail("unsealed-or-malformed-body", exc) from exc
+        if short:
+            named = "; ".join(f"{a}: {', '.join(c)}" for a, c in sorted(short.items()))
+            raise _fail(
+                "short-sealed",
+                ProtectionError(
+                    f"not sealed for recipients it names, for classes they may read ({named})"
+                ),
+            )
 
         message_id = str(header.message_id)
         identity = message_identity(header)
