@@ -35,7 +35,12 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSe
     """Settings for the session's real Kafka broker."""
     external = KafkaSettings.from_env()
     if external is not None:
+        # Keystores for an external cluster are always encrypted (a test passphrase here).
+        mp = pytest.MonkeyPatch()
+        if not os.environ.get("CBX_KEYSTORE_PASSPHRASE"):
+            mp.setenv("CBX_KEYSTORE_PASSPHRASE", "test-passphrase-" + uuid.uuid4().hex)
         yield external
+        mp.undo()
         return
     if os.environ.get("CBX_TEST_KAFKA") == "testcontainers":
         yield from _testcontainers_kafka()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -21,6 +22,7 @@ from broker.kafka.settings import KafkaSettings
 from broker.model import Role
 
 pytestmark = pytest.mark.kafka
+SECRET = "a passphrase from the agency's secret store"
 
 
 def _cbx(home: Path, settings: KafkaSettings, *args: str, **env: str) -> Any:
@@ -31,17 +33,52 @@ async def test_keys_new_publish_and_messages_between_agencies(
     tmp_path: Path, kafka_settings: KafkaSettings
 ) -> None:
     agencies = ["la-e10000016", "la-e10000017", "pf-e23000032", "pf-e23000003"]
+    # Against a named cluster a keystore is never written in clear.
+    plain = _cbx(
+        tmp_path, kafka_settings, "keys", "new", "--agency", agencies[0], CBX_KEYSTORE_PASSPHRASE=""
+    )
+    assert plain.returncode != 0
+    assert "CBX_KEYSTORE_PASSPHRASE is not set" in plain.stderr
+    # Nothing was written: the first `keys new` below for the same agency would say "exists".
+    assert "keystore" not in plain.stdout
     for agency in agencies:
-        made = _cbx(tmp_path, kafka_settings, "keys", "new", "--agency", agency, "--json")
+        made = _cbx(
+            tmp_path,
+            kafka_settings,
+            "keys",
+            "new",
+            "--agency",
+            agency,
+            "--json",
+            CBX_KEYSTORE_PASSPHRASE=SECRET,
+        )
         assert made.returncode == 0, made.stderr
         info = json.loads(made.stdout)
+        stored = await asyncio.to_thread(Path(info["keystore"]).read_text)
+        assert "ENCRYPTED PRIVATE KEY" in stored
         assert {k["kind"] for k in info["keys"]} == {"enc", "sig"}
         assert stat.S_IMODE(os.stat(info["keystore"]).st_mode) == 0o600
         assert "PRIVATE" not in made.stdout
-        published = _cbx(tmp_path, kafka_settings, "directory", "publish", "--agency", agency)
+        published = _cbx(
+            tmp_path,
+            kafka_settings,
+            "directory",
+            "publish",
+            "--agency",
+            agency,
+            CBX_KEYSTORE_PASSPHRASE=SECRET,
+        )
         assert published.returncode == 0, published.stderr
 
-    again = _cbx(tmp_path, kafka_settings, "keys", "new", "--agency", agencies[0])
+    again = _cbx(
+        tmp_path,
+        kafka_settings,
+        "keys",
+        "new",
+        "--agency",
+        agencies[0],
+        CBX_KEYSTORE_PASSPHRASE=SECRET,
+    )
     assert again.returncode != 0
     assert "exists" in again.stderr
 
@@ -55,8 +92,8 @@ async def test_keys_new_publish_and_messages_between_agencies(
     found = await directory.load(kafka_settings)
     os.environ["CBX_HOME"], saved = str(tmp_path), os.environ.get("CBX_HOME")
     try:
-        sender_keys = keystore.load(keystore.keystore_path("pf-e23000003"))
-        reader_keys = keystore.load(keystore.keystore_path("la-e10000016"))
+        sender_keys = keystore.load(keystore.keystore_path("pf-e23000003"), SECRET.encode())
+        reader_keys = keystore.load(keystore.keystore_path("la-e10000016"), SECRET.encode())
     finally:
         if saved is None:
             del os.environ["CBX_HOME"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from broker import directory as directory_mod
 from broker import model
-from broker.admin.identity import passphrase_from_env
+from broker.admin.identity import passphrase_for_new_keystore, passphrase_from_env
 from broker.crypto import keys as keystore
 from broker.kafka import clients as kafka
 from broker.kafka import principals, topics
@@ -57,10 +57,11 @@ async def _service(admin: KafkaSettings, principal: str, role: str, name: str) -
     if secured(admin):
         AccessControl(admin).provision(principal, role)
     path = keystore.keystore_path(principal)
-    secret = passphrase_from_env()
-    keys = keystore.load(path, secret) if path.exists() else keystore.AgencyKeys.new(principal)
-    if not path.exists():
-        keystore.save(keys, path, secret)
+    if path.exists():
+        keys = keystore.load(path, passphrase_from_env())
+    else:
+        keys = keystore.AgencyKeys.new(principal)
+        keystore.save(keys, path, passphrase_for_new_keystore())
     await directory_mod.publish(admin, directory_mod.AgencyEntry.from_keys(keys, name, "SERVICE"))
     return Provisioned(principal, role, entries, [])
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from broker import directory as directory_mod
-from broker.admin.identity import passphrase_from_env
+from broker.admin.identity import passphrase_for_new_keystore, passphrase_from_env
 from broker.crypto import keys as keystore
 from broker.errors import CbxError, KeystoreError
 from broker.kafka import topics
@@ -76,7 +76,8 @@ def new(
         if path.exists() and not force:
             fail(f"{path} exists: use cbx keys rotate, or --force to replace it")
         keys = keystore.AgencyKeys.new(agency)
-        keystore.save(keys, path, passphrase(passphrase_file))
+        secret = passphrase(passphrase_file) if passphrase_file else passphrase_for_new_keystore()
+        keystore.save(keys, path, secret)
     except CbxError as exc:
         fail(str(exc))
     _print_public(keys, path, json_out)
