@@ -107,6 +107,12 @@ class UnknownCaseError(PolicyError):
     """The case is not in the placement registry (yet): the connector cannot choose recipients."""
 
 
+class AmbiguousCaseError(PolicyError):
+    """A bare case reference names cases of more than one placing authority."""
+
+    http_status = 409
+
+
 class UnknownRecipientError(PolicyError):
     """A message names a recipient that is not on the exchange."""
 

@@ -22,6 +22,7 @@ from test_router import ALL, CASE, KENT, LANCS, PROVIDER
 
 from benchmarks.samples import PAYLOADS
 from broker.kafka.settings import KafkaSettings
+from broker.policy.routing import Rules
 from cbx.cli.connector_cmd import Edge
 from connectors.ingest.auth import Scope, TokenStore
 from connectors.ingest.http import create_app
@@ -231,3 +232,75 @@ async def test_mutual_tls_on_a_non_loopback_address(
         finally:
             server.should_exit = True
             await task
+
+
+async def test_a_case_reference_cannot_be_squatted(kafka_ns: KafkaSettings, tmp_path: Path) -> None:
+    """Hertfordshire registers Kent's reference first. It gets a case of its own; Kent's placement
+    is accepted as Kent's; a report naming the bare reference is refused as ambiguous (not sent to
+    the squatter), and the report naming Kent's case reaches Kent's parties alone."""
+    herts = "la-e10000015"
+    herts_parties = set(Rules.load().placement_parties(herts, LANCS).values())
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await ex.agencies(sorted({*ALL, *herts_parties}))
+        apps = {
+            a: create_app(ex.connectors[a], IdempotencyStore(tmp_path / f"{a}.jsonl"))
+            for a in (KENT, herts, "pf-e23000003")
+        }
+
+        def client(agency: str) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=apps[agency]), base_url="http://c"
+            )
+
+        async with client(herts) as h:
+            squat = await h.post(PATH, json=PLACEMENT)
+            assert squat.status_code == 202, squat.text
+            assert squat.json()["case_ref"] == f"{herts}/{CASE}"
+            for agency in herts_parties - {herts}:
+                await ex.wait_registered(agency, f"{herts}/{CASE}")
+        async with client(KENT) as h:
+            placed = await h.post(PATH, json=PLACEMENT)
+            assert placed.status_code == 202, placed.text
+            assert placed.json()["case_ref"] == f"{KENT}/{CASE}"
+            assert "la-e10000017" in {r["agency"] for r in placed.json()["recipients"]}
+        for a in ("pf-e23000003",):
+
+            async def both(agency: str = a) -> bool:
+                await ex.connectors[agency].sync()
+                return len(ex.connectors[agency].registry.find(CASE)) == 2
+
+            await ex.wait_for(both, what="both cases in the registry")
+        report = {
+            "case_ref": CASE,
+            "urgency": "IMMEDIATE",
+            "sharing": SHARING_JSON,
+            "event": PAYLOADS["ChildMissingReported"],
+        }
+        async with client("pf-e23000003") as h:
+            ambiguous = await h.post("/v1/events/ChildMissingReported", json=report)
+            assert ambiguous.status_code == 409, ambiguous.text
+            assert KENT in ambiguous.text
+            assert herts in ambiguous.text
+            named = await h.post(
+                "/v1/events/ChildMissingReported", json={**report, "case_ref": f"{KENT}/{CASE}"}
+            )
+            assert named.status_code == 202, named.text
+            to = {r["agency"] for r in named.json()["recipients"]}
+            assert to == {KENT, "pf-e23000032", "la-e10000017"}
+            assert herts not in to
+        # Nor can Hertfordshire end Kent's placement.
+        async with client(herts) as h:
+            ended = await h.post(
+                "/v1/events/PlacementEnded",
+                json={
+                    "case_ref": f"{KENT}/{CASE}",
+                    "sharing": SHARING_JSON,
+                    "event": {
+                        "placement_id": PAYLOADS["PlacementNotified"]["placement_id"],
+                        "end_date": "2026-05-01",
+                        "reason": "MOVED",
+                        "planned": True,
+                    },
+                },
+            )
+            assert ended.status_code in (403, 422), ended.text

@@ -35,6 +35,7 @@ from broker.directory import AgencyEntry, Directory
 from broker.envelope import Outgoing, Protector
 from broker.kafka.topics import Topics
 from broker.model import ROUTER, Recipient, Role
+from broker.policy.registry import case_id
 from broker.policy.routing import Rules
 from broker.router.core import InRecord, Outcome, RouterCore
 from broker.router.deadletter import H_REASON
@@ -45,7 +46,7 @@ PLACING_ICB = "icb-e54000032"
 TOPICS = Topics("unit")
 RULES = Rules.load()
 LOGS = LogCodec(CATALOGUE)
-CASE = "KCC-LAC-000123"
+CASE = case_id(PLACING, "KCC-LAC-000123")  # a case is its placing authority and reference
 MISSING_TO = {PLACING, HOST, HOME_FORCE}
 
 
@@ -82,7 +83,7 @@ def _placement(net: Network, **changes: Any) -> Outgoing:
     parties = RULES.placement_parties(PLACING, HOST)
     recipients = RULES.recipients("PlacementNotified", PLACING, parties)
     h = header("PlacementNotified", PLACING, Role.PLACING_AUTHORITY, recipients, urgency="ROUTINE")
-    h = dataclasses.replace(h, case_ref=CASE, **changes)
+    h = dataclasses.replace(h, **{"case_ref": CASE, **changes})
     body = body_of("PlacementNotified", host_authority=HOST, provider=None)
     return net.protector(PLACING).seal(h, body)
 
@@ -358,3 +359,11 @@ def test_dead_letter_short_sealed(core: RouterCore, net: Network) -> None:
     entry = _dead(core.process(feed.signed(net, short)), "short-sealed")
     for r in named[1:]:
         assert r.agency in (entry.reason or "")
+
+
+def test_a_council_cannot_register_a_placement_under_another_councils_case_id(
+    core: RouterCore, net: Network
+) -> None:
+    squat = _placement(net, case_ref=case_id(HOST, "KCC-LAC-000123"))
+    entry = _dead(core.process(Feed().signed(net, squat)), "policy")
+    assert "its placing authority's own case id" in (entry.reason or "")

@@ -7,6 +7,7 @@ every connector follow it with :class:`PlacementFollower`, so both apply the sam
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,9 @@ from broker.model import Role
 from broker.schema import codec
 from broker.schema.catalogue import Catalogue
 from broker.schema.store import SchemaStore
+
+CASE_SEPARATOR = "/"
+_OWNER = re.compile(r"^[a-z]+-[a-z0-9]+$")
 
 
 @dataclass
@@ -49,14 +53,41 @@ class Placement:
         )
 
 
+def case_id(placing_authority: str, reference: str) -> str:
+    """A case's identity: its placing authority and the reference that authority gave it."""
+    return f"{placing_authority}{CASE_SEPARATOR}{reference}"
+
+
+def split_case_id(case_ref: str) -> tuple[str | None, str]:
+    """(placing authority, reference) of a case id; (None, ref) for a bare reference."""
+    owner, sep, reference = case_ref.partition(CASE_SEPARATOR)
+    if sep and _OWNER.match(owner):
+        return owner, reference
+    return None, case_ref
+
+
 class PlacementRegistry:
-    """Case reference to placement, in memory (``cbx.placements`` is its log)."""
+    """Case id to placement, in memory (``cbx.placements`` is its log).
+
+    A case is identified by its placing authority and its reference (``la-e10000016/KCC-123``),
+    so no council can take another's reference: the same reference registered by two councils is
+    two cases. A bare reference finds the case when exactly one council uses it.
+    """
 
     def __init__(self) -> None:
         self._cases: dict[str, Placement] = {}
+        self._by_reference: dict[str, set[str]] = {}
 
     def get(self, case_ref: str) -> Placement | None:
-        return self._cases.get(case_ref)
+        found = self._cases.get(case_ref)
+        if found is not None:
+            return found
+        matches = self.find(case_ref)
+        return matches[0] if len(matches) == 1 else None
+
+    def find(self, reference: str) -> list[Placement]:
+        """Every case registered under a bare ``reference``, whichever council placed it."""
+        return [self._cases[i] for i in sorted(self._by_reference.get(reference, ()))]
 
     def put(self, placement: Placement) -> bool:
         """Keep ``placement`` unless the registry holds a newer record of the case.
@@ -68,6 +99,8 @@ class PlacementRegistry:
         if old is not None and old.updated_at > placement.updated_at:
             return False
         self._cases[placement.case_ref] = placement
+        _, reference = split_case_id(placement.case_ref)
+        self._by_reference.setdefault(reference, set()).add(placement.case_ref)
         return True
 
     def __len__(self) -> int:

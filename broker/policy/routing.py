@@ -20,7 +20,7 @@ from broker.errors import ConfigurationError, PolicyError, UnknownRecipientError
 from broker.model import Recipient, Role
 from broker.paths import schemas_dir
 from broker.policy.reference import Reference, reference
-from broker.policy.registry import Placement
+from broker.policy.registry import Placement, split_case_id
 
 # Roles that the placement registry can resolve for a case.
 CASE_ROLES = (
@@ -172,6 +172,7 @@ class Rules:
         case: Placement | None,
         is_known_agency: Any,
         repair: bool = False,
+        case_ref: str | None = None,
     ) -> RoutingDecision:
         """Verify a message's recipients against the rules; find what is missing."""
         rule = self.rule(event_type)
@@ -180,6 +181,11 @@ class Rules:
         parties: dict[Role, str]
         update: Placement | None = None
         if rule.registers_placement:
+            if case_ref is not None and split_case_id(case_ref)[0] != sender:
+                raise PolicyError(
+                    f"a placement is registered under its placing authority's own case id "
+                    f"({sender}/<reference>), not {case_ref}"
+                )
             parties = self._parties_from_header(sender, sender_role, recipients)
             if (
                 case is not None

@@ -285,6 +285,7 @@ class RouterCore:
                 case,
                 self.directory.__contains__,
                 repair=repair,
+                case_ref=header.case_ref,
             )
         except UnknownRecipientError as exc:
             raise _fail("unknown-recipient", exc) from exc

@@ -23,7 +23,7 @@ from broker.crypto.signing import Verifier
 from broker.delivery_log import LogCodec
 from broker.directory import Directory, DirectoryCodec, apply
 from broker.envelope import Header, Outgoing, Protector, SharingDecision
-from broker.errors import PolicyError, UnknownCaseError
+from broker.errors import AmbiguousCaseError, PolicyError, UnknownCaseError
 from broker.kafka import clients as kafka
 from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
@@ -31,7 +31,7 @@ from broker.logging import get_logger
 from broker.model import Recipient, Role
 from broker.paths import cbx_home
 from broker.policy.profiles import Profile, profile_for
-from broker.policy.registry import PlacementRegistry, placement_follower
+from broker.policy.registry import PlacementRegistry, case_id, placement_follower, split_case_id
 from broker.policy.routing import Rules
 from broker.policy.sharing import SharingPolicy
 from broker.schema.catalogue import Catalogue
@@ -135,6 +135,31 @@ class Connector:
 
     # --- outbound -----------------------------------------------------------------------------
 
+    def case_id(self, event_type: str, case_ref: str) -> str:
+        """The case's identity for a reference as an agency's system gives it.
+
+        A qualified id (``la-e10000016/KCC-123``) is taken as it is. A bare reference in a message
+        that registers a placement is this council's own; otherwise it names the one case
+        registered under it, and two councils' cases under one reference are refused as ambiguous.
+        """
+        owner, reference = split_case_id(case_ref)
+        if owner is not None:
+            return case_ref
+        if self.rules.rule(event_type).registers_placement:
+            return case_id(self.agency, reference)
+        matches = self.registry.find(reference)
+        if len(matches) > 1:
+            owners = ", ".join(sorted(split_case_id(m.case_ref)[0] or "?" for m in matches))
+            raise AmbiguousCaseError(
+                f"case reference {reference} is used by more than one placing authority "
+                f"({owners}): give it as <placing authority>/{reference}"
+            )
+        if matches:
+            return matches[0].case_ref
+        if Role.PLACING_AUTHORITY in self.profile.roles:  # a council's own case, not registered
+            return case_id(self.agency, reference)
+        return case_ref
+
     def route(
         self,
         event_type: str,
@@ -182,6 +207,7 @@ class Connector:
         related_message_id: uuid.UUID | None = None,
     ) -> Outgoing:
         """Choose recipients (unless given), build the header, seal. Not yet signed or sent."""
+        case_ref = self.case_id(event_type, case_ref)
         if recipients is None or sender_role is None:
             role, chosen = self.route(event_type, case_ref, body, extra)
             sender_role = sender_role or role
