@@ -61,6 +61,9 @@ async def test_each_agency_writes_only_its_outbound_and_reads_only_its_inbox(
             await _write(mine, t.outbound(other))
             await _read(mine, t.inbox(other), group)
             await _read(mine, t.status(other), group)
+            await _read(mine, t.cases(other), None)
+            with pytest.raises(AccessDeniedError):  # only the router writes its case view
+                await _write(mine, t.cases(other))
             with pytest.raises(AccessDeniedError):  # only the tracker writes it
                 await _write(mine, t.status(other))
             continue
@@ -79,6 +82,8 @@ async def test_each_agency_writes_only_its_outbound_and_reads_only_its_inbox(
             await _read(mine, t.outbound(other), group)
         with pytest.raises(AccessDeniedError):  # nor what became of another's messages
             await _read(mine, t.status(other), group)
+        with pytest.raises(AccessDeniedError):  # nor the cases another is a party to
+            await _read(mine, t.cases(other), None)
 
 
 async def test_wrong_or_missing_credentials_cannot_connect(secured: KafkaSettings) -> None:
@@ -172,7 +177,7 @@ SHARED = {
     "agency": {
         "schemas": (True, False),
         "directory": (True, False),
-        "placements": (True, False),
+        "placements": (False, False),  # its own cases only: cbx.cases.<agency>
         "receipts": (False, True),
         "delivery_log": (False, False),
         "deadletter": (False, False),

@@ -20,7 +20,12 @@ def test_bench_e2e_small_run_delivers_everything_to_three_recipients(
     kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
     out = f"e2e-smoke-{os.getpid()}.json"
-    env = {**os.environ, **kafka_settings.to_env(), "CBX_HOME": str(tmp_path)}
+    env = {
+        **os.environ,
+        **kafka_settings.to_env(),
+        "CBX_HOME": str(tmp_path),
+        "CBX_KEYSTORE_PASSPHRASE": "bench-passphrase",  # a named cluster: keystores encrypted
+    }
     args = ["--messages", "300", "--rate", "200", "--rate-seconds", "1", "--http-requests", "40"]
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_e2e", *args, "--out", out],

@@ -288,6 +288,9 @@ async def test_a_case_reference_cannot_be_squatted(kafka_ns: KafkaSettings, tmp_
             to = {r["agency"] for r in named.json()["recipients"]}
             assert to == {KENT, "pf-e23000032", "la-e10000017"}
             assert herts not in to
+        # Each agency sees only the cases it is a party to: Hertfordshire not Kent's.
+        await ex.connectors[herts].sync()
+        assert [c.case_ref for c in ex.connectors[herts].registry.find(CASE)] == [f"{herts}/{CASE}"]
         # Nor can Hertfordshire end Kent's placement.
         async with client(herts) as h:
             ended = await h.post(

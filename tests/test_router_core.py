@@ -125,6 +125,10 @@ def test_a_placement_is_routed_to_its_parties_and_registers_the_case(
     assert statuses.count(Status.ACCEPTED) == 1
     assert statuses.count(Status.ROUTED) == 5
     assert [x.topic for x in o.outputs].count(TOPICS.placements) == 1
+    views = {x.topic for x in o.outputs if x.topic.startswith(TOPICS.cases_prefix)}
+    assert views == {
+        TOPICS.cases(a) for a in (PLACING, HOST, HOST_FORCE, HOME_FORCE, HOST_ICB, PLACING_ICB)
+    }
     assert [x.key for x in o.outputs if x.topic == TOPICS.routed] == [str(o.message_id).encode()]
     assert core.state.case(CASE) is not None  # staged...
     core.state.rollback()

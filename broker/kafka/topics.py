@@ -106,6 +106,15 @@ class Topics:
     def is_agency_id(name: str) -> bool:
         return bool(_AGENCY_ID.match(name))
 
+    @property
+    def cases_prefix(self) -> str:
+        return f"{self.prefix}.cases."
+
+    def cases(self, agency: str) -> str:
+        """The placement records of the cases ``agency`` is a party to: the router writes them,
+        only that agency reads them (the whole registry is the router's alone)."""
+        return self.cases_prefix + check_agency_id(agency)
+
     def status(self, agency: str) -> str:
         """Delivery-log entries about messages ``agency`` sent: the tracker writes, it reads."""
         return self.status_prefix + check_agency_id(agency)
@@ -134,9 +143,10 @@ class Topics:
         ]
 
     def agency(self, agency: str, partitions: int = 3) -> list[TopicSpec]:
-        """An agency's outbound, inbox and status topics."""
+        """An agency's outbound, inbox, status and cases topics."""
         return [
             TopicSpec(self.outbound(agency), partitions),
             TopicSpec(self.inbox(agency), partitions),
             TopicSpec(self.status(agency), partitions),
+            TopicSpec(self.cases(agency), partitions, dict(_COMPACTED)),
         ]

@@ -108,9 +108,13 @@ class PlacementRegistry:
 
 
 def placement_follower(
-    settings: KafkaSettings, catalogue: Catalogue, registry: PlacementRegistry
+    settings: KafkaSettings,
+    catalogue: Catalogue,
+    registry: PlacementRegistry,
+    topic: str | None = None,
 ) -> TopicFollower:
-    """A follower of ``cbx.placements`` that keeps ``registry`` current (newer record wins)."""
+    """A follower of ``cbx.placements`` (or an agency's ``cbx.cases.<agency>``) that keeps
+    ``registry`` current (newer record wins)."""
     version = catalogue.latest("PlacementRecord")
     store = SchemaStore(catalogue)
 
@@ -119,4 +123,4 @@ def placement_follower(
             rec = codec.decode(r.value, store.writer_for, version.parsed)
             registry.put(Placement.from_record(rec))
 
-    return TopicFollower(settings, settings.topics.placements, apply)
+    return TopicFollower(settings, topic or settings.topics.placements, apply)

@@ -169,13 +169,16 @@ class RouterCore:
         headers = self.signer.sign_batch([value])[0]
         return Out(self.topics.inbox(header.sender), header.case_ref.encode(), value, headers)
 
-    def _placement_out(self, placement: Placement) -> Out:
+    def _placement_outs(self, placement: Placement) -> list[Out]:
+        """The registry record, and a copy for each party to the case (its own view)."""
         v = self.placements
-        return Out(
-            self.topics.placements,
-            placement.case_ref.encode(),
-            codec.encode(v.parsed, v.fingerprint, placement.to_record()),
-        )
+        key = placement.case_ref.encode()
+        value = codec.encode(v.parsed, v.fingerprint, placement.to_record())
+        parties = sorted(set(placement.parties.values()))
+        return [
+            Out(self.topics.placements, key, value),
+            *(Out(self.topics.cases(a), key, value) for a in parties),
+        ]
 
     # --- the decision -----------------------------------------------------------------------
 
@@ -370,7 +373,7 @@ class RouterCore:
         if placement is not None:
             placement.case_ref = header.case_ref
             placement.source_message_id = header.message_id
-            outs.append(self._placement_out(placement))
+            outs.extend(self._placement_outs(placement))
         # One marker, keyed by message id: a routed record read again (after a crash or a
         # rebalance) carries the same message id. Dead letters, which may have none, are marked
         # by their source instead.

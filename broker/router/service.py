@@ -93,6 +93,8 @@ class RouterService:
         self.stop_event = asyncio.Event()
         self.core: RouterCore | None = None
         self.consumer: Any = None
+        self._case_topics: set[str] = set()
+        self._case_topics_checked = 0.0
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -203,6 +205,29 @@ class RouterService:
         if tps:
             log.info("partitions_revoked", partitions=[f"{t.topic}/{t.partition}" for t in tps])
 
+    async def _writable(self, topic: str) -> bool:
+        """False for an agency's cases topic that does not exist (an agency provisioned before
+        cases topics existed): its view is skipped, with a warning, rather than the transaction
+        waiting for a topic that will not come. Every other topic is written."""
+        if not topic.startswith(self.settings.topics.cases_prefix):
+            return True
+        if topic in self._case_topics:
+            return True
+        now = time.monotonic()
+        if now - self._case_topics_checked > 10:
+            self._case_topics_checked = now
+            admin = kafka.admin(self.settings)
+            await admin.start()
+            try:
+                prefix = self.settings.topics.cases_prefix
+                self._case_topics = {t for t in await admin.list_topics() if t.startswith(prefix)}
+            finally:
+                await admin.close()
+        if topic not in self._case_topics:
+            log.warning("cases_topic_missing", topic=topic, hint="run cbx agency add again")
+            return False
+        return True
+
     async def _catch_up_directory(self) -> bool:
         """Wait for the directory to include everything published so far (once a second)."""
         now = time.monotonic()
@@ -234,6 +259,8 @@ class RouterService:
                         outcome = self.core.process(rec)
                     outcomes.append((outcome, r))
                     for out in outcome.outputs:
+                        if not await self._writable(out.topic):
+                            continue
                         futures.append(
                             await producer.send(
                                 out.topic, out.value, key=out.key, headers=out.headers

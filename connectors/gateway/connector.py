@@ -109,7 +109,10 @@ class Connector:
                     self.topics.directory,
                     lambda r: apply(self.directory, self._dcodec, r),
                 ),
-                placement_follower(self.settings, self.catalogue, self.registry),
+                # Only the cases this agency is a party to: the whole registry is the router's.
+                placement_follower(
+                    self.settings, self.catalogue, self.registry, self.topics.cases(self.agency)
+                ),
                 TopicFollower(
                     self.settings,
                     self.topics.status(self.agency),
