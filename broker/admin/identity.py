@@ -30,16 +30,21 @@ def passphrase_for_new_keystore() -> bytes | None:
     return secret
 
 
+def own_keys(agency: str) -> keystore.AgencyKeys:
+    """The keystore of ``agency`` or a service, created (and saved) on first use."""
+    path = keystore.keystore_path(agency)
+    if path.exists():
+        return keystore.load(path, passphrase_from_env())
+    keys = keystore.AgencyKeys.new(agency)
+    keystore.save(keys, path, passphrase_for_new_keystore())
+    return keys
+
+
 async def ensure_identity(
     settings: KafkaSettings, agency: str, name: str, kind: str, publish: bool = True
 ) -> keystore.AgencyKeys:
     """Load the keystore of ``agency`` (created on first use); publish its directory entry."""
-    path = keystore.keystore_path(agency)
-    if path.exists():
-        keys = keystore.load(path, passphrase_from_env())
-    else:
-        keys = keystore.AgencyKeys.new(agency)
-        keystore.save(keys, path, passphrase_for_new_keystore())
+    keys = own_keys(agency)
     if publish:
         entry = directory_mod.AgencyEntry.from_keys(keys, name, kind)
         await directory_mod.publish(settings, entry)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from broker import directory as directory_mod
 from broker import model
-from broker.admin.identity import passphrase_for_new_keystore, passphrase_from_env
+from broker.admin.identity import own_keys
 from broker.crypto import keys as keystore
 from broker.kafka import clients as kafka
 from broker.kafka import principals, topics
@@ -56,12 +56,7 @@ async def _service(admin: KafkaSettings, principal: str, role: str, name: str) -
     entries = grants(role, admin.topic_prefix)
     if secured(admin):
         AccessControl(admin).provision(principal, role)
-    path = keystore.keystore_path(principal)
-    if path.exists():
-        keys = keystore.load(path, passphrase_from_env())
-    else:
-        keys = keystore.AgencyKeys.new(principal)
-        keystore.save(keys, path, passphrase_for_new_keystore())
+    keys = own_keys(principal)
     await directory_mod.publish(admin, directory_mod.AgencyEntry.from_keys(keys, name, "SERVICE"))
     return Provisioned(principal, role, entries, [])
 
