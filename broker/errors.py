@@ -113,6 +113,12 @@ class AmbiguousCaseError(PolicyError):
     http_status = 409
 
 
+class CaseOwnerError(PolicyError):
+    """A council tried to register a placement under another council's case."""
+
+    http_status = 409
+
+
 class UnknownRecipientError(PolicyError):
     """A message names a recipient that is not on the exchange."""
 

@@ -253,6 +253,10 @@ async def test_a_case_reference_cannot_be_squatted(kafka_ns: KafkaSettings, tmp_
             )
 
         async with client(herts) as h:
+            # Naming Kent's case outright is refused at once, not accepted and then rejected.
+            taken = await h.post(PATH, json={**PLACEMENT, "case_ref": f"{KENT}/{CASE}"})
+            assert taken.status_code == 409, taken.text
+            assert "belongs to la-e10000016" in taken.text
             squat = await h.post(PATH, json=PLACEMENT)
             assert squat.status_code == 202, squat.text
             assert squat.json()["case_ref"] == f"{herts}/{CASE}"

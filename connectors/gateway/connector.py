@@ -23,7 +23,7 @@ from broker.crypto.signing import Verifier
 from broker.delivery_log import LogCodec
 from broker.directory import Directory, DirectoryCodec, apply
 from broker.envelope import Header, Outgoing, Protector, SharingDecision
-from broker.errors import AmbiguousCaseError, PolicyError, UnknownCaseError
+from broker.errors import AmbiguousCaseError, CaseOwnerError, PolicyError, UnknownCaseError
 from broker.kafka import clients as kafka
 from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
@@ -146,9 +146,15 @@ class Connector:
         registered under it, and two councils' cases under one reference are refused as ambiguous.
         """
         owner, reference = split_case_id(case_ref)
+        registers = self.rules.rule(event_type).registers_placement
         if owner is not None:
+            if registers and owner != self.agency:
+                raise CaseOwnerError(
+                    f"case {case_ref} belongs to {owner}: a council registers placements under "
+                    f"its own id ({self.agency}/{reference}, or just {reference})"
+                )
             return case_ref
-        if self.rules.rule(event_type).registers_placement:
+        if registers:
             return case_id(self.agency, reference)
         matches = self.registry.find(reference)
         if len(matches) > 1:
