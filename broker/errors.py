@@ -119,6 +119,10 @@ class CaseOwnerError(PolicyError):
     http_status = 409
 
 
+class NoRecipientError(PolicyError):
+    """A message would reach no one but its sender, and its rule does not allow that."""
+
+
 class UnknownRecipientError(PolicyError):
     """A message names a recipient that is not on the exchange."""
 

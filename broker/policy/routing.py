@@ -16,7 +16,12 @@ from typing import Any
 
 import yaml
 
-from broker.errors import ConfigurationError, PolicyError, UnknownRecipientError
+from broker.errors import (
+    ConfigurationError,
+    NoRecipientError,
+    PolicyError,
+    UnknownRecipientError,
+)
 from broker.model import Recipient, Role
 from broker.paths import schemas_dir
 from broker.policy.reference import Reference, reference
@@ -46,6 +51,8 @@ class Rule:
     registers_placement: bool = False
     ends_placement: bool = False
     deadline: str = ""
+    #: The message is complete when every required party is the sender itself (no one else told).
+    sender_alone_ok: bool = False
 
     @property
     def allowed(self) -> frozenset[Role]:
@@ -87,6 +94,7 @@ class Rules:
                     optional=frozenset(Role(x) for x in r.get("optional", [])),
                     registers_placement=bool(r.get("registers_placement", False)),
                     ends_placement=bool(r.get("ends_placement", False)),
+                    sender_alone_ok=bool(r.get("sender_alone_ok", False)),
                     deadline=str(r.get("deadline", "")),
                 )
             except (KeyError, ValueError) as exc:
@@ -151,7 +159,26 @@ class Rules:
                 raise PolicyError(f"{event_type} may not be sent to a {r.role}")
             if r.agency != sender and r.agency not in out:
                 out[r.agency] = r
+        if not out:
+            self._nowhere(rule, sender, parties)
         return list(out.values())
+
+    def _nowhere(self, rule: Rule, sender: str, parties: dict[Role, str]) -> None:
+        """Refuse a message that would reach no one but its sender, unless its rule allows it."""
+        if rule.sender_alone_ok:
+            return
+        roles = [r for r in (*rule.required, *rule.required_if_known) if r in parties]
+        verb = "is" if len(roles) == 1 else "are"
+        named = ", ".join(str(r) for r in roles)
+        why = (
+            f"the {named} of this case {verb} {sender} itself"
+            if roles
+            else "no party the rules require is known for this case"
+        )
+        raise NoRecipientError(
+            f"{rule.event_type} would reach no one: it must reach the "
+            f"{', '.join(str(r) for r in rule.required) or 'parties the rules name'}, and {why}"
+        )
 
     # --- router: check --------------------------------------------------------------------------
 
@@ -227,6 +254,8 @@ class Rules:
                     continue
                 seen.add(agency)
                 gaps.append(Recipient(agency, role))
+        if not deliver and not gaps:
+            self._nowhere(rule, sender, parties)
         unregistered = case is None and not rule.registers_placement
         return RoutingDecision(deliver, gaps, update, unregistered)
 
