@@ -54,3 +54,14 @@ def test_a_message_with_anyone_else_to_tell_is_not_refused() -> None:
     out = RULES.recipients("ChildMissingReported", KENT_POLICE, parties)
     assert {r.agency for r in out} == {KENT, MEDWAY}
     assert Recipient(KENT, Role.PLACING_AUTHORITY) in out
+
+
+def test_the_police_can_read_the_trigger_plans_actions() -> None:
+    from broker.model import SensitivityClass
+    from broker.policy.sharing import SharingPolicy
+
+    policy = SharingPolicy.load()
+    readers = policy.audience("TriggerPlanIssued", SensitivityClass.CARE)
+    assert {Role.HOST_FORCE, Role.HOME_FORCE} <= readers
+    # ...only in the trigger plan: other care plans stay with councils, the carer and the IRO.
+    assert Role.HOST_FORCE not in policy.audience("PlacementNotified", SensitivityClass.CARE)
