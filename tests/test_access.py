@@ -222,6 +222,11 @@ PRINCIPALS = {
 async def test_every_principal_kind_on_every_shared_topic(secured: KafkaSettings) -> None:
     t = secured.topics
     wrong = []
+    # A police force reads the whole placement registry (it may report any child in its area).
+    police = principals.settings_for(secured, AGENCIES[2])
+    await _read(police, t.placements, None)
+    with pytest.raises(AccessDeniedError):
+        await _write(police, t.placements)
     for kind, rights in SHARED.items():
         who = principals.settings_for(secured, PRINCIPALS[kind])
         for attr, (may_read, may_write) in rights.items():

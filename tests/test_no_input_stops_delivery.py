@@ -148,32 +148,45 @@ async def test_a_header_date_at_the_calendar_edge_is_dead_lettered_and_the_next_
 async def test_a_body_date_at_the_calendar_edge_is_quarantined_by_each_recipient(
     kafka_ns: KafkaSettings, tmp_path: Path
 ) -> None:
+    """The edge refuses it. A connector that skips the edge: in a clear field the router sees it
+    and dead-letters the record; inside a sealed field (which only recipients can open) each
+    recipient quarantines it and answers REJECTED. Either way what follows is delivered."""
     rec = Recorder()
     async with exchange(kafka_ns, tmp_path) as ex:
         await _case(ex, rec)
         police = ex.connectors[LANCS_POLICE]
         store = IdempotencyStore(tmp_path / "sent.jsonl")
         async with serving(create_app(police, store)) as url, httpx.AsyncClient(base_url=url) as h:
-            r = await h.post(
-                "/v1/events/ChildMissingReported",
-                json={
-                    "case_ref": CASE,
-                    "urgency": "IMMEDIATE",
-                    "sharing": SHARING_JSON,
-                    "event": {**PAYLOADS["ChildMissingReported"], "reported_at": EDGE_TIMES[1]},
-                },
-            )
-            assert r.status_code == 422, r.text
-            assert [e["path"] for e in r.json()["errors"]] == ["event.reported_at"]
+            event = PAYLOADS["ChildMissingReported"]
+            for path, changed in (
+                ("event.reported_at", {**event, "reported_at": EDGE_TIMES[1]}),
+                (
+                    "event.last_seen.seen_at",
+                    {**event, "last_seen": {**event["last_seen"], "seen_at": EDGE_TIMES[1]}},
+                ),
+            ):
+                r = await h.post(
+                    "/v1/events/ChildMissingReported",
+                    json={
+                        "case_ref": CASE,
+                        "urgency": "IMMEDIATE",
+                        "sharing": SHARING_JSON,
+                        "event": changed,
+                    },
+                )
+                assert r.status_code == 422, r.text
+                assert [e["path"] for e in r.json()["errors"]] == [path]
         tracker = TrackerService(principals.settings_for(kafka_ns, model.TRACKER), 0.5)
         tracker_task = asyncio.create_task(tracker.run())
         try:
-            body = body_of("ChildMissingReported")
-            body["reported_at"] = _at(EDGE_TIMES[1])
-            bad = await police.send(
-                "ChildMissingReported", body, case_ref=CASE, sharing=SHARING, urgency="IMMEDIATE"
-            )
-            bad_id = str(bad.header.message_id)
+            clear = body_of("ChildMissingReported")
+            clear["reported_at"] = _at(EDGE_TIMES[1])
+            sealed = body_of("ChildMissingReported")
+            sealed["last_seen"] = {**sealed["last_seen"], "seen_at": _at(EDGE_TIMES[1])}
+            in_clear = _report(police, body=clear)
+            in_seal = _report(police, body=sealed)
+            await police.publish([in_clear, in_seal])
+            bad_id = str(in_seal.header.message_id)
             later = await ex.connectors[KENT].send(
                 "CSERiskAssessed", body_of("CSERiskAssessed"), case_ref=CASE, sharing=SHARING
             )
@@ -191,6 +204,9 @@ async def test_a_body_date_at_the_calendar_edge_is_quarantined_by_each_recipient
         finally:
             tracker.stop_event.set()
             await tracker_task
+        (letter,) = await ex.dead_letters()
+        assert letter.message_id == str(in_clear.header.message_id)
+        assert letter.reason == "unsealed-or-malformed-body"
         assert all(r.startswith("undecodable") for r in reasons.values()), reasons
         assert not rec.reached(bad_id)
         for agency in MISSING_RECIPIENTS:
@@ -476,3 +492,42 @@ async def test_a_message_sealed_for_fewer_recipients_than_it_names_is_refused_no
         assert KENT in letter.error
         assert LANCS in letter.error
         assert not rec.reached(str(full.header.message_id))
+
+
+async def test_the_force_that_finds_the_child_reports_it_whoever_it_is(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    """Found in a third force's area (the Met), and found by the home force: each report is
+    accepted and reaches every party of the case."""
+    met = "pf-e23000001"
+    rec = Recorder()
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await ex.agency(met)
+        await _case(ex, rec)
+        await ex.wait_registered(met, CASE)  # a force follows the whole registry
+        found = {
+            "case_ref": CASE,
+            "urgency": "IMMEDIATE",
+            "sharing": SHARING_JSON,
+            "event": {
+                "episode_id": PAYLOADS["ChildMissingReported"]["episode_id"],
+                "found_at": "2026-04-12T09:30:00+01:00",
+                "returned_to_placement": False,
+                "location": "Victoria coach station, London",
+                "prevention_interview": "no injuries",
+            },
+        }
+        for force, role in ((met, "OTHER_FORCE"), (KENT_POLICE, "HOME_FORCE")):
+            app = create_app(ex.connectors[force], IdempotencyStore(tmp_path / f"{force}.jsonl"))
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://c") as h:
+                r = await h.post("/v1/events/ChildFound", json=found)
+            assert r.status_code == 202, r.text
+            to = {x["agency"] for x in r.json()["recipients"]}
+            assert to == {KENT, LANCS, KENT_POLICE, LANCS_POLICE} - {force}
+            mid = r.json()["message_id"]
+
+            async def arrived(mid: str = mid, to: set[str] = to) -> bool:
+                return rec.reached(mid) >= to
+
+            await ex.wait_for(arrived, what=f"{role}'s find at every party")

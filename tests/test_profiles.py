@@ -48,3 +48,16 @@ def test_a_police_connector_without_a_webhook_says_what_to_give(tmp_path: Path) 
     assert done.returncode == 1
     assert "profile delivers by webhook" in done.stderr + done.stdout
     assert "CBX_WEBHOOK_URL" in done.stderr + done.stdout
+
+
+def test_the_kinds_that_read_the_whole_registry_are_the_kinds_the_acls_let_read_it() -> None:
+    from broker.kafka.acls import grants
+    from broker.policy.profiles import profiles
+
+    for p in profiles().values():
+        agency = f"{p.prefix}x1"
+        reads_all = any(
+            g.name == "cbx.placements" and g.operation == "READ"
+            for g in grants("agency", "cbx", agency)
+        )
+        assert reads_all == (p.registry == "all"), p.kind

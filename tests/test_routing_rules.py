@@ -65,3 +65,29 @@ def test_the_police_can_read_the_trigger_plans_actions() -> None:
     assert {Role.HOST_FORCE, Role.HOME_FORCE} <= readers
     # ...only in the trigger plan: other care plans stay with councils, the carer and the IRO.
     assert Role.HOST_FORCE not in policy.audience("PlacementNotified", SensitivityClass.CARE)
+
+
+def test_any_police_force_may_report_a_child_found_and_every_party_hears() -> None:
+    from broker.policy.registry import Placement
+
+    parties = RULES.placement_parties(KENT, "la-e10000017")  # Kent places in Lancashire
+    case = Placement("la-e10000016/KCC-1", parties)
+    met = "pf-e23000001"  # found in London: neither host nor home force
+    told = RULES.recipients("ChildFound", met, parties)
+    assert {r.agency for r in told} == {KENT, "la-e10000017", KENT_POLICE, "pf-e23000003"}
+    decision = RULES.check("ChildFound", met, Role.OTHER_FORCE, told, case, lambda _a: True)
+    assert {r.agency for r in decision.deliver} == {r.agency for r in told}
+    assert decision.gaps == []
+    home = RULES.recipients("ChildFound", KENT_POLICE, parties)
+    RULES.check("ChildFound", KENT_POLICE, Role.HOME_FORCE, home, case, lambda _a: True)
+
+
+def test_only_a_police_force_may_speak_as_one() -> None:
+    from broker.errors import PolicyError
+    from broker.policy.registry import Placement
+
+    parties = RULES.placement_parties(KENT, "la-e10000017")
+    case = Placement("la-e10000016/KCC-1", parties)
+    told = RULES.recipients("ChildFound", "pf-e23000001", parties)
+    with pytest.raises(PolicyError, match="is a council, which cannot be a OTHER_FORCE"):
+        RULES.check("ChildFound", "la-e10000015", Role.OTHER_FORCE, told, case, lambda _a: True)

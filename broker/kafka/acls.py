@@ -98,6 +98,9 @@ def grants(role: str, prefix: str, agency: str = "") -> list[Grant]:
         raise ConfigurationError(f"no ACL role {role!r} in schemas/policy/acls.yaml") from None
     out = []
     for e in entries:
+        only = e.get("agencies_starting")  # an entry for some kinds of agency only
+        if only is not None and not agency.startswith(tuple(only)):
+            continue
         name = str(e["name"]).format(prefix=prefix, agency=agency)
         for op in e["operations"]:
             out.append(Grant(e["resource"], name, e.get("pattern", "literal"), op))

@@ -27,6 +27,8 @@ class Profile:
     kind: str
     prefix: str
     directory_kind: str
+    #: "own": the cases the agency is a party to; "all": the whole registry (police forces).
+    registry: str
     description: str
     roles: frozenset[Role]
     sends: frozenset[str]
@@ -62,6 +64,7 @@ def profiles(path: Path | None = None) -> dict[str, Profile]:
             kind=kind,
             prefix=p["prefix"],
             directory_kind=p["directory_kind"],
+            registry=p.get("registry", "own"),
             description=p["description"],
             roles=roles,
             sends=frozenset(p["sends"]),

@@ -24,6 +24,7 @@ from broker.errors import (
 )
 from broker.model import Recipient, Role
 from broker.paths import schemas_dir
+from broker.policy.profiles import profile_for
 from broker.policy.reference import Reference, reference
 from broker.policy.registry import Placement, split_case_id
 
@@ -205,6 +206,12 @@ class Rules:
         rule = self.rule(event_type)
         if sender_role not in rule.senders:
             raise PolicyError(f"a {sender_role} may not send {event_type}")
+        try:
+            kind = profile_for(sender)
+        except ConfigurationError as exc:
+            raise PolicyError(str(exc)) from exc
+        if sender_role not in kind.roles:
+            raise PolicyError(f"{sender} is a {kind.kind}, which cannot be a {sender_role}")
         parties: dict[Role, str]
         update: Placement | None = None
         if rule.registers_placement:

@@ -109,9 +109,14 @@ class Connector:
                     self.topics.directory,
                     lambda r: apply(self.directory, self._dcodec, r),
                 ),
-                # Only the cases this agency is a party to: the whole registry is the router's.
+                # The cases this agency is a party to, or (police forces) the whole registry.
                 placement_follower(
-                    self.settings, self.catalogue, self.registry, self.topics.cases(self.agency)
+                    self.settings,
+                    self.catalogue,
+                    self.registry,
+                    self.topics.placements
+                    if self.profile.registry == "all"
+                    else self.topics.cases(self.agency),
                 ),
                 TopicFollower(
                     self.settings,
@@ -194,6 +199,12 @@ class Connector:
             for role, agency in parties.items()
             if agency == self.agency and role in rule.senders
         ]
+        if (
+            not roles
+            and Role.OTHER_FORCE in rule.senders
+            and Role.OTHER_FORCE in self.profile.roles
+        ):
+            roles = [Role.OTHER_FORCE]  # a force reporting what happened in its own area
         if not roles:
             raise PolicyError(
                 f"{self.agency} has no role in case {case_ref} that may send {event_type}"
