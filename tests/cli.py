@@ -18,6 +18,8 @@ def cbx(
     full["CBX_HOME"] = str(home)
     if settings is not None:
         full.update(settings.to_env())
+        # A named cluster: keystores made by the command are encrypted, with a test passphrase.
+        full.setdefault("CBX_KEYSTORE_PASSPHRASE", "test passphrase")
     full.update(env)
     return subprocess.run(
         [sys.executable, "-m", "cbx.cli", *args],

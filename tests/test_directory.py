@@ -159,6 +159,8 @@ def test_rotate_keeps_old_keys_and_passphrase_is_enforced(
     )
     assert wrong.returncode != 0
     assert "wrong passphrase" in wrong.stderr
-    none = _cbx(tmp_path, kafka_settings, "keys", "show", "--agency", agency)
+    none = _cbx(
+        tmp_path, kafka_settings, "keys", "show", "--agency", agency, CBX_KEYSTORE_PASSPHRASE=""
+    )
     assert none.returncode != 0
     assert "passphrase-protected" in none.stderr
