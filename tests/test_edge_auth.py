@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from agencies import SHARING, body_of
 from cli import cbx
 from exchange import exchange
 from pki import TestPki
@@ -312,3 +313,44 @@ async def test_a_case_reference_cannot_be_squatted(kafka_ns: KafkaSettings, tmp_
                 },
             )
             assert ended.status_code in (403, 422), ended.text
+
+
+async def test_a_sender_sees_whom_a_case_reaches_and_an_operator_too(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await ex.agencies(ALL)
+        placed = await ex.connectors[KENT].send(
+            "PlacementNotified",
+            body_of("PlacementNotified", host_authority=LANCS, provider=PROVIDER),
+            case_ref=CASE,
+            sharing=SHARING,
+        )
+        for a in (KENT, "pf-e23000003"):
+            await ex.wait_registered(a, CASE)
+        tokens = TokenStore(tmp_path / "tokens.json")
+        reader, _ = tokens.add([Scope.READ])
+        submit_only, _ = tokens.add([Scope.SUBMIT])
+        app = create_app(
+            ex.connectors["pf-e23000003"], IdempotencyStore(tmp_path / "s.jsonl"), tokens=tokens
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as h:
+            assert (
+                await h.get(f"/v1/cases/{CASE}", headers=bearer(submit_only))
+            ).status_code == 403
+            seen = await h.get(f"/v1/cases/{CASE}", headers=bearer(reader))
+            assert seen.status_code == 200, seen.text
+            view = seen.json()
+            assert view["case_ref"] == placed.header.case_ref == f"{KENT}/{CASE}"
+            roles = {p["role"]: (p["agency"], p["name"]) for p in view["parties"]}
+            assert roles["HOST_FORCE"] == ("pf-e23000003", "Lancashire")
+            assert roles["PLACING_AUTHORITY"][0] == KENT
+            assert "Whitcombe" not in seen.text  # parties only, never content
+            qualified = await h.get(f"/v1/cases/{KENT}/{CASE}", headers=bearer(reader))
+            assert qualified.json() == view
+            nothing = await h.get("/v1/cases/NO-SUCH-CASE", headers=bearer(reader))
+            assert nothing.status_code == 404
+        shown = cbx(kafka_ns, tmp_path, "case", "show", CASE, "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout) == view

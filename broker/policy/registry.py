@@ -42,6 +42,24 @@ class Placement:
             "updated_at": self.updated_at,
         }
 
+    def view(self, name_of: Any) -> dict[str, Any]:
+        """The case's parties, for a sender's system or an operator: metadata, no content."""
+        since = self.updated_at.isoformat()
+        return {
+            "case_ref": self.case_ref,
+            "status": "ACTIVE" if self.active else "ENDED",
+            "parties": [
+                {
+                    "agency": agency,
+                    "name": name_of(agency),
+                    "role": str(role),
+                    "since": since,
+                    "until": None if self.active else since,
+                }
+                for role, agency in sorted(self.parties.items(), key=lambda x: str(x[0]))
+            ],
+        }
+
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> Placement:
         return cls(

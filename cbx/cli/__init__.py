@@ -7,6 +7,7 @@ import typer
 from broker.logging import configure_logging
 from cbx.cli import (
     agency_cmd,
+    case_cmd,
     connector_cmd,
     deadletter_cmd,
     deliveries_cmd,
@@ -37,6 +38,7 @@ app.add_typer(keys_cmd.directory_app, name="directory")
 app.add_typer(deadletter_cmd.app, name="deadletter")
 app.add_typer(agency_cmd.app, name="agency")
 app.add_typer(connector_cmd.app, name="connector")
+app.add_typer(case_cmd.app, name="case")
 app.add_typer(demo_cmd.scenario_app, name="scenario")
 app.command("setup")(agency_cmd.setup)
 app.command("tracker")(deliveries_cmd.tracker)

@@ -26,6 +26,7 @@ from starlette.requests import ClientDisconnect
 from broker.errors import PolicyError
 from broker.logging import get_logger
 from broker.model import SYSTEM_TYPES
+from broker.policy.reference import reference
 from broker.schema import limits
 from connectors.gateway.connector import Connector
 from connectors.ingest.auth import AuthError, Scope, TokenStore
@@ -227,6 +228,28 @@ def create_app(
                 "recipients": [{**r, "status": "PUBLISHED"} for r in rec["answer"]["recipients"]],
             }
         return JSONResponse(content={**rec["answer"], **known})
+
+    @app.get("/v1/cases/{case_ref:path}")
+    async def case(case_ref: str, request: Request) -> Response:
+        """Whom a message about this case will reach: its parties and their roles (no content).
+
+        ``case_ref`` as the agency's system knows it (bare, or ``<placing authority>/<ref>``).
+        Only cases this agency can see (those it is a party to; every case for a police force).
+        """
+        if (refused := denied(request, Scope.READ)) is not None:
+            return refused
+        await connector.sync()
+        found = connector.registry.get(case_ref)
+        if found is None:
+            matches = connector.registry.find(case_ref)
+            problem = (
+                f"case reference {case_ref} names {len(matches)} cases: give "
+                "<placing authority>/<reference>"
+                if matches
+                else f"no case {case_ref} that this agency can see"
+            )
+            return JSONResponse(status_code=409 if matches else 404, content={"error": problem})
+        return JSONResponse(content=found.view(reference().name_of))
 
     @app.post("/v1/messages/{message_id}/ack", status_code=202)
     async def acknowledge(message_id: str, request: Request) -> Response:
