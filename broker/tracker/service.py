@@ -64,15 +64,16 @@ class TrackerService:
         self.stop_event = asyncio.Event()
         self._receipt_form = self.forms.latest[RECEIPT]
         dcodec = DirectoryCodec(self.catalogue)
+        self._log_follower = TopicFollower(
+            settings,
+            settings.topics.delivery_log,
+            lambda r: self.view.apply(self.logs.decode(r.value)),
+        )
         self._followers = [
             TopicFollower(
                 settings, settings.topics.directory, lambda r: apply(self.directory, dcodec, r)
             ),
-            TopicFollower(
-                settings,
-                settings.topics.delivery_log,
-                lambda r: self.view.apply(self.logs.decode(r.value)),
-            ),
+            self._log_follower,
         ]
         self._verifier = Verifier(self.directory)
         self._producer: Any = None
@@ -133,7 +134,7 @@ class TrackerService:
                             entries.append(self._receipt_entry(r.value, list(r.headers)))
                         except NotARecipientError:
                             # The ROUTED entries may still be on their way to this view.
-                            await self._followers[1].sync()
+                            await self._log_follower.sync()
                             entries.append(self._receipt_entry(r.value, list(r.headers)))
                     except Exception as exc:  # one receipt's failure is its own: log, go on
                         log.warning(

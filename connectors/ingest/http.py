@@ -238,8 +238,10 @@ def create_app(
         """
         if (refused := denied(request, Scope.READ)) is not None:
             return refused
-        await connector.sync()
         found = connector.registry.get(case_ref)
+        if found is None:  # perhaps registered a moment ago: catch up once, not on every call
+            await connector.sync()
+            found = connector.registry.get(case_ref)
         if found is None:
             matches = connector.registry.find(case_ref)
             problem = (
