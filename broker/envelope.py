@@ -76,7 +76,10 @@ class Header:
             "event_type": self.event_type,
             "sender": self.sender,
             "sender_role": str(self.sender_role),
-            "recipients": [{"agency": r.agency, "role": str(r.role)} for r in self.recipients],
+            "recipients": [
+                {"agency": r.agency, "role": str(r.role), "reason": r.reason}
+                for r in self.recipients
+            ],
             "case_ref": self.case_ref,
             "urgency": self.urgency,
             "occurred_at": self.occurred_at,
@@ -96,7 +99,9 @@ class Header:
             event_type=r["event_type"],
             sender=r["sender"],
             sender_role=Role(r["sender_role"]),
-            recipients=tuple(Recipient(x["agency"], Role(x["role"])) for x in r["recipients"]),
+            recipients=tuple(
+                Recipient(x["agency"], Role(x["role"]), x.get("reason")) for x in r["recipients"]
+            ),
             case_ref=r["case_ref"],
             urgency=r["urgency"],
             occurred_at=r["occurred_at"],

@@ -6,7 +6,7 @@ in the layer that produces them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 #: Principals of the exchange's own services (also their ids in headers and the directory).
@@ -62,7 +62,9 @@ class Role(StrEnum):
     RHI_PROVIDER = "RHI_PROVIDER"
     """The independent return home interview provider."""
     OTHER_FORCE = "OTHER_FORCE"
-    """Any other police force with an interest."""
+    """Any other police force with an interest (the area where a child was found or seen)."""
+    OTHER_AUTHORITY = "OTHER_AUTHORITY"
+    """Any other council with an interest (the area where a child was found or seen)."""
     OFSTED = "OFSTED"
     """The regulator."""
     EXCHANGE = "EXCHANGE"
@@ -71,10 +73,14 @@ class Role(StrEnum):
 
 @dataclass(frozen=True)
 class Recipient:
-    """An agency a message is addressed to, in a role."""
+    """An agency a message is addressed to, in a role (and why, when beyond the statutory set).
+
+    Two recipients are the same when agency and role are; the reason does not count.
+    """
 
     agency: str
     role: Role
+    reason: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def test_the_router_refuses_it_too() -> None:
     parties = RULES.placement_parties(KENT, MEDWAY)
     from broker.policy.registry import Placement
 
-    case = Placement("la-e10000016/KCC-1", parties)
+    case = Placement.new("la-e10000016/KCC-1", parties)
     with pytest.raises(NoRecipientError):
         RULES.check(
             "HealthRecordTransferRequested",
@@ -71,7 +71,7 @@ def test_any_police_force_may_report_a_child_found_and_every_party_hears() -> No
     from broker.policy.registry import Placement
 
     parties = RULES.placement_parties(KENT, "la-e10000017")  # Kent places in Lancashire
-    case = Placement("la-e10000016/KCC-1", parties)
+    case = Placement.new("la-e10000016/KCC-1", parties)
     met = "pf-e23000001"  # found in London: neither host nor home force
     told = RULES.recipients("ChildFound", met, parties)
     assert {r.agency for r in told} == {KENT, "la-e10000017", KENT_POLICE, "pf-e23000003"}
@@ -87,7 +87,7 @@ def test_only_a_police_force_may_speak_as_one() -> None:
     from broker.policy.registry import Placement
 
     parties = RULES.placement_parties(KENT, "la-e10000017")
-    case = Placement("la-e10000016/KCC-1", parties)
+    case = Placement.new("la-e10000016/KCC-1", parties)
     told = RULES.recipients("ChildFound", "pf-e23000001", parties)
     with pytest.raises(PolicyError, match="is a council, which cannot be a OTHER_FORCE"):
         RULES.check("ChildFound", "la-e10000015", Role.OTHER_FORCE, told, case, lambda _a: True)

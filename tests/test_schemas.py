@@ -44,7 +44,11 @@ PERSONAL = re.compile(
     r"destination|records_held|prevention_interview)($|_)"
 )
 # Fields whose names look personal but are about organisations, never people.
-NOT_PERSONAL = {("DirectoryEntry", "name")}
+NOT_PERSONAL = {
+    ("DirectoryEntry", "name"),
+    # A council area's official code, never a place: the header names that council anyway.
+    ("ChildMissingReported", "last_seen_council"),
+}
 
 
 def _walk(node: Any, path: str, tagged: bool) -> Iterator[tuple[str, bool, str]]:

@@ -8,6 +8,7 @@ step with the routing rules by a test; the connector refuses to send a type outs
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -34,6 +35,15 @@ class Profile:
     sends: frozenset[str]
     receives: frozenset[str]
     sink: str
+    #: The official code an id of this kind must carry: (regular expression, what it means).
+    id_format: tuple[str, str] | None = None
+
+    def check_id(self, agency: str) -> None:
+        """Refuse an id whose code is not the official code of this kind."""
+        if self.id_format and not re.fullmatch(self.id_format[0], agency):
+            raise ConfigurationError(
+                f"agency id {agency!r} is not a {self.kind} id: expected {self.id_format[1]}"
+            )
 
     def check_send(self, agency: str, event_type: str) -> None:
         if event_type not in self.sends:
@@ -70,6 +80,9 @@ def profiles(path: Path | None = None) -> dict[str, Profile]:
             sends=frozenset(p["sends"]),
             receives=frozenset(p["receives"]),
             sink=p["sink"],
+            id_format=(
+                (p["id_format"]["pattern"], p["id_format"]["means"]) if "id_format" in p else None
+            ),
         )
     return out
 
@@ -78,6 +91,7 @@ def profile_for(agency: str) -> Profile:
     """The profile of an agency, from the prefix of its id."""
     for p in profiles().values():
         if agency.startswith(p.prefix):
+            p.check_id(agency)
             return p
     prefixes = ", ".join(f"{p.prefix} ({p.kind})" for p in profiles().values())
     raise ConfigurationError(f"agency id {agency!r} has no profile: ids start with {prefixes}")

@@ -1,7 +1,17 @@
-"""The placement registry: who is who in each child's case, rebuilt from ``cbx.placements``.
+"""The case registry: who is who in each child's case, and since when (``cbx.placements``).
 
-The router writes the registry (from the cleartext headers of placement messages); the router and
-every connector follow it with :class:`PlacementFollower`, so both apply the same precedence rule.
+The router writes it (from the cleartext headers of placement messages, the clear party fields of
+``CasePartiesChanged`` and the missing episodes it routes); the router and every connector follow it
+with :func:`placement_follower`, so both apply the same precedence rule and the same lifecycle.
+
+A case's parties are *spans*: one agency in one role from ``since`` until ``until``. The first
+placement's spans run from the case's beginning; a later placement supersedes the earlier one's host
+parties at its event time; ``PlacementEnded`` ends the host parties (host council, force and ICB,
+care provider) and keeps the placing side and the parties the placing authority registered. Routing
+asks for the parties in force at a message's event time (:meth:`Placement.parties_at`).
+
+An open missing episode remembers everyone who heard of it, so the find reaches them all even when
+the placement ended in between (:class:`Episode`).
 """
 
 from __future__ import annotations
@@ -9,12 +19,13 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
-from broker.model import Role
+from broker.model import Recipient, Role
 from broker.schema import codec
 from broker.schema.catalogue import Catalogue
 from broker.schema.store import SchemaStore
@@ -22,16 +33,199 @@ from broker.schema.store import SchemaStore
 CASE_SEPARATOR = "/"
 _OWNER = re.compile(r"^[a-z]+-[a-z0-9]+$")
 
+#: The host side of a placement: these parties end with it.
+HOST_ROLES = frozenset({Role.HOST_AUTHORITY, Role.HOST_FORCE, Role.HOST_ICB, Role.CARE_PROVIDER})
+#: Roles a placement message sets (the placing authority registers the others one by one).
+PLACEMENT_ROLES = HOST_ROLES | {Role.PLACING_AUTHORITY, Role.HOME_FORCE, Role.PLACING_ICB}
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Party:
+    """One agency in one role in a case, for a period (``since`` None: from the beginning)."""
+
+    agency: str
+    role: Role
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    source_message_id: uuid.UUID | None = None
+    ended_by: str | None = None
+
+    def in_force(self, at: dt.datetime) -> bool:
+        return (self.since is None or self.since <= at) and (self.until is None or at < self.until)
+
+    @property
+    def current(self) -> bool:
+        return self.until is None
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "agency": self.agency,
+            "role": str(self.role),
+            "since": self.since,
+            "until": self.until,
+            "source_message_id": str(self.source_message_id) if self.source_message_id else None,
+            "ended_by": self.ended_by,
+        }
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> Party:
+        source = r.get("source_message_id")
+        return cls(
+            agency=r["agency"],
+            role=Role(r["role"]),
+            since=_utc(r.get("since")),
+            until=_utc(r.get("until")),
+            source_message_id=uuid.UUID(str(source)) if source else None,
+            ended_by=r.get("ended_by"),
+        )
+
+
+@dataclass(frozen=True)
+class Episode:
+    """An open missing episode: when it began and who heard of it (with the role they heard in)."""
+
+    message_id: uuid.UUID
+    began_at: dt.datetime
+    heard: tuple[Recipient, ...]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "message_id": str(self.message_id),
+            "began_at": self.began_at,
+            "heard": [{"agency": r.agency, "role": str(r.role)} for r in self.heard],
+        }
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> Episode:
+        return cls(
+            message_id=uuid.UUID(str(r["message_id"])),
+            began_at=_utc(r["began_at"]) or dt.datetime.now(dt.UTC),
+            heard=tuple(Recipient(h["agency"], Role(h["role"])) for h in r["heard"]),
+        )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
 
 @dataclass
 class Placement:
-    """Who is who in one child's case (a cbx.placements entry)."""
+    """One child's case: its parties over time, whether a placement is in force, its open episode.
+
+    (The name is the registry record's; a case outlives its placements.)
+    """
 
     case_ref: str
-    parties: dict[Role, str]
+    spans: list[Party]
     active: bool = True
     source_message_id: uuid.UUID | None = None
-    updated_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    updated_at: dt.datetime = field(default_factory=_now)
+    episode: Episode | None = None
+
+    @classmethod
+    def new(
+        cls, case_ref: str, parties: dict[Role, str], source: uuid.UUID | None = None
+    ) -> Placement:
+        """A case's first placement: its parties in force from the case's beginning."""
+        spans = [Party(a, r, None, None, source) for r, a in parties.items()]
+        return cls(case_ref, spans, True, source)
+
+    # --- who, when ------------------------------------------------------------------------------
+
+    @property
+    def parties(self) -> dict[Role, str]:
+        """The parties in force now (one agency per role)."""
+        return {p.role: p.agency for p in self.spans if p.current}
+
+    def parties_at(self, at: dt.datetime) -> list[Recipient]:
+        """Every (agency, role) in force at ``at``."""
+        return [Recipient(p.agency, p.role) for p in self.spans if p.in_force(at)]
+
+    def former(self, agency: str, role: Role, at: dt.datetime) -> Party | None:
+        """The span in which ``agency`` last held ``role``, if it had ended by ``at``."""
+        ended = [
+            p
+            for p in self.spans
+            if p.agency == agency and p.role == role and p.until is not None and p.until <= at
+        ]
+        return max(ended, key=lambda p: p.until or at) if ended else None
+
+    def agencies(self) -> set[str]:
+        """Agencies that are parties now, or heard of the open episode."""
+        out = {p.agency for p in self.spans if p.current}
+        if self.episode is not None:
+            out |= {r.agency for r in self.episode.heard}
+        return out
+
+    # --- lifecycle (each returns a new case; the registry's copy is never changed in place) -----
+
+    def _changed(self, source: uuid.UUID, **kw: Any) -> Placement:
+        return replace(self, source_message_id=source, updated_at=_now(), **kw)
+
+    def superseded(self, parties: dict[Role, str], at: dt.datetime, source: uuid.UUID) -> Placement:
+        """A new placement for the case from ``at``: parties that change are ended, others kept."""
+        at = max([at, *(p.since for p in self.spans if p.since is not None)])
+        wanted = {(a, r) for r, a in parties.items()}
+        spans: list[Party] = []
+        kept: set[tuple[str, Role]] = set()
+        for p in self.spans:
+            if p.current and p.role in PLACEMENT_ROLES and (p.agency, p.role) not in wanted:
+                spans.append(replace(p, until=at, ended_by=f"superseded by placement {source}"))
+                continue
+            spans.append(p)
+            if p.current:
+                kept.add((p.agency, p.role))
+        spans += [Party(a, r, at, None, source) for a, r in sorted(wanted - kept)]
+        return self._changed(source, spans=spans, active=True)
+
+    def ended(self, at: dt.datetime, source: uuid.UUID) -> Placement:
+        """The placement ends at ``at``: its host parties leave the case."""
+        spans = [
+            replace(p, until=max(at, p.since or at), ended_by=f"placement ended ({source})")
+            if p.current and p.role in HOST_ROLES
+            else p
+            for p in self.spans
+        ]
+        return self._changed(source, spans=spans, active=False)
+
+    def with_parties(
+        self,
+        added: Iterable[Recipient],
+        removed: Iterable[Recipient],
+        at: dt.datetime,
+        source: uuid.UUID,
+    ) -> Placement:
+        """Parties the placing authority registers (from ``at``) or removes (ended at ``at``)."""
+        gone = set(removed)
+        spans = [
+            replace(
+                p,
+                until=max(at, p.since or at),
+                ended_by=f"removed by the placing authority ({source})",
+            )
+            if p.current and Recipient(p.agency, p.role) in gone
+            else p
+            for p in self.spans
+        ]
+        current = {(p.agency, p.role) for p in spans if p.current}
+        for r in added:
+            for i, p in enumerate(spans):  # one agency per role at a time
+                if p.current and p.role == r.role and p.agency != r.agency:
+                    spans[i] = replace(p, until=at, ended_by=f"replaced by {r.agency} ({source})")
+            if (r.agency, r.role) not in current:
+                spans.append(Party(r.agency, r.role, at, None, source))
+        return self._changed(source, spans=spans)
+
+    def with_episode(self, episode: Episode | None, source: uuid.UUID) -> Placement:
+        return self._changed(source, episode=episode)
+
+    # --- records --------------------------------------------------------------------------------
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -40,35 +234,53 @@ class Placement:
             "parties": [{"agency": a, "role": str(r)} for r, a in self.parties.items()],
             "source_message_id": str(self.source_message_id or uuid.UUID(int=0)),
             "updated_at": self.updated_at,
+            "spans": [p.to_record() for p in self.spans],
+            "episode": self.episode.to_record() if self.episode else None,
         }
 
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> Placement:
+        spans = [Party.from_record(s) for s in r.get("spans") or []]
+        if not spans:  # written before spans were kept: the parties, in force from the beginning
+            spans = [Party(p["agency"], Role(p["role"])) for p in r["parties"]]
+        episode = r.get("episode")
+        return cls(
+            case_ref=r["case_ref"],
+            spans=spans,
+            active=r["status"] == "ACTIVE",
+            source_message_id=uuid.UUID(str(r["source_message_id"])),
+            updated_at=r["updated_at"],
+            episode=Episode.from_record(episode) if episode else None,
+        )
+
     def view(self, name_of: Any) -> dict[str, Any]:
-        """The case's parties, for a sender's system or an operator: metadata, no content."""
-        since = self.updated_at.isoformat()
+        """The case's parties in force, and former ones, for a sender's system or an operator:
+        metadata, no content."""
+
+        def stamp(value: dt.datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        spans = sorted(self.spans, key=lambda p: (not p.current, str(p.role), p.agency))
         return {
             "case_ref": self.case_ref,
             "status": "ACTIVE" if self.active else "ENDED",
             "parties": [
                 {
-                    "agency": agency,
-                    "name": name_of(agency),
-                    "role": str(role),
-                    "since": since,
-                    "until": None if self.active else since,
+                    "agency": p.agency,
+                    "name": name_of(p.agency),
+                    "role": str(p.role),
+                    "since": stamp(p.since),
+                    "until": stamp(p.until),
+                    **({"ended_by": p.ended_by} if p.ended_by else {}),
                 }
-                for role, agency in sorted(self.parties.items(), key=lambda x: str(x[0]))
+                for p in spans
             ],
+            "open_missing_episode": (
+                {"since": stamp(self.episode.began_at), "heard": len(self.episode.heard)}
+                if self.episode
+                else None
+            ),
         }
-
-    @classmethod
-    def from_record(cls, r: dict[str, Any]) -> Placement:
-        return cls(
-            case_ref=r["case_ref"],
-            parties={Role(p["role"]): p["agency"] for p in r["parties"]},
-            active=r["status"] == "ACTIVE",
-            source_message_id=uuid.UUID(str(r["source_message_id"])),
-            updated_at=r["updated_at"],
-        )
 
 
 def case_id(placing_authority: str, reference: str) -> str:

@@ -33,7 +33,7 @@ from broker.logging import get_logger
 from broker.model import ROUTE_GAP_NOTICE, ROUTER, Recipient, Role
 from broker.policy.deadlines import Windows, ack_deadline
 from broker.policy.registry import Placement
-from broker.policy.routing import Rules
+from broker.policy.routing import PartyChange, Rules
 from broker.router.deadletter import Failure, error_headers, sign_dead_letter
 from broker.router.state import RouterState, message_identity
 from broker.schema import codec
@@ -169,12 +169,13 @@ class RouterCore:
         headers = self.signer.sign_batch([value])[0]
         return Out(self.topics.inbox(header.sender), header.case_ref.encode(), value, headers)
 
-    def _placement_outs(self, placement: Placement) -> list[Out]:
-        """The registry record, and a copy for each party to the case (its own view)."""
+    def _placement_outs(self, placement: Placement, before: Placement | None) -> list[Out]:
+        """The registry record, and a copy for each party to the case (its own view): the parties
+        now, and those the change ended (their last record says until when they were parties)."""
         v = self.placements
         key = placement.case_ref.encode()
         value = codec.encode(v.parsed, v.fingerprint, placement.to_record())
-        parties = sorted(set(placement.parties.values()))
+        parties = sorted(placement.agencies() | (before.agencies() if before else set()))
         return [
             Out(self.topics.placements, key, value),
             *(Out(self.topics.cases(a), key, value) for a in parties),
@@ -280,6 +281,8 @@ class RouterCore:
         case = self.state.case(header.case_ref)
         repair = header.related_message_id is not None
         try:
+            rule = self.rules.rule(header.event_type)
+            changes = self._party_changes(form, body) if rule.changes_parties else None
             decision = self.rules.check(
                 header.event_type,
                 header.sender,
@@ -289,6 +292,9 @@ class RouterCore:
                 self.directory.__contains__,
                 repair=repair,
                 case_ref=header.case_ref,
+                at=header.occurred_at,
+                message_id=header.message_id,
+                changes=changes,
             )
         except UnknownRecipientError as exc:
             raise _fail("unknown-recipient", exc) from exc
@@ -336,8 +342,9 @@ class RouterCore:
                     LogEntry(
                         status=Status.ROUTED,
                         recipient=r.agency,
-                        role=str(r.role),
+                        role=r.role_names,
                         ack_deadline=deadline,
+                        reason=f"also notified: {r.reason}" if r.reason else None,
                         **common,
                     )
                 )
@@ -349,7 +356,7 @@ class RouterCore:
                             **{**common, "message_id": str(header.related_message_id)},
                             status=Status.REPAIRED,
                             recipient=r.agency,
-                            role=str(r.role),
+                            role=r.role_names,
                             related_message_id=message_id,
                             reason="route gap closed by a re-send from the sender",
                         )
@@ -373,7 +380,7 @@ class RouterCore:
         if placement is not None:
             placement.case_ref = header.case_ref
             placement.source_message_id = header.message_id
-            outs.extend(self._placement_outs(placement))
+            outs.extend(self._placement_outs(placement, case))
         # One marker, keyed by message id: a routed record read again (after a crash or a
         # rebalance) carries the same message id. Dead letters, which may have none, are marked
         # by their source instead.
@@ -389,6 +396,18 @@ class RouterCore:
             recipients=len(decision.deliver),
             occurred_at=header.occurred_at,
         )
+
+    @staticmethod
+    def _party_changes(form: Any, body: bytes) -> list[PartyChange]:
+        """The clear party fields of a CasePartiesChanged body (agency ids and roles only)."""
+        try:
+            record = codec.decode(body, lambda _fp: form.wire_parsed)
+            return [
+                PartyChange(c["agency"], Role(c["role"]), c["change"] == "ADDED")
+                for c in record["changes"]
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PolicyError(f"the party changes cannot be read: {type(exc).__name__}") from exc
 
     def _dead_letter(self, rec: InRecord, failure: Failure, header: Header | None) -> Outcome:
         message_id = str(header.message_id) if header else None

@@ -8,13 +8,18 @@ specification's resolution rules (``avro.compatibility``).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from dataclasses import field as dc_field
+from pathlib import Path
+from typing import Any
 
 import avro.schema
+import yaml
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 from avro.errors import AvroException
 
-from broker.errors import SchemaError
+from broker.errors import ConfigurationError, SchemaError
 from broker.schema.catalogue import Catalogue, SchemaVersion, sensitive_fields
 
 
@@ -151,12 +156,64 @@ def check_tags(versions: list[SchemaVersion]) -> list[CompatibilityProblem]:
 
 
 @dataclass(frozen=True)
+class Exception_:
+    """A reviewed exception to the gate (``schemas/compatibility.yaml``)."""
+
+    schema: str
+    version: int
+    other_version: int
+    direction: str
+    symbols: frozenset[str]
+    reason: str
+
+    def accepts(self, p: CompatibilityProblem) -> bool:
+        """Only missing enum symbols, all of them listed, between exactly these versions."""
+        if (p.schema, p.version, p.other_version) != (
+            self.schema,
+            self.version,
+            self.other_version,
+        ):
+            return False
+        older_reads = p.direction == f"v{self.other_version} reader, v{self.version} writer"
+        if (self.direction == "forward") != older_reads:
+            return False
+        parts = p.message.split("; ")
+        if not all(part.startswith("enum symbols ") for part in parts):
+            return False
+        named = set(re.findall(r"'([A-Za-z_][A-Za-z0-9_]*)'", p.message))
+        return bool(named) and named <= self.symbols
+
+
+def load_exceptions(path: Path) -> list[Exception_]:
+    """The reviewed exceptions; none when the file does not exist."""
+    if not path.exists():
+        return []
+    try:
+        doc: Any = yaml.safe_load(path.read_text()) or {}
+        return [
+            Exception_(
+                schema=e["schema"],
+                version=int(e["version"]),
+                other_version=int(e["other_version"]),
+                direction=str(e["direction"]),
+                symbols=frozenset(e["symbols"]),
+                reason=" ".join(str(e["reason"]).split()),
+            )
+            for e in doc.get("exceptions") or []
+        ]
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{path}: unreadable compatibility exceptions: {exc}") from exc
+
+
+@dataclass(frozen=True)
 class CheckReport:
     """Result of ``cbx schemas check``."""
 
     schemas: int
     versions: int
     problems: list[CompatibilityProblem]
+    #: Problems a reviewed exception accepts, with its reason.
+    accepted: list[tuple[CompatibilityProblem, str]] = dc_field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -175,4 +232,13 @@ def check_catalogue(catalogue: Catalogue) -> CheckReport:
             count += 1
         problems += check_schema(versions)
         problems += check_tags(versions)
-    return CheckReport(len(catalogue.names()), count, problems)
+    exceptions = load_exceptions(catalogue.root / "compatibility.yaml")
+    accepted: list[tuple[CompatibilityProblem, str]] = []
+    failing: list[CompatibilityProblem] = []
+    for p in problems:
+        match = next((e for e in exceptions if e.accepts(p)), None)
+        if match is None:
+            failing.append(p)
+        else:
+            accepted.append((p, match.reason))
+    return CheckReport(len(catalogue.names()), count, failing, accepted)

@@ -106,11 +106,17 @@ def check(json_out: JsonOpt = False) -> None:
                 "schemas": report.schemas,
                 "versions": report.versions,
                 "problems": [p.as_dict() for p in report.problems],
+                "accepted_exceptions": [
+                    {**p.as_dict(), "reason": why} for p, why in report.accepted
+                ],
             }
         )
     elif report.ok:
+        for p, why in report.accepted:
+            console.print(f"[yellow]accepted exception:[/] {p}\n  reason: {why}", highlight=False)
         console.print(
             f"{report.schemas} schemas, {report.versions} versions: FULL_TRANSITIVE compatible"
+            + (f" but for {len(report.accepted)} reviewed exception(s)" if report.accepted else "")
         )
     else:
         for p in report.problems:

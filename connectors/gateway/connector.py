@@ -180,36 +180,31 @@ class Connector:
         case_ref: str,
         body: dict[str, Any],
         extra: list[Recipient] | None = None,
+        at: dt.datetime | None = None,
     ) -> tuple[Role, list[Recipient]]:
-        """This agency's role in the case and the recipients the rules require."""
+        """This agency's role in the case and the recipients the rules require at ``at``."""
         rule = self.rules.rule(event_type)
+        at = at or dt.datetime.now(dt.UTC)
+        case = self.registry.get(case_ref)
         if rule.registers_placement:
             parties = self.rules.placement_parties(
                 self.agency, body["host_authority"], body.get("provider")
             )
-        else:
-            case = self.registry.get(case_ref)
+            audience = self.rules.placement_audience(parties, case)
+            role = self.rules.sender_role(rule, None, self.agency, at)
+            return role, self.rules.recipients(event_type, self.agency, audience, extra)
+        if rule.changes_parties:
             if case is None:
-                raise UnknownCaseError(
-                    f"case {case_ref} is not in the placement registry: name the recipients"
-                )
-            parties = case.parties
-        roles = [
-            role
-            for role, agency in parties.items()
-            if agency == self.agency and role in rule.senders
-        ]
-        if (
-            not roles
-            and Role.OTHER_FORCE in rule.senders
-            and Role.OTHER_FORCE in self.profile.roles
-        ):
-            roles = [Role.OTHER_FORCE]  # a force reporting what happened in its own area
-        if not roles:
-            raise PolicyError(
-                f"{self.agency} has no role in case {case_ref} that may send {event_type}"
+                raise UnknownCaseError(f"case {case_ref} is not in the placement registry")
+            self.rules.sender_role(rule, case, self.agency, at, Role.PLACING_AUTHORITY)
+            changed = [Recipient(c["agency"], Role(c["role"])) for c in body["changes"]]
+            return Role.PLACING_AUTHORITY, list(dict.fromkeys(changed))
+        if case is None:
+            raise UnknownCaseError(
+                f"case {case_ref} is not in the placement registry: name the recipients"
             )
-        return roles[0], self.rules.recipients(event_type, self.agency, parties, extra)
+        area = body.get(rule.area_field) if rule.area_field else None
+        return self.rules.route(event_type, self.agency, case, at, extra, area)
 
     def prepare(
         self,
@@ -229,7 +224,7 @@ class Connector:
         """Choose recipients (unless given), build the header, seal. Not yet signed or sent."""
         case_ref = self.case_id(event_type, case_ref)
         if recipients is None or sender_role is None:
-            role, chosen = self.route(event_type, case_ref, body, extra)
+            role, chosen = self.route(event_type, case_ref, body, extra, occurred_at)
             sender_role = sender_role or role
             recipients = chosen if recipients is None else recipients
         now = dt.datetime.now(dt.UTC)

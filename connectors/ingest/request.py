@@ -6,7 +6,12 @@ information-sharing decision, and the event itself::
     {"case_ref": "KCC-LAC-000123", "urgency": "IMMEDIATE",
      "sharing": {"purpose": ..., "lawful_basis": [...], "consent": "NOT_SOUGHT",
                  "consent_not_sought_reason": ..., "decision_maker_role": ...},
+     "also_notify": [{"agency": "pf-e23000001", "role": "OTHER_FORCE",
+                      "reason": "child believed to be travelling to Kent"}],
      "event": { ...fields of the message type... }}
+
+``also_notify`` (optional) names recipients beyond the statutory set, each in a role the message
+type's rule allows and the agency's kind can hold, with the reason written in the delivery log.
 
 HTTP ingest, file drop and scenarios all read requests here, so a payload that one accepts the
 others accept, and field errors read the same everywhere (path, problem, expected, kind of value
@@ -25,7 +30,7 @@ import fastavro
 from fastavro.schema import expand_schema
 
 from broker.envelope import Outgoing, SharingDecision
-from broker.model import SYSTEM_TYPES
+from broker.model import SYSTEM_TYPES, Recipient, Role
 from broker.schema.catalogue import ENVELOPE, Catalogue
 from broker.schema.json_to_avro import FieldError, JsonToAvro
 from connectors.gateway.connector import Connector
@@ -36,6 +41,8 @@ def wrapper_schema(catalogue: Catalogue) -> dict[str, Any]:
     envelope: Any = expand_schema(catalogue.latest(ENVELOPE).raw)
     header = envelope["fields"][0]["type"]
     fields = {f["name"]: f for f in header["fields"]}
+    recipient = fields["recipients"]["type"]["items"]
+    role_type = next(f["type"] for f in recipient["fields"] if f["name"] == "role")
     return {
         "type": "record",
         "name": "IngestRequest",
@@ -60,6 +67,35 @@ def wrapper_schema(catalogue: Catalogue) -> dict[str, Any]:
                 "type": copy.deepcopy(fields["sharing"]["type"]),
                 "doc": fields["sharing"]["doc"],
             },
+            {
+                "name": "also_notify",
+                "type": {
+                    "type": "array",
+                    "items": {
+                        "type": "record",
+                        "name": "AlsoNotify",
+                        "namespace": "cbx.http",
+                        "doc": "A recipient beyond the statutory set.",
+                        "fields": [
+                            {"name": "agency", "type": "string", "doc": "Its agency id."},
+                            {
+                                "name": "role",
+                                "type": copy.deepcopy(role_type),
+                                "doc": "A role the message type's rule allows, that the agency's "
+                                "kind can hold.",
+                            },
+                            {
+                                "name": "reason",
+                                "type": "string",
+                                "doc": "Why it is told (written in the delivery log; never "
+                                "personal data).",
+                            },
+                        ],
+                    },
+                },
+                "default": [],
+                "doc": "Further recipients, each with its role and the reason it is told.",
+            },
         ],
     }
 
@@ -74,6 +110,7 @@ class Request:
     occurred_at: dt.datetime | None
     sharing: SharingDecision
     body: dict[str, Any]
+    also_notify: tuple[Recipient, ...] = ()
 
     def prepare(self, connector: Connector, message_id: uuid.UUID | None = None) -> Outgoing:
         """Route and seal this request for ``connector`` (PolicyError when it cannot be routed)."""
@@ -85,6 +122,7 @@ class Request:
             urgency=self.urgency,
             occurred_at=self.occurred_at,
             message_id=message_id,
+            extra=list(self.also_notify) or None,
         )
 
 
@@ -110,6 +148,21 @@ class RequestReader:
             FieldError(f"event.{e.path}" if e.path else "event", e.problem, e.expected, e.got)
             for e in self.converters[event_type].errors(event)
         ]
+        for i, extra in enumerate(meta_in.get("also_notify") or []):
+            if isinstance(extra, dict) and isinstance(extra.get("reason"), str):
+                if not extra["reason"].strip():
+                    errors.append(
+                        FieldError(f"also_notify[{i}].reason", "empty", "why it is told", "string")
+                    )
+                elif len(extra["reason"]) > 500:
+                    errors.append(
+                        FieldError(
+                            f"also_notify[{i}].reason",
+                            "too long",
+                            "at most 500 characters",
+                            "string",
+                        )
+                    )
         if errors:
             return errors
         meta = self.wrapper.convert(meta_in)
@@ -128,4 +181,8 @@ class RequestReader:
                 withheld=tuple((w["item"], w["reason"]) for w in s["withheld"]),
             ),
             body=dict(self.converters[event_type].convert(event)),
+            also_notify=tuple(
+                Recipient(x["agency"], Role(x["role"]), x["reason"].strip())
+                for x in meta["also_notify"]
+            ),
         )
