@@ -23,6 +23,7 @@ from broker.errors import (
     ConfigurationError,
     NoRecipientError,
     PolicyError,
+    UnknownCaseError,
     UnknownRecipientError,
 )
 from broker.model import Recipient, Role
@@ -387,19 +388,47 @@ class Rules:
                 f"{r.agency} is addressed as {r.role}, which in this case is {', '.join(holders)}"
             )
 
-    def route(
+    def choose(
         self,
         event_type: str,
         sender: str,
         case: Placement | None,
+        body: dict[str, Any],
+        at: dt.datetime,
+        extra: list[Recipient] | None = None,
+    ) -> tuple[Role, list[Recipient]]:
+        """A connector's choice for one message: its role and the recipients to seal for.
+
+        ``case`` is the registry's record (None: not registered). A placement message names its
+        parties in the body; a party change is addressed to the parties it changes; anything else
+        resolves the rule's roles to the case's parties at ``at``.
+        """
+        rule = self.rule(event_type)
+        if rule.registers_placement:
+            parties = self.placement_parties(sender, body["host_authority"], body.get("provider"))
+            role = self.sender_role(rule, None, sender, at)
+            audience = self.placement_audience(parties, case)
+            return role, self.recipients(event_type, sender, audience, extra)
+        if case is None:
+            raise UnknownCaseError("the case is not in the placement registry: name the recipients")
+        if rule.changes_parties:
+            self.sender_role(rule, case, sender, at, Role.PLACING_AUTHORITY)
+            changed = [Recipient(c["agency"], Role(c["role"])) for c in body["changes"]]
+            return Role.PLACING_AUTHORITY, list(dict.fromkeys(changed))
+        area = body.get(rule.area_field) if rule.area_field else None
+        return self.route(event_type, sender, case, at, extra, area)
+
+    def route(
+        self,
+        event_type: str,
+        sender: str,
+        case: Placement,
         at: dt.datetime,
         extra: list[Recipient] | None = None,
         area: str | None = None,
     ) -> tuple[Role, list[Recipient]]:
-        """A connector's choice: its role in the case at ``at`` and the recipients to seal for."""
+        """Roles resolved for a registered case: the sender's role at ``at`` and the recipients."""
         rule = self.rule(event_type)
-        if case is None:
-            raise PolicyError("the case is not in the placement registry: name the recipients")
         role = self.sender_role(rule, case, sender, at)
         audience = self.audience(rule, case, at)
         told = {m.agency for m in audience.members}

@@ -14,6 +14,7 @@ topic. The format is documented in ``docs/scenarios.md``; ``cbx demo`` is the sh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 import time
 import uuid
@@ -61,7 +62,15 @@ class Runner:
         self.connectors: dict[str, Connector] = {}
         self.failures: list[str] = []
         self._acks: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-        self._alias = {v: k for k, v in scenario.agencies.items()}
+        # Every alias of each agency: two aliases may name one agency (one ICB for two areas).
+        self._aliases: dict[str, set[str]] = {}
+        for alias, agency in scenario.agencies.items():
+            self._aliases.setdefault(agency, set()).add(alias)
+
+    def _acknowledges(self, spec: StepSpec, agency: str) -> bool:
+        """Whether ``agency`` acknowledges this step's message (by any of its aliases)."""
+        acks = spec.acknowledge
+        return acks is None or bool(self._aliases.get(agency, set()) & set(acks))
 
     def _sink(self, agency: str) -> Any:
         async def sink(d: Delivered) -> None:
@@ -69,8 +78,7 @@ class Runner:
             if p is None:
                 return
             p.received.setdefault(agency, time.perf_counter())
-            acks = p.spec.acknowledge
-            if acks is None or self._alias.get(agency) in acks:
+            if self._acknowledges(p.spec, agency):
                 await self._acks.put((agency, str(d.header.message_id)))
 
         return sink
@@ -136,6 +144,7 @@ class Runner:
                 for conn in self.connectors.values():
                     await conn.stop()
         await self._settle(router.catalogue)
+        await self._escalations(router.catalogue)
         tracker.stop_event.set()
         await tasks[1]
         return await self._report(router.catalogue)
@@ -175,6 +184,11 @@ class Runner:
                     f"{spec.id}: {spec.event_type} from {spec.sender} was refused "
                     f"({resp.status_code}): {_errors_text(answer)}"
                 )
+            elif spec.refused_because and spec.refused_because not in _errors_text(answer):
+                self.failures.append(
+                    f"{spec.id}: refused, but not because {spec.refused_because!r}: "
+                    f"{_errors_text(answer)}"
+                )
             self.progress(f"{spec.title}: refused ({resp.status_code})")
             return
         if spec.outcome == "rejected":
@@ -197,8 +211,7 @@ class Runner:
             self.failures.append(f"{spec.id}: recipient {agency} is not one of the agencies")
 
         def done() -> bool:
-            acks = p.spec.acknowledge
-            wanted_acks = {a for a in got if acks is None or self._alias.get(a) in acks} - unknown
+            wanted_acks = {a for a in got if self._acknowledges(p.spec, a)} - unknown
             return got - unknown <= set(p.received) and wanted_acks <= set(p.acknowledged)
 
         try:
@@ -245,6 +258,47 @@ class Runner:
             await self._until(logged, 30, "acknowledgements in the delivery log")
         except TimeoutError:
             self.failures.append("the tracker did not log every acknowledgement within 30 s")
+
+    async def _logged(self, catalogue: Catalogue, status: Status) -> set[tuple[str, str]]:
+        """(message id, recipient) of every delivery-log entry with ``status``."""
+        codec = LogCodec(catalogue)
+        found: set[tuple[str, str]] = set()
+
+        def take(r: Any) -> None:
+            e = codec.decode(r.value)
+            if e.status == status and e.message_id and e.recipient:
+                found.add((e.message_id, e.recipient))
+
+        await kafka.read_to_end(self.ns, self.ns.topics.delivery_log, take)
+        return found
+
+    async def _escalations(self, catalogue: Catalogue) -> None:
+        """Steps with ``expect.escalated``: exactly those recipients escalated by the tracker."""
+        checked = [p for p in self.played if p.spec.escalated is not None and p.message_id]
+        if not checked:
+            return
+        sc = self.scenario
+
+        def wanted(p: Played) -> set[str]:
+            return {sc.agencies[a] for a in p.spec.escalated or ()}
+
+        escalated: set[tuple[str, str]] = set()
+
+        async def all_there() -> bool:
+            nonlocal escalated
+            escalated = await self._logged(catalogue, Status.ESCALATED)
+            return all({(p.message_id, a) for a in wanted(p)} <= escalated for p in checked)
+
+        with contextlib.suppress(TimeoutError):  # what is missing is reported below
+            await self._until(all_there, sc.wait_s, "escalations")
+        await asyncio.sleep(1.0)  # the tracker escalates every overdue recipient in one pass
+        escalated = await self._logged(catalogue, Status.ESCALATED)
+        for p in checked:
+            got = {a for m, a in escalated if m == p.message_id}
+            for agency in sorted(wanted(p) - got):
+                self.failures.append(f"{p.spec.id}: {agency} was not escalated")
+            for agency in sorted(got - wanted(p)):
+                self.failures.append(f"{p.spec.id}: {agency} was escalated and must not have been")
 
     async def _report(self, catalogue: Catalogue) -> dict[str, Any]:
         codec = LogCodec(catalogue)

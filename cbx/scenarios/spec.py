@@ -52,6 +52,10 @@ class StepSpec:
     not_recipients: tuple[str, ...] = ()
     acknowledge: tuple[str, ...] | None = None  # None: every recipient acknowledges
     pause_s: float = 0.0
+    #: Exactly these recipients must be escalated by the tracker (None: not checked).
+    escalated: tuple[str, ...] | None = None
+    #: A phrase the refusal must contain (the step must be refused).
+    refused_because: str | None = None
 
 
 @dataclass(frozen=True)
@@ -127,18 +131,26 @@ def load(path: Path) -> Scenario:
         if raw["type"] not in known_types:
             raise ScenarioError(f"{w}.type: unknown message type {raw['type']!r}")
         expect = raw.get("expect") or {}
-        outcome = expect.get("outcome", "accepted")
+        refused_because = expect.get("refused_because")
+        if refused_because is not None and not str(refused_because).strip():
+            raise ScenarioError(f"{w}.expect.refused_because: give a phrase the refusal contains")
+        outcome = expect.get("outcome", "rejected" if refused_because else "accepted")
+        if refused_because and outcome != "rejected":
+            raise ScenarioError(f"{w}.expect.refused_because: the outcome must be rejected")
         if outcome not in ("accepted", "rejected"):
             raise ScenarioError(f"{w}.expect.outcome: accepted or rejected, not {outcome!r}")
         lists = {}
         for key, source in (
             ("recipients", expect),
             ("not_recipients", expect),
+            ("escalated", expect),
             ("acknowledge", raw),
         ):
             value = source.get(key)
             if value is None or isinstance(value, bool):
                 continue
+            if not isinstance(value, list):
+                raise ScenarioError(f"{w}.{key}: expected a list of agency aliases")
             unknown = [a for a in value if a not in agencies]
             if unknown:
                 raise ScenarioError(f"{w}.{key}: {', '.join(map(str, unknown))} not agencies")
@@ -155,6 +167,8 @@ def load(path: Path) -> Scenario:
                 recipients=lists.get("recipients", ()),
                 not_recipients=lists.get("not_recipients", ()),
                 acknowledge=None if ack is True else lists.get("acknowledge", ()),
+                escalated=lists.get("escalated"),
+                refused_because=str(refused_because) if refused_because else None,
             )
         )
     return Scenario(

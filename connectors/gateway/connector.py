@@ -183,28 +183,15 @@ class Connector:
         at: dt.datetime | None = None,
     ) -> tuple[Role, list[Recipient]]:
         """This agency's role in the case and the recipients the rules require at ``at``."""
-        rule = self.rules.rule(event_type)
-        at = at or dt.datetime.now(dt.UTC)
         case = self.registry.get(case_ref)
-        if rule.registers_placement:
-            parties = self.rules.placement_parties(
-                self.agency, body["host_authority"], body.get("provider")
+        try:
+            return self.rules.choose(
+                event_type, self.agency, case, body, at or dt.datetime.now(dt.UTC), extra
             )
-            audience = self.rules.placement_audience(parties, case)
-            role = self.rules.sender_role(rule, None, self.agency, at)
-            return role, self.rules.recipients(event_type, self.agency, audience, extra)
-        if rule.changes_parties:
-            if case is None:
-                raise UnknownCaseError(f"case {case_ref} is not in the placement registry")
-            self.rules.sender_role(rule, case, self.agency, at, Role.PLACING_AUTHORITY)
-            changed = [Recipient(c["agency"], Role(c["role"])) for c in body["changes"]]
-            return Role.PLACING_AUTHORITY, list(dict.fromkeys(changed))
-        if case is None:
+        except UnknownCaseError:
             raise UnknownCaseError(
                 f"case {case_ref} is not in the placement registry: name the recipients"
-            )
-        area = body.get(rule.area_field) if rule.area_field else None
-        return self.rules.route(event_type, self.agency, case, at, extra, area)
+            ) from None
 
     def prepare(
         self,
