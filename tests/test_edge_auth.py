@@ -292,7 +292,7 @@ async def test_a_case_reference_cannot_be_squatted(kafka_ns: KafkaSettings, tmp_
             )
             assert named.status_code == 202, named.text
             to = {r["agency"] for r in named.json()["recipients"]}
-            # Kent's case: its parties, the home among them (told of a missing report it did not make)
+            # Kent's case: its parties, the home among them (told of the police's missing report)
             assert to == {KENT, "pf-e23000032", "la-e10000017", PROVIDER}
             assert herts not in to
         # Each agency sees only the cases it is a party to: Hertfordshire not Kent's.

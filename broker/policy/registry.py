@@ -254,29 +254,39 @@ class Placement:
         )
 
     def view(self, name_of: Any) -> dict[str, Any]:
-        """The case's parties in force, and former ones, for a sender's system or an operator:
-        metadata, no content."""
+        """Whom a message about the case reaches now (``parties``: in force), and who was a party
+        before (``former_parties``, with until when and why): metadata, no content."""
 
         def stamp(value: dt.datetime | None) -> str | None:
             return value.isoformat() if value else None
 
-        spans = sorted(self.spans, key=lambda p: (not p.current, str(p.role), p.agency))
+        def row(p: Party) -> dict[str, Any]:
+            out = {
+                "agency": p.agency,
+                "name": name_of(p.agency),
+                "role": str(p.role),
+                "since": stamp(p.since),
+                "until": stamp(p.until),
+            }
+            if p.ended_by:
+                out["ended_by"] = p.ended_by
+            return out
+
+        def order(p: Party) -> tuple[str, str, str]:
+            return (str(p.role), p.agency, stamp(p.since) or "")
+
         return {
             "case_ref": self.case_ref,
             "status": "ACTIVE" if self.active else "ENDED",
-            "parties": [
-                {
-                    "agency": p.agency,
-                    "name": name_of(p.agency),
-                    "role": str(p.role),
-                    "since": stamp(p.since),
-                    "until": stamp(p.until),
-                    **({"ended_by": p.ended_by} if p.ended_by else {}),
-                }
-                for p in spans
-            ],
+            "parties": [row(p) for p in sorted(self.spans, key=order) if p.current],
+            "former_parties": [row(p) for p in sorted(self.spans, key=order) if not p.current],
             "open_missing_episode": (
-                {"since": stamp(self.episode.began_at), "heard": len(self.episode.heard)}
+                {
+                    "since": stamp(self.episode.began_at),
+                    "heard": [
+                        {"agency": r.agency, "role": str(r.role)} for r in self.episode.heard
+                    ],
+                }
                 if self.episode
                 else None
             ),

@@ -117,6 +117,8 @@ class Audience:
     """Who holds which role for one message: (agency, role) pairs, and why each is there."""
 
     members: list[Recipient] = field(default_factory=list)
+    #: Those who heard of the open missing episode a message is about (told in any role).
+    episode: list[Recipient] = field(default_factory=list)
 
     def holders(self, role: Role) -> list[str]:
         return sorted({m.agency for m in self.members if m.role == role})
@@ -251,9 +253,11 @@ class Rules:
         members = case.parties_at(at)
         if rule.ends_placement:
             members = [Recipient(a, r) for r, a in case.parties.items()]
+        heard: list[Recipient] = []
         if rule.episode in ("continues", "closes") and case.episode is not None:
-            members += [h for h in case.episode.heard if h not in members]
-        return Audience(members)
+            heard = list(case.episode.heard)
+            members += [h for h in heard if h not in members]
+        return Audience(members, heard)
 
     def _refuse_sender(
         self, rule: Rule, case: Placement, sender: str, role: Role | None, at: dt.datetime
@@ -301,7 +305,7 @@ class Rules:
             if not fits:
                 raise PolicyError(f"a {kind.kind} may not send {rule.event_type}")
             return fits[0]
-        held = Audience(self.audience(rule, case, at).members).roles_of(sender)
+        held = self.audience(rule, case, at).roles_of(sender)
         if claimed is not None:
             if claimed in held:
                 return claimed
@@ -354,8 +358,7 @@ class Rules:
                     f"{event_type} must reach the {role} of the case, and it is not known"
                 )
             out += [Recipient(a, role) for a in holders if a != sender]
-        if rule.episode in ("continues", "closes"):
-            out += [m for m in audience.members if m.role in rule.allowed and m.agency != sender]
+        out += [m for m in audience.episode if m.agency != sender]
         for r in extra or []:
             self.check_extra(rule, r, audience)
             if r.agency != sender:
@@ -509,7 +512,7 @@ class Rules:
             if rule.changes_parties:
                 continue
             if case is not None and not rule.registers_placement and r in audience:
-                if r.role not in rule.allowed:
+                if r.role not in rule.allowed and r not in audience.episode:
                     raise PolicyError(f"{event_type} may not be sent to {r.agency} as {r.role}")
                 continue
             self.check_extra(rule, r, audience)

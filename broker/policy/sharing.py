@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -69,6 +70,31 @@ class SharingPolicy:
             for event, per in (doc.get("additions") or {}).items()
         }
         return cls(audiences, additions)
+
+
+def readers(catalogue: Any, policy: SharingPolicy) -> dict[str, dict[str, tuple[str, list[Role]]]]:
+    """For each message type, each sensitive field: its class and the roles that can read it
+    (every other field travels in clear to every recipient)."""
+    out: dict[str, dict[str, tuple[str, list[Role]]]] = {}
+    for name in catalogue.event_types():
+        fields = catalogue.latest(name).sensitive_fields
+        out[name] = {
+            f: (str(cls), [r for r in Role if r in policy.audience(name, cls)])
+            for f, cls in sorted(fields.items())
+        }
+    return out
+
+
+def readers_markdown(catalogue: Any, policy: SharingPolicy) -> str:
+    """The table of who reads which sealed field, as ``docs/architecture.md`` carries it."""
+    lines = [
+        "| Message type | Field | Class | Roles that can read it |",
+        "|---|---|---|---|",
+    ]
+    for name, fields in readers(catalogue, policy).items():
+        for f, (cls, roles) in fields.items():
+            lines.append(f"| {name} | `{f}` | {cls} | {', '.join(map(str, roles))} |")
+    return "\n".join(lines) + "\n"
 
 
 @cache

@@ -58,8 +58,25 @@ def show(
         print_json(view)
         return
     table = Table(
-        "agency", "name", "role", "since", "until", title=f"{view['case_ref']} ({view['status']})"
+        "agency",
+        "name",
+        "role",
+        "since",
+        "until",
+        "ended by",
+        title=f"{view['case_ref']} ({view['status']})",
     )
-    for p in view["parties"]:
-        table.add_row(p["agency"], p["name"], p["role"], p["since"][:19], (p["until"] or "")[:19])
+    for p in [*view["parties"], *view["former_parties"]]:
+        table.add_row(
+            p["agency"],
+            p["name"],
+            p["role"],
+            (p["since"] or "the beginning")[:19],
+            (p["until"] or "")[:19],
+            p.get("ended_by", ""),
+        )
     console.print(table)
+    episode = view["open_missing_episode"]
+    if episode:
+        heard = ", ".join(f"{h['agency']} ({h['role']})" for h in episode["heard"])
+        console.print(f"open missing episode since {episode['since'][:19]}; heard: {heard}")

@@ -126,6 +126,30 @@ def check(json_out: JsonOpt = False) -> None:
 
 
 @app.command()
+def readers(
+    write: Annotated[
+        bool, typer.Option("--write", help="Replace the table in docs/architecture.md.")
+    ] = False,
+) -> None:
+    """Which roles can read each sealed field of each message type (from the sharing policy)."""
+    from broker.paths import project_root
+    from broker.policy.sharing import readers_markdown, sharing_policy
+
+    table = readers_markdown(_load(), sharing_policy())
+    if not write:
+        print(table, end="")
+        return
+    doc = project_root() / "docs" / "architecture.md"
+    text = doc.read_text()
+    start, end = "<!-- readers:start -->\n", "<!-- readers:end -->"
+    if start not in text or end not in text:
+        fail(f"{doc} has no {start.strip()} ... {end} markers")
+    head, rest = text.split(start, 1)
+    doc.write_text(head + start + table + end + rest.split(end, 1)[1])
+    console.print(f"wrote the readers table to {doc}")
+
+
+@app.command()
 def publish(json_out: JsonOpt = False) -> None:
     """Publish every schema version to the compacted topic cbx.schemas."""
     from broker.kafka.cluster import resolve_settings

@@ -60,7 +60,12 @@ def build_report(
         window = windows.get(str(p.request.get("urgency", "ROUTINE")))
         window_ms = window.total_seconds() * 1000 if window is not None else None
         recipients = []
-        for agency, role in p.recipients:
+        roles: dict[str, list[str]] = {}
+        for agency, role in p.recipients:  # an agency holding two roles is named once per role
+            roles.setdefault(agency, []).append(role)
+        expected_escalations = {scenario.agencies[a] for a in p.spec.escalated or ()}
+        for agency, held in roles.items():
+            role = "+".join(held)
             delivered = _ms(p.received.get(agency), p.sent_at)
             acked = _ms(p.acknowledged.get(agency), p.sent_at)
             status = (
@@ -72,8 +77,9 @@ def build_report(
                 if delivered is not None
                 else "NOT_REACHED"
             )
-            late = agency in p.escalated or (
-                window_ms is not None and acked is not None and acked > window_ms
+            late = agency not in expected_escalations and (
+                agency in p.escalated
+                or (window_ms is not None and acked is not None and acked > window_ms)
             )
             if late:
                 limit = f" ({window_ms / 1000:.0f} s)" if window_ms is not None else ""

@@ -231,7 +231,8 @@ def create_app(
 
     @app.get("/v1/cases/{case_ref:path}")
     async def case(case_ref: str, request: Request) -> Response:
-        """Whom a message about this case will reach: its parties and their roles (no content).
+        """Whom a message about this case will reach now: its parties in force and their roles, and
+        the former parties with until when (no content).
 
         ``case_ref`` as the agency's system knows it (bare, or ``<placing authority>/<ref>``).
         Only cases this agency can see (those it is a party to; every case for a police force).
