@@ -572,3 +572,61 @@ def test_the_case_view_shows_parties_over_time() -> None:
     assert by[(MANCH, "HOST_AUTHORITY")]["until"] is None
     assert by[(KENT, "PLACING_AUTHORITY")]["since"] is None  # from the case's beginning
     assert by[(RHI, "RHI_PROVIDER")]["until"] is None
+
+
+# --- also_notify as a request carries it ----------------------------------------------------------
+
+
+def _reader() -> Any:
+    from broker.schema.json_to_avro import JsonToAvro
+    from connectors.ingest.request import RequestReader
+
+    converters = {n: JsonToAvro(CATALOGUE.latest(n).parsed) for n in CATALOGUE.event_types()}
+    return RequestReader(CATALOGUE, converters)
+
+
+def _request(also: Any) -> dict[str, Any]:
+    from benchmarks.samples import PAYLOADS
+
+    return {
+        "case_ref": "KCC-LAC-7001",
+        "sharing": {
+            "purpose": "locate a missing child",
+            "lawful_basis": ["UK_GDPR_6_1_E_PUBLIC_TASK"],
+            "consent": "NOT_SOUGHT",
+            "consent_not_sought_reason": "risk",
+            "decision_maker_role": "Duty inspector",
+        },
+        "also_notify": also,
+        "event": PAYLOADS["ChildMissingReported"],
+    }
+
+
+def test_a_request_names_further_recipients_with_their_reasons() -> None:
+    why = "  believed to be travelling to Manchester "
+    read = _reader().read(
+        "ChildMissingReported",
+        _request([{"agency": GMP, "role": "OTHER_FORCE", "reason": why}]),
+    )
+    assert read.also_notify == (Recipient(GMP, Role.OTHER_FORCE, why.strip()),)
+    assert read.also_notify[0].reason == why.strip()
+
+
+@pytest.mark.parametrize(
+    ("also", "path", "problem"),
+    [
+        ([{"agency": GMP, "role": "OTHER_FORCE", "reason": "  "}], "also_notify[0].reason",
+         "empty"),
+        ([{"agency": GMP, "role": "OTHER_FORCE", "reason": "x" * 501}], "also_notify[0].reason",
+         "too long"),
+        ([{"agency": GMP, "role": "CHIEF_CONSTABLE", "reason": "r"}], "also_notify[0].role", ""),
+        ([{"agency": GMP, "role": "OTHER_FORCE"}], "also_notify[0].reason", ""),
+        ("everyone", "also_notify", ""),
+    ],
+)  # fmt: skip
+def test_a_bad_further_recipient_names_the_field(also: Any, path: str, problem: str) -> None:
+    errors = _reader().read("ChildMissingReported", _request(also))
+    assert isinstance(errors, list)
+    assert path in [e.path for e in errors]
+    assert problem in next(e.problem for e in errors if e.path == path)
+    assert "CHIEF_CONSTABLE" not in str([e.as_dict() for e in errors])  # values never echoed

@@ -126,7 +126,10 @@ def publish(
         str | None, typer.Option(help="Organisation name (default: reference data).")
     ] = None,
     kind: Annotated[
-        str | None, typer.Option(help="COUNCIL, POLICE, HEALTH, CARE_PROVIDER, SERVICE.")
+        str | None,
+        typer.Option(
+            help="COUNCIL, POLICE, HEALTH, CARE_PROVIDER, SCHOOL, SUPPORT_SERVICE or SERVICE."
+        ),
     ] = None,
     passphrase_file: PassFileOpt = None,
 ) -> None:
