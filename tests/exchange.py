@@ -130,6 +130,17 @@ class Exchange:
 
         await self.wait_for(registered, what=f"{case_ref} in {agency}'s placement registry")
 
+    async def wait_party(self, agency: str, case_ref: str, party: str) -> None:
+        """Until ``agency``'s connector sees ``party`` among the parties in force of the case."""
+        conn = self.connectors[agency]
+
+        async def in_force() -> bool:
+            await conn.sync()
+            case = conn.registry.get(case_ref)
+            return case is not None and party in case.parties.values()
+
+        await self.wait_for(in_force, what=f"{party} a party of {case_ref} for {agency}")
+
     async def report_missing(self, host_force: str, case_ref: str) -> Any:
         """The host force reports the child of ``case_ref`` missing (IMMEDIATE)."""
         from agencies import body_of

@@ -232,6 +232,8 @@ ACROSS: list[tuple[str, str, dict[str, Any], set[str]]] = [
     (HOME, "ChildFound", {}, {LANCS_POLICE, KENT_POLICE, KENT, LANCS, RHI, IRO}),
     (RHI, "ReturnInterviewCompleted", {}, {KENT, LANCS_POLICE, KENT_POLICE, IRO}),
     (KENT, "CSERiskAssessed", {}, {LANCS, LANCS_POLICE, KENT_POLICE, IRO}),
+    (RHI, "CSERiskAssessed", {}, {KENT, LANCS, LANCS_POLICE, KENT_POLICE, IRO}),
+    (GMP, "CSERiskAssessed", {}, {KENT, LANCS, LANCS_POLICE, KENT_POLICE, IRO}),
     (KENT, "TriggerPlanIssued", {}, {LANCS_POLICE, KENT_POLICE, LANCS, HOME}),
     (LANCS_POLICE, "CAWNIssued", {}, {KENT, LANCS, KENT_POLICE, HOME}),
     (KENT, "HealthAssessmentRequested", {}, {LANCS_ICB, GP}),

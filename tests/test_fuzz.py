@@ -208,8 +208,26 @@ async def _settle(ex: Exchange, rec: Recorder, tally: Tally, pending: dict[str, 
         raise AssertionError(f"not accounted for: {detail}") from None
 
 
-async def _sentinel(ex: Exchange, rec: Recorder, client: httpx.AsyncClient) -> None:
-    r = await client.post(
+async def _sentinel(ex: Exchange, rec: Recorder, clients: dict[str, httpx.AsyncClient]) -> None:
+    """After a batch, a valid missing report must reach every recipient. A valid PlacementEnded
+    among the generated requests ends the host parties' part in the case, after which the host
+    force is rightly refused; Kent placing the child again is the valid way back, so it comes
+    first."""
+    placed = await clients[KENT].post(
+        "/v1/events/PlacementNotified",
+        json={
+            "case_ref": CASE,
+            "sharing": SHARING_JSON,
+            "event": {
+                **PAYLOADS["PlacementNotified"],
+                "host_authority": LANCS,
+                "provider": PROVIDER,
+            },
+        },
+    )
+    assert placed.status_code == 202, placed.text
+    await ex.wait_party(LANCS_POLICE, CASE, LANCS_POLICE)
+    r = await clients[LANCS_POLICE].post(
         "/v1/events/ChildMissingReported",
         json={
             "case_ref": CASE,
@@ -308,7 +326,7 @@ async def test_no_generated_request_stops_delivery(kafka_ns: KafkaSettings, tmp_
                         if not errors or not all(e.get("problem") and "path" in e for e in errors):
                             failures.append(f"{event_type} {how}: {r.status_code} {r.text[:300]}")
                 await _settle(ex, rec, tally, pending)
-                await _sentinel(ex, rec, clients[LANCS_POLICE])
+                await _sentinel(ex, rec, clients)
         finally:
             for c in clients.values():
                 await c.aclose()

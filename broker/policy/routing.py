@@ -474,7 +474,11 @@ class Rules:
         """Verify a message's recipients against the rules; find what is missing; say how the
         case changes."""
         rule = self.rule(event_type)
-        at = at or dt.datetime.now(dt.UTC)
+        now = dt.datetime.now(dt.UTC)
+        at = at or now
+        # A change to the case takes effect at its event time, but never later than now: a
+        # placement dated in the future must not leave the old parties in force until then.
+        effective = min(at, now)
         update: Placement | None = None
         if rule.registers_placement:
             self.sender_role(rule, None, sender, at, sender_role)
@@ -490,7 +494,7 @@ class Rules:
             if case is None:
                 update = Placement.new(case_ref or "", parties, message_id)
             else:
-                update = case.superseded(parties, at, message_id)
+                update = case.superseded(parties, effective, message_id)
         elif case is None:
             self.sender_role(rule, None, sender, at, sender_role)
             audience = Audience()
@@ -498,7 +502,7 @@ class Rules:
             self.sender_role(rule, case, sender, at, sender_role)
             audience = self.audience(rule, case, at)
             if rule.ends_placement:
-                update = case.ended(at, message_id)
+                update = case.ended(effective, message_id)
         if rule.changes_parties:
             if case is None:
                 raise PolicyError(f"{event_type}: case {case_ref} is not in the placement registry")
@@ -536,12 +540,12 @@ class Rules:
             update = case.with_parties(
                 [Recipient(c.agency, c.role) for c in changes or [] if c.added],
                 [Recipient(c.agency, c.role) for c in changes or [] if not c.added],
-                at,
+                effective,
                 message_id,
             )
         if case is not None and rule.episode and message_id is not None:
             update = self._episode(
-                rule, update or case, sender, sender_role, recipients, at, message_id
+                rule, update or case, sender, sender_role, recipients, effective, message_id
             )
         if update is case:
             update = None
