@@ -186,6 +186,14 @@ class Exchange:
         return self.send(KENT, "CasePartiesChanged", changes=changes)
 
 
+def refused(result: Result, by: str, *phrases: str) -> None:
+    """``result`` was refused by ``by`` (connector or router) with every phrase in the reason."""
+    assert result.by == by, result
+    assert result.refused is not None
+    for phrase in phrases:
+        assert phrase in result.refused
+
+
 def across(registered: bool = True) -> Exchange:
     """Kent places a child in a Lancashire home (another council, force and ICB); Kent has
     registered the child's GP, school, IRO service and return-interview provider."""
@@ -424,9 +432,7 @@ def test_the_router_checks_the_kind_of_an_added_recipient() -> None:
         Recipient(MANCH_ICB, Role.OTHER_FORCE),
     ]
     result = ex.send(LANCS_POLICE, "ChildMissingReported", role=Role.HOST_FORCE, recipients=forged)
-    assert result.by == "router"
-    assert result.refused is not None
-    assert "which cannot be notified as OTHER_FORCE" in result.refused
+    refused(result, "router", "which cannot be notified as OTHER_FORCE")
 
 
 # --- a placement ended and a new one begun; an episode open across the move --------------------
@@ -489,10 +495,7 @@ def test_the_router_refuses_a_former_provider_whose_connector_did_not_know() -> 
         Recipient(LANCS, Role.HOST_AUTHORITY),
     ]
     result = ex.send(HOME, "ChildMissingReported", role=Role.CARE_PROVIDER, recipients=stale)
-    assert result.by == "router"
-    assert result.refused is not None
-    assert "was the CARE_PROVIDER" in result.refused
-    assert "placement ended" in result.refused
+    refused(result, "router", "was the CARE_PROVIDER", "placement ended")
 
 
 def test_a_router_refuses_to_send_a_former_party_anything_new() -> None:

@@ -208,12 +208,9 @@ async def _settle(ex: Exchange, rec: Recorder, tally: Tally, pending: dict[str, 
         raise AssertionError(f"not accounted for: {detail}") from None
 
 
-async def _sentinel(ex: Exchange, rec: Recorder, clients: dict[str, httpx.AsyncClient]) -> None:
-    """After a batch, a valid missing report must reach every recipient. A valid PlacementEnded
-    among the generated requests ends the host parties' part in the case, after which the host
-    force is rightly refused; Kent placing the child again is the valid way back, so it comes
-    first."""
-    placed = await clients[KENT].post(
+async def _place(kent: httpx.AsyncClient) -> httpx.Response:
+    """Kent places the case's child in a Lancashire home."""
+    return await kent.post(
         "/v1/events/PlacementNotified",
         json={
             "case_ref": CASE,
@@ -225,6 +222,14 @@ async def _sentinel(ex: Exchange, rec: Recorder, clients: dict[str, httpx.AsyncC
             },
         },
     )
+
+
+async def _sentinel(ex: Exchange, rec: Recorder, clients: dict[str, httpx.AsyncClient]) -> None:
+    """After a batch, a valid missing report must reach every recipient. A valid PlacementEnded
+    among the generated requests ends the host parties' part in the case, after which the host
+    force is rightly refused; Kent placing the child again is the valid way back, so it comes
+    first."""
+    placed = await _place(clients[KENT])
     assert placed.status_code == 202, placed.text
     await ex.wait_party(LANCS_POLICE, CASE, LANCS_POLICE)
     r = await clients[LANCS_POLICE].post(
@@ -290,18 +295,7 @@ async def test_no_generated_request_stops_delivery(kafka_ns: KafkaSettings, tmp_
             for a in set(SENDERS.values())
         }
         try:
-            placed = await clients[KENT].post(
-                "/v1/events/PlacementNotified",
-                json={
-                    "case_ref": CASE,
-                    "sharing": SHARING_JSON,
-                    "event": {
-                        **PAYLOADS["PlacementNotified"],
-                        "host_authority": LANCS,
-                        "provider": PROVIDER,
-                    },
-                },
-            )
+            placed = await _place(clients[KENT])
             assert placed.status_code == 202, placed.text
             for a in PARTIES:
                 await ex.wait_registered(a, CASE)
