@@ -50,7 +50,8 @@ from connectors.ingest.idempotency import IdempotencyStore
 pytestmark = pytest.mark.kafka
 
 PARTIES = [KENT, LANCS, KENT_POLICE, LANCS_POLICE, KENT_ICB, LANCS_ICB, PROVIDER]
-MISSING_RECIPIENTS = {KENT, LANCS, KENT_POLICE}
+# The host force's missing report: both councils, the home force and the home (its child).
+MISSING_RECIPIENTS = {KENT, LANCS, KENT_POLICE, PROVIDER}
 EDGE_TIMES = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]
 
 
@@ -524,7 +525,7 @@ async def test_the_force_that_finds_the_child_reports_it_whoever_it_is(
                 r = await h.post("/v1/events/ChildFound", json=found)
             assert r.status_code == 202, r.text
             to = {x["agency"] for x in r.json()["recipients"]}
-            assert to == {KENT, LANCS, KENT_POLICE, LANCS_POLICE} - {force}
+            assert to == {KENT, LANCS, KENT_POLICE, LANCS_POLICE, PROVIDER} - {force}
             mid = r.json()["message_id"]
 
             async def arrived(mid: str = mid, to: set[str] = to) -> bool:
