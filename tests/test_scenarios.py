@@ -17,16 +17,23 @@ CATALOGUE = Catalogue.load()
 EXAMPLES = [p for p in spec.shipped() if p != spec.demo()]
 
 
-def check_delivered(report: dict[str, object]) -> None:
+def check_delivered(report: dict[str, object], case: spec.Scenario | None = None) -> None:
+    """Every recipient acknowledged, but those a step expects to stay silent and be escalated."""
     assert report["ok"] is True, report["failures"]
     assert report["failures"] == []
     assert report["plaintext_found"] == 0
     assert isinstance(report["messages"], list)
+    steps = {s.id: s for s in case.steps} if case else {}
     for m in report["messages"]:
         assert m["recipients"], m
+        step = steps.get(m["step"])
+        expected = {case.agencies[a] for a in step.escalated or ()} if case and step else set()
         for r in m["recipients"]:
-            assert r["status"] == "ACKNOWLEDGED", (m["step"], r)
             assert r["delivered_ms"] is not None
+            if r["agency"] in expected:
+                assert r["status"] == "ESCALATED", (m["step"], r)
+                continue
+            assert r["status"] == "ACKNOWLEDGED", (m["step"], r)
             assert r["acknowledged_ms"] >= r["delivered_ms"]
     assert isinstance(report["rejections"], list)
     assert all(r["expected"] for r in report["rejections"])
@@ -79,7 +86,7 @@ def test_shipped_scenario_passes(kafka_settings: KafkaSettings, tmp_path: Path, 
         kafka_settings, tmp_path, "scenario", "run", str(path), "--json", CBX_LOG_LEVEL="DEBUG"
     )
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-    check_delivered(json.loads(done.stdout))
+    check_delivered(json.loads(done.stdout), spec.load(path))
     # Neither the report nor any log line of the router, tracker or connectors holds them.
     secrets = literal_sensitive_values(spec.load(path))
     assert len(secrets) >= 5

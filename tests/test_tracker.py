@@ -12,7 +12,7 @@ from agencies import SHARING
 from cli import cbx
 from conftest import EMBEDDED
 from exchange import exchange
-from test_router import ALL, CASE, KENT, KENT_POLICE, LANCS, LANCS_POLICE, placement_body
+from test_router import ALL, CASE, KENT, KENT_POLICE, LANCS, LANCS_POLICE, PROVIDER, placement_body
 
 from broker import model
 from broker.delivery_log import Status
@@ -73,7 +73,9 @@ async def test_receipts_acknowledgement_and_escalation(
                 for e in await ex.log():
                     if e.message_id == mid and e.recipient:
                         states.setdefault(e.recipient, set()).add(e.status)
-                done = all(Status.ESCALATED in states.get(a, set()) for a in (KENT_POLICE, LANCS))
+                done = all(
+                    Status.ESCALATED in states.get(a, set()) for a in (KENT_POLICE, LANCS, PROVIDER)
+                )
                 return states if done and Status.ACKNOWLEDGED in states.get(KENT, set()) else None
 
             states = await ex.wait_for(escalated, what="acknowledgement and escalations")
@@ -83,7 +85,7 @@ async def test_receipts_acknowledgement_and_escalation(
         assert Status.DELIVERED in states[KENT]
         assert Status.ACKNOWLEDGED in states[KENT]
         assert Status.ESCALATED not in states[KENT]
-        for late in (KENT_POLICE, LANCS):
+        for late in (KENT_POLICE, LANCS, PROVIDER):
             assert {Status.ROUTED, Status.DELIVERED, Status.OVERDUE, Status.ESCALATED} <= states[
                 late
             ]
@@ -97,7 +99,12 @@ async def test_receipts_acknowledgement_and_escalation(
         assert rows[KENT]["status"] == "ACKNOWLEDGED"
         assert rows[KENT_POLICE]["status"] == "ESCALATED"
         escalated_only = cbx(kafka_ns, tmp_path, "deliveries", "--json", "--status", "ESCALATED")
-        assert {r["recipient"] for r in json.loads(escalated_only.stdout)} == {KENT_POLICE, LANCS}
+        # Everyone told but Kent, who acknowledged: the home force, the host council and the home.
+        assert {r["recipient"] for r in json.loads(escalated_only.stdout)} == {
+            KENT_POLICE,
+            LANCS,
+            PROVIDER,
+        }
         traced = cbx(kafka_ns, tmp_path, "trace", mid, "--json")
         assert traced.returncode == 0, traced.stderr
         timeline = [e["status"] for e in json.loads(traced.stdout)]
@@ -117,7 +124,11 @@ async def test_receipts_acknowledgement_and_escalation(
             ns = ["--namespace", kafka_ns.topic_prefix]
             live = cbx(None, home, "deliveries", "--json", "--status", "ESCALATED", *ns)
             assert live.returncode == 0, live.stderr
-            assert {r["recipient"] for r in json.loads(live.stdout)} == {KENT_POLICE, LANCS}
+            assert {r["recipient"] for r in json.loads(live.stdout)} == {
+                KENT_POLICE,
+                LANCS,
+                PROVIDER,
+            }
             live_trace = cbx(None, home, "trace", mid, "--json", *ns)
             assert live_trace.returncode == 0, live_trace.stderr
             assert [e["status"] for e in json.loads(live_trace.stdout)] == timeline
