@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from broker.policy.routing import Rules
 RULES = Rules.load()
 
 
-@pytest.mark.parametrize("kind", ["council", "police", "health", "provider"])
+@pytest.mark.parametrize("kind", sorted(profiles()))
 def test_profile_is_what_the_rules_allow_its_roles(kind: str) -> None:
     p = profiles()[kind]
     sends = {t for t, r in RULES.rules.items() if r.senders & p.roles}
@@ -32,6 +33,40 @@ def test_every_kind_has_a_profile_by_prefix() -> None:
     assert profile_for("la-e10000016").sink == "folder"
     with pytest.raises(ConfigurationError, match="has no profile"):
         profile_for("xx-123456")
+    assert profile_for("gp-a81001").kind == "gp"
+    assert profile_for("sch-118822").kind == "school"
+    assert profile_for("iro-e10000016").kind == "iro"
+    assert profile_for("rhi-1122334").kind == "rhi"
+
+
+@pytest.mark.parametrize(
+    ("agency", "expected"),
+    [
+        ("gp-81001", "gp-<ODS practice code>"),
+        ("gp-a810012", "gp-<ODS practice code>"),
+        ("sch-11882", "6-digit unique reference number"),
+        ("iro-w10000016", "iro-<GSS code of the council"),
+        ("rhi-12", "registered charity or company number"),
+    ],
+)
+def test_an_id_that_is_not_its_kinds_official_code_is_refused(agency: str, expected: str) -> None:
+    with pytest.raises(ConfigurationError, match=expected):
+        profile_for(agency)
+
+
+def test_the_new_kinds_have_directory_kinds_the_directory_schema_knows() -> None:
+    from broker.policy.profiles import directory_kind
+    from broker.schema.catalogue import Catalogue
+
+    raw = json.dumps(Catalogue.load().latest("DirectoryEntry").raw)
+    for agency, kind in (
+        ("gp-a81001", "HEALTH"),
+        ("sch-118822", "SCHOOL"),
+        ("iro-e10000016", "SUPPORT_SERVICE"),
+        ("rhi-1122334", "SUPPORT_SERVICE"),
+    ):
+        assert directory_kind(agency) == kind
+        assert f'"{kind}"' in raw
 
 
 def test_a_council_may_not_send_a_police_report() -> None:
