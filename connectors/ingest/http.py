@@ -25,13 +25,12 @@ from starlette.requests import ClientDisconnect
 
 from broker.errors import PolicyError
 from broker.logging import get_logger
-from broker.model import SYSTEM_TYPES
 from broker.policy.reference import reference
 from broker.schema import limits
 from connectors.gateway.connector import Connector
 from connectors.ingest.auth import AuthError, Scope, TokenStore
 from connectors.ingest.idempotency import IdempotencyStore, body_hash
-from connectors.ingest.openapi import components, json_schema
+from connectors.ingest.openapi import event_paths
 from connectors.ingest.submit import Rejected, Submitter
 
 log = get_logger("http_ingest")
@@ -274,62 +273,17 @@ def create_app(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         if tokens is not None:
-            doc["components"] = {
-                "securitySchemes": {
-                    "apiToken": {
-                        "type": "http",
-                        "scheme": "bearer",
-                        "description": "cbx_<id>_<secret>, from cbx connector token add",
-                    }
+            doc.setdefault("components", {})["securitySchemes"] = {
+                "apiToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "cbx_<id>_<secret>, from cbx connector token add",
                 }
             }
             doc["security"] = [{"apiToken": []}]
-        comps = doc.setdefault("components", {}).setdefault("schemas", {})
-        comps.update(components(connector.catalogue))
-        defs: dict[str, Any] = {}
-        json_schema(wrapper_raw, defs)
-        comps.update({k.rsplit(".", 1)[-1]: v for k, v in defs.items() if v})
-        for event_type in connector.catalogue.event_types():
-            if event_type in SYSTEM_TYPES:
-                continue
-            request = {
-                "allOf": [
-                    {"$ref": "#/components/schemas/IngestRequest"},
-                    {
-                        "type": "object",
-                        "required": ["event"],
-                        "properties": {"event": {"$ref": f"#/components/schemas/{event_type}"}},
-                    },
-                ]
-            }
-            doc["paths"][f"/v1/events/{event_type}"] = {
-                "post": {
-                    "summary": connector.catalogue.latest(event_type).raw.get("doc", event_type),
-                    "parameters": [
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "required": False,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": {"application/json": {"schema": request}},
-                    },
-                    "responses": {
-                        "202": {"description": "published"},
-                        "400": {"description": "not a JSON object, or nested too deep"},
-                        "401": {"description": "no valid API token"},
-                        "403": {"description": "not allowed: scope, agency kind or origin"},
-                        "409": {"description": "idempotency key reused"},
-                        "413": {"description": "body or sealed message too large"},
-                        "415": {"description": "not declared as JSON"},
-                        "422": {"description": "field errors"},
-                        "503": {"description": "retry later with the same key"},
-                    },
-                }
-            }
+        paths, schemas = event_paths(connector.catalogue, wrapper_raw)
+        doc.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+        doc["paths"].update(paths)
         app.openapi_schema = doc
         return doc
 
