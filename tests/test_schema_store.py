@@ -70,3 +70,35 @@ async def test_unknown_writer_schema_is_fetched_from_cbx_schemas(
     added = await fresh.refresh(kafka_settings)
     assert added >= len(catalogue.all_versions()) + 1
     assert v1.fingerprint in fresh
+
+
+async def test_an_outside_reader_resolves_envelope_and_body_from_the_bytes_alone(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """What `cbx schemas publish` puts in cbx.schemas is enough for a reader that knows no cbx
+    code: the envelope's fingerprint names its schema, the body's fingerprint names its wire
+    schema, and both are there under the hex of their fingerprints."""
+    from agencies import HOST_FORCE, MISSING_RECIPIENTS, body_of, header, network
+
+    from broker.crypto.sealing import BodyForms
+    from broker.model import Role
+
+    catalogue = Catalogue.load()
+    wire = [(f.wire_fingerprint, f.wire_raw) for f in BodyForms(catalogue).by_wire.values()]
+    published = await SchemaStore(catalogue).publish(kafka_settings, catalogue.all_versions(), wire)
+    assert published == len(catalogue.all_versions()) + len(wire)
+
+    net = network()
+    h = header("ChildMissingReported", HOST_FORCE, Role.HOST_FORCE, MISSING_RECIPIENTS)
+    out = net.protector(HOST_FORCE).seal(h, body_of("ChildMissingReported"))
+
+    outside = SchemaStore()  # no catalogue: only what the topic holds
+    await outside.refresh(kafka_settings)
+    envelope = codec.decode(out.value, outside.writer_for)
+    assert envelope["header"]["event_type"] == "ChildMissingReported"
+    body_bytes = envelope["body"]
+    body = codec.decode(body_bytes, outside.writer_for)
+    assert body["episode_id"]  # clear fields read as they are
+    assert body["last_seen"]["sensitivity"] == "LOCATION"  # a sealed value, not the place
+    assert isinstance(body["last_seen"]["ciphertext"], bytes)
+    assert "cbx_sealing" in body

@@ -62,8 +62,15 @@ class SchemaStore:
         self._raw[fp] = raw
         return fp
 
-    async def publish(self, settings: KafkaSettings, versions: list[SchemaVersion]) -> int:
-        """Publish schema versions to ``cbx.schemas`` (idempotent: same key, same value)."""
+    async def publish(
+        self,
+        settings: KafkaSettings,
+        versions: list[SchemaVersion],
+        derived: list[tuple[bytes, dict[str, Any]]] | None = None,
+    ) -> int:
+        """Publish schema versions, and ``derived`` (fingerprint, schema) pairs such as the wire
+        forms of bodies, to ``cbx.schemas`` (idempotent: same key, same value)."""
+        entries = [(v.fingerprint, v.raw) for v in versions] + list(derived or [])
         await kafka.ensure_topics(
             settings, [s for s in settings.topics.core() if s.name == settings.topics.schemas]
         )
@@ -73,15 +80,15 @@ class SchemaStore:
             futures = [
                 await producer.send(
                     settings.topics.schemas,
-                    json.dumps(v.raw, sort_keys=True).encode(),
-                    key=v.fingerprint.hex().encode(),
+                    json.dumps(raw, sort_keys=True).encode(),
+                    key=fp.hex().encode(),
                 )
-                for v in versions
+                for fp, raw in entries
             ]
             await asyncio.gather(*futures)
         finally:
             await producer.stop()
-        return len(versions)
+        return len(entries)
 
     async def refresh(self, settings: KafkaSettings, timeout_s: float = 10.0) -> int:
         """Read ``cbx.schemas`` from the start to its current end; returns schemas added."""

@@ -151,17 +151,22 @@ def readers(
 
 @app.command()
 def publish(json_out: JsonOpt = False) -> None:
-    """Publish every schema version to the compacted topic cbx.schemas."""
+    """Publish every schema version, and the wire form of every body version, to cbx.schemas
+    (keyed by the hex of each schema's CRC-64-AVRO fingerprint)."""
+    from broker.crypto.sealing import BodyForms
     from broker.kafka.cluster import resolve_settings
     from broker.schema.store import SchemaStore
 
     cat = _load()
+    wire = [(f.wire_fingerprint, f.wire_raw) for f in BodyForms(cat).by_wire.values()]
     try:
         settings = resolve_settings()
-        count = asyncio.run(SchemaStore(cat).publish(settings, cat.all_versions()))
+        count = asyncio.run(SchemaStore(cat).publish(settings, cat.all_versions(), wire))
     except CbxError as exc:
         fail(str(exc))
     if json_out:
-        print_json({"published": count})
+        print_json({"published": count, "wire_forms": len(wire)})
     else:
-        console.print(f"published {count} schema versions to cbx.schemas")
+        console.print(
+            f"published {count} schemas to cbx.schemas ({len(wire)} of them wire forms of bodies)"
+        )
