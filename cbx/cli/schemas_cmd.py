@@ -150,6 +150,26 @@ def readers(
 
 
 @app.command()
+def asyncapi(
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
+) -> None:
+    """The AsyncAPI 3.0 document of the Kafka topics: channels, records, keys, headers, security."""
+    import json
+    from pathlib import Path
+
+    from cbx.asyncapi import document
+
+    text = json.dumps(document(_load()), indent=2) + "\n"
+    if output is None:
+        print(text, end="")
+        return
+    Path(output).write_text(text)
+    console.print(f"wrote {output}")
+
+
+@app.command()
 def publish(json_out: JsonOpt = False) -> None:
     """Publish every schema version, and the wire form of every body version, to cbx.schemas
     (keyed by the hex of each schema's CRC-64-AVRO fingerprint)."""
