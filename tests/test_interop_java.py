@@ -12,6 +12,7 @@ jars). No broker: the records are built exactly as connectors and the router bui
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import shutil
@@ -170,3 +171,62 @@ def test_avro_java_agrees_on_every_fingerprint_and_every_record(tmp_path: Path) 
     # Every message type's wire form, the envelope and the infrastructure records were read.
     wire = {f"cbx.wire.{t}" for t in CATALOGUE.event_types()}
     assert wire | {"cbx.Envelope", "cbx.PlacementRecord", "cbx.DeliveryLogEntry"} <= decoded_as
+
+
+def _java_over(tmp_path: Path, records: dict[str, bytes]) -> list[str]:
+    """Write the schemas and ``records`` to a folder, run Avro Java over it; its output lines."""
+    folder = tmp_path / "played"
+    _write_schemas(folder)
+    (folder / "records").mkdir()
+    for name, value in records.items():
+        (folder / "records" / f"{name}.bin").write_bytes(value)
+    run = subprocess.run(
+        [*_tool(tmp_path), str(folder)], capture_output=True, text=True, check=False
+    )
+    lines = run.stdout.splitlines()
+    assert run.returncode == 0, "\n".join(line for line in lines if "FAIL" in line) + run.stderr
+    return lines
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(900)
+async def test_avro_java_reads_every_record_of_a_played_scenario(
+    kafka_settings: Any, tmp_path: Path
+) -> None:
+    """The demo played on the real broker; then every record on every topic of its namespace,
+    read back as raw bytes, goes through Avro Java (and each envelope's body too)."""
+    from broker.kafka import clients as kafka
+    from cbx.scenarios.runner import Runner
+
+    runner = Runner(kafka_settings, spec.load(spec.demo()))
+    report = await runner.run()
+    assert report["ok"], report["failures"]
+    admin = kafka.admin(runner.ns)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(runner.ns.topic_prefix + ".")]
+    finally:
+        await admin.close()
+    envelopes = EnvelopeCodec(CATALOGUE)
+    records: dict[str, bytes] = {}
+
+    def take(topic: str) -> Any:
+        def keep(r: Any) -> None:
+            if r.value is None or r.value[:2] != b"\xc3\x01":
+                return  # schemas (JSON) and the router's markers (text) are not Avro
+            name = f"{topic}-{r.partition}-{r.offset}"
+            records[name] = r.value
+            if codec.read_fingerprint(r.value) == envelopes.fingerprint:
+                records[f"{name}-body"] = envelopes.decode(r.value)[1]
+
+        return keep
+
+    for topic in names:
+        await kafka.read_to_end(runner.ns, topic, take(topic))
+    lines = await asyncio.to_thread(_java_over, tmp_path, records)
+    decoded_as = {line.split()[-1] for line in lines if line.startswith("RECORD OK")}
+    played = {s.event_type for s in spec.load(spec.demo()).steps if s.event_type}
+    assert {f"cbx.wire.{t}" for t in played} <= decoded_as
+    assert {"cbx.Envelope", "cbx.DeliveryLogEntry", "cbx.PlacementRecord"} <= decoded_as
+    assert {"cbx.DirectoryEntry", "cbx.wire.Receipt"} <= decoded_as
+    assert sum(1 for line in lines if line.startswith("RECORD OK")) == len(records) > 100
