@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from exchange import exchange
+from test_fuzz import SENDERS
 from test_openapi import _example, _missing_report
 from test_router import ALL, CASE, KENT, LANCS, LANCS_POLICE, PROVIDER
 
@@ -122,8 +123,8 @@ SHARING = {
 
 
 @pytest.mark.kafka
-async def test_the_generated_client_talks_to_a_real_connector(
-    client_package: Any, kafka_ns: KafkaSettings, tmp_path: Path
+async def test_the_generated_client_sends_every_message_type_to_a_real_connector(
+    client_package: Any, document: dict[str, Any], kafka_ns: KafkaSettings, tmp_path: Path
 ) -> None:
     client_module = importlib.import_module(f"{PACKAGE}.client")
     async with exchange(kafka_ns, tmp_path) as ex:
@@ -163,6 +164,25 @@ async def test_the_generated_client_talks_to_a_real_connector(
         )
         assert sent.status_code == 202, sent.content
         assert KENT in {r.agency for r in sent.parsed.recipients}
+
+        # Every other type, from an agency that sends it in this case, built from the document's
+        # own schema; the end of the placement last.
+        gp = "gp-a81001"
+        await ex.agency(gp)
+        for agency in {*SENDERS.values()}:
+            await ex.wait_registered(agency, CASE)
+        others = [t for t in sorted(SENDERS) if t not in ("PlacementNotified", "PlacementEnded")]
+        for t in [*others, "CasePartiesChanged", "PlacementEnded"]:
+            request = _example(document["components"]["schemas"][f"{t}Request"], document)
+            request.update(case_ref=CASE, sharing=SHARING)
+            if t == "CasePartiesChanged":
+                request["event"]["changes"] = [{"change": "ADDED", "agency": gp, "role": "GP"}]
+            answer = await _operation(client_package, t).asyncio_detailed(
+                client=client_for(SENDERS.get(t, KENT)),
+                body=_model(client_package, t).from_dict(request),
+            )
+            assert answer.status_code == 202, (t, answer.content)
+            assert answer.parsed.recipients, t
 
         # A refusal parses as the document's Error: a council may not send a police report.
         refused = await _operation(client_package, "ChildMissingReported").asyncio_detailed(
