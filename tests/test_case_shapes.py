@@ -635,3 +635,26 @@ def test_a_bad_further_recipient_names_the_field(also: Any, path: str, problem: 
     assert path in [e.path for e in errors]
     assert problem in next(e.problem for e in errors if e.path == path)
     assert "CHIEF_CONSTABLE" not in str([e.as_dict() for e in errors])  # values never echoed
+
+
+def test_a_placement_dated_in_the_far_future_takes_effect_now() -> None:
+    """An odd date cannot hold the old parties in force: the move counts from when it was routed."""
+    ex = Exchange()
+    ex.clock = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    assert ex.placed(LANCS).to
+    ex.clock = dt.datetime(2099, 12, 31, 22, tzinfo=dt.UTC)  # the send adds an hour
+    assert ex.placed(MANCH, HOME2).to == {MANCH, GMP, KENT_POLICE, MANCH_ICB, KENT_ICB, HOME2}
+    ex.clock = dt.datetime.now(dt.UTC)
+    report = ex.send(GMP, "ChildMissingReported")
+    assert report.to == {KENT_POLICE, KENT, MANCH, HOME2}
+
+
+def test_a_party_change_naming_a_kind_that_cannot_hold_the_role_is_refused_by_the_connector() -> (
+    None
+):
+    ex = across(registered=False)
+    bad = [{"change": "ADDED", "agency": "xx-999", "role": "GP"}]
+    refused(ex.send(KENT, "CasePartiesChanged", changes=bad), "connector", "event.changes")
+    provider = [{"change": "ADDED", "agency": HOME2, "role": "SCHOOL"}]
+    refused(ex.send(KENT, "CasePartiesChanged", changes=provider), "connector", "cannot be")
+    refused(ex.send(KENT, "CasePartiesChanged", changes=[]), "connector", "changes no party")

@@ -283,11 +283,13 @@ class Rules:
         sender: str,
         at: dt.datetime,
         claimed: Role | None = None,
+        audience: Audience | None = None,
     ) -> Role:
         """The role ``sender`` sends ``rule``'s type in: one it holds in the case at ``at``, or an
         area role its kind can take (a force reporting what happened in its own area).
 
         With ``claimed`` (the router), checks that role; without (a connector), chooses one.
+        ``audience`` is the case's audience for the message, when the caller has it already.
         """
         try:
             kind = profile_for(sender)
@@ -305,7 +307,7 @@ class Rules:
             if not fits:
                 raise PolicyError(f"a {kind.kind} may not send {rule.event_type}")
             return fits[0]
-        held = self.audience(rule, case, at).roles_of(sender)
+        held = (audience or self.audience(rule, case, at)).roles_of(sender)
         if claimed is not None:
             if claimed in held:
                 return claimed
@@ -416,8 +418,13 @@ class Rules:
             raise UnknownCaseError("the case is not in the placement registry: name the recipients")
         if rule.changes_parties:
             self.sender_role(rule, case, sender, at, Role.PLACING_AUTHORITY)
-            changed = [Recipient(c["agency"], Role(c["role"])) for c in body["changes"]]
-            return Role.PLACING_AUTHORITY, list(dict.fromkeys(changed))
+            changes = [
+                PartyChange(c["agency"], Role(c["role"]), c["change"] == "ADDED")
+                for c in body["changes"]
+            ]
+            changed = list(dict.fromkeys(Recipient(c.agency, c.role) for c in changes))
+            self._check_changes(rule, changed, changes)
+            return Role.PLACING_AUTHORITY, changed
         area = body.get(rule.area_field) if rule.area_field else None
         return self.route(event_type, sender, case, at, extra, area)
 
@@ -432,8 +439,8 @@ class Rules:
     ) -> tuple[Role, list[Recipient]]:
         """Roles resolved for a registered case: the sender's role at ``at`` and the recipients."""
         rule = self.rule(event_type)
-        role = self.sender_role(rule, case, sender, at)
         audience = self.audience(rule, case, at)
+        role = self.sender_role(rule, case, sender, at, audience=audience)
         told = {m.agency for m in audience.members}
         area_extra = [r for r in self.area_recipients(rule, area) if r.agency not in told]
         return role, self.recipients(event_type, sender, audience, [*(extra or []), *area_extra])
@@ -499,8 +506,8 @@ class Rules:
             self.sender_role(rule, None, sender, at, sender_role)
             audience = Audience()
         else:
-            self.sender_role(rule, case, sender, at, sender_role)
             audience = self.audience(rule, case, at)
+            self.sender_role(rule, case, sender, at, sender_role, audience)
             if rule.ends_placement:
                 update = case.ended(effective, message_id)
         if rule.changes_parties:
@@ -564,7 +571,10 @@ class Rules:
                     f"{c.role} is not a party the placing authority registers "
                     f"({', '.join(sorted(map(str, REGISTERED_ROLES)))})"
                 )
-            kind = profile_for(c.agency)
+            try:
+                kind = profile_for(c.agency)
+            except ConfigurationError as exc:
+                raise PolicyError(f"event.changes: {exc}") from exc
             if c.role not in kind.roles:
                 raise PolicyError(f"{c.agency} is a {kind.kind}, which cannot be the {c.role}")
         named = {(r.agency, r.role) for r in recipients}
