@@ -60,6 +60,8 @@ class LogEntry:
     related_message_id: str | None = None
     source: str | None = None
     writer: str = "router"
+    sharing: dict[str, Any] | None = None
+    """The sharing decision (purpose, lawful_basis, consent, decision_maker_role), on ACCEPTED."""
 
     def to_record(self) -> dict[str, Any]:
         # Every field is a scalar: a shallow copy (dataclasses.asdict deep-copies, and cost the

@@ -29,6 +29,8 @@ SERVICES = {
     model.TRACKER: ("tracker", "cbx delivery tracker"),
     model.OPERATOR: ("operator", "cbx operators"),
 }
+#: Services that sign and open nothing, so hold no keys: operators see metadata only.
+KEYLESS = frozenset({model.OPERATOR})
 
 
 def secured(settings: KafkaSettings) -> bool:
@@ -56,8 +58,11 @@ async def _service(admin: KafkaSettings, principal: str, role: str, name: str) -
     entries = grants(role, admin.topic_prefix)
     if secured(admin):
         AccessControl(admin).provision(principal, role)
-    keys = own_keys(principal)
-    await directory_mod.publish(admin, directory_mod.AgencyEntry.from_keys(keys, name, "SERVICE"))
+    if principal in KEYLESS:
+        entry = directory_mod.AgencyEntry(agency=principal, name=name, kind="SERVICE")
+    else:
+        entry = directory_mod.AgencyEntry.from_keys(own_keys(principal), name, "SERVICE")
+    await directory_mod.publish(admin, entry)
     return Provisioned(principal, role, entries, [])
 
 
@@ -70,7 +75,7 @@ async def ensure_service(admin: KafkaSettings, principal: str, *, grant: bool = 
     if (
         grant
         or principals.load(principal) is None
-        or not keystore.keystore_path(principal).exists()
+        or (principal not in KEYLESS and not keystore.keystore_path(principal).exists())
     ):
         await kafka.ensure_topics(admin, admin.topics.core())
         role, name = SERVICES[principal]

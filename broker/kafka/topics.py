@@ -75,6 +75,11 @@ class Topics:
         return f"{self.prefix}.deadletter"
 
     @property
+    def audit(self) -> str:
+        """What operators did at the console: notes, replays, sign-ins (refused ones too)."""
+        return f"{self.prefix}.audit"
+
+    @property
     def routed(self) -> str:
         return f"{self.prefix}.router.routed"
 
@@ -139,6 +144,7 @@ class Topics:
             TopicSpec(self.receipts, partitions),
             TopicSpec(self.delivery_log, partitions),
             TopicSpec(self.deadletter, 1),
+            TopicSpec(self.audit, 1),
             TopicSpec(self.routed, partitions, dict(_ROUTED)),
         ]
 

@@ -325,6 +325,12 @@ class RouterCore:
                 LogEntry(
                     status=Status.ACCEPTED,
                     ack_deadline=deadline,
+                    sharing={
+                        "purpose": header.sharing.purpose,
+                        "lawful_basis": list(header.sharing.lawful_basis),
+                        "consent": header.sharing.consent,
+                        "decision_maker_role": header.sharing.decision_maker_role,
+                    },
                     reason=accepted_note,
                     related_message_id=(
                         str(header.related_message_id) if header.related_message_id else None

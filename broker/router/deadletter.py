@@ -190,7 +190,9 @@ async def list_dead_letters(settings: KafkaSettings) -> list[DeadLetter]:
     return out
 
 
-async def replay(settings: KafkaSettings, dead_letter_id: str) -> DeadLetter:
+async def replay(
+    settings: KafkaSettings, dead_letter_id: str, by: str = "an operator"
+) -> DeadLetter:
     """Write a dead letter's original record back to its topic (and say so in the delivery log)."""
     found = [d for d in await list_dead_letters(settings) if d.id == dead_letter_id]
     if not found:
@@ -223,7 +225,7 @@ async def replay(settings: KafkaSettings, dead_letter_id: str) -> DeadLetter:
             message_id=d.message_id,
             status=Status.REPLAYED,
             at=dt.datetime.now(dt.UTC),
-            reason=f"dead letter {d.id} ({d.reason}) replayed by an operator",
+            reason=f"dead letter {d.id} ({d.reason}) replayed by {by}",
             source=f"{settings.topics.deadletter}/{d.id}",
             writer="operator",
         )

@@ -9,6 +9,7 @@ from cbx.cli import (
     agency_cmd,
     case_cmd,
     connector_cmd,
+    console_cmd,
     deadletter_cmd,
     deliveries_cmd,
     demo_cmd,
@@ -39,6 +40,7 @@ app.add_typer(deadletter_cmd.app, name="deadletter")
 app.add_typer(agency_cmd.app, name="agency")
 app.add_typer(connector_cmd.app, name="connector")
 app.add_typer(case_cmd.app, name="case")
+app.add_typer(console_cmd.app, name="console")
 app.add_typer(demo_cmd.scenario_app, name="scenario")
 app.command("setup")(agency_cmd.setup)
 app.command("tracker")(deliveries_cmd.tracker)

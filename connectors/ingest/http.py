@@ -27,6 +27,7 @@ from broker.errors import PolicyError
 from broker.logging import get_logger
 from broker.policy.reference import reference
 from broker.schema import limits
+from broker.web import serve_api_docs
 from connectors.gateway.connector import Connector
 from connectors.ingest.auth import AuthError, Scope, TokenStore
 from connectors.ingest.idempotency import IdempotencyStore, body_hash
@@ -100,7 +101,10 @@ def create_app(
         title=f"cbx connector for {connector.agency}",
         version="1",
         description="Post an agency's safeguarding events to the Cross-Boundary Exchange.",
+        docs_url=None,
+        redoc_url=None,
     )
+    serve_api_docs(app, f"cbx connector for {connector.agency}")
     submitter = Submitter(connector)
     wrapper_raw = submitter.reader.wrapper_raw
 

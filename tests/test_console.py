@@ -1,0 +1,304 @@
+"""The operators' console on the real broker: what it shows is what the delivery log says, every
+refusal is audited on the topic, and no page or API answer carries a sealed value."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import re
+from pathlib import Path
+
+import pytest
+from console_harness import (
+    Played,
+    audit_topic,
+    console,
+    csrf_of,
+    delivery_view,
+    log_entries,
+    play,
+    sign_in,
+)
+
+from broker.console.auth import Sessions
+from broker.delivery_log import Status
+from broker.kafka.settings import KafkaSettings
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="module")
+def played(kafka_settings: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Played:
+    return play(kafka_settings, tmp_path_factory.mktemp("console"))
+
+
+def case_ref(played: Played) -> str:
+    return played.case_ref
+
+
+async def test_the_pages_say_what_the_delivery_log_says(played: Played, tmp_path: Path) -> None:
+    view = await delivery_view(played.admin)
+    medway = played.case.agencies["medway"]
+    async with console(played, tmp_path / "view.sqlite") as (_r, client):
+        await sign_in(client, "victor")
+        # Every message of the case, with each recipient's state as the tracker folds it.
+        found = (await client.get("/api/messages", params={"case_ref": case_ref(played)})).json()
+        in_log = {m.message_id for m in view.messages.values() if m.case_ref == case_ref(played)}
+        assert {m["message_id"] for m in found["messages"]} == in_log
+        assert found["total"] == len(in_log) >= 2
+        for mid in in_log:
+            trace = (await client.get(f"/api/messages/{mid}")).json()
+            summary = view.summary(mid)
+            assert summary is not None
+            assert trace["status"] == summary["status"]
+            assert {(r["agency"], r["status"]) for r in trace["recipient_states"]} == {
+                (r["agency"], r["status"]) for r in summary["recipients"]
+            }
+            assert trace["sharing"]["purpose"] == "safeguard a looked-after child"
+            assert trace["sharing"]["consent"] == "NOT_SOUGHT"
+            assert trace["sharing"]["decision_maker_role"] == "Registered manager"
+            assert "UK_GDPR_6_1_E_PUBLIC_TASK" in trace["sharing"]["lawful_basis"]
+            statuses = [e["status"] for e in trace["timeline"]]
+            assert statuses[0] == "ACCEPTED"
+            assert "ROUTED" in statuses
+        # The escalation: exactly Medway, on the missing report, past its deadline.
+        escalations = (await client.get("/api/escalations")).json()
+        escalated = {(m.message_id, a) for m in view.messages.values() for a in m.escalated}
+        assert {(e["message_id"], e["agency"]) for e in escalations} == escalated
+        assert {a for _m, a in escalated} == {medway}
+        assert all(e["past_deadline_s"] > 0 for e in escalations)
+        assert {e["urgency"] for e in escalations} == {"IMMEDIATE"}
+        # The board counts per agency over the week.
+        board = {
+            r["agency"]: r for r in (await client.get("/api/board?window=week")).json()["rows"]
+        }
+        for agency in set(played.case.agencies.values()):
+            sent = [m for m in view.messages.values() if m.sender == agency]
+            got = [
+                r for m in view.messages.values() for a, r in m.recipients.items() if a == agency
+            ]
+            assert board[agency]["sent"] == len(sent), agency
+            assert board[agency]["routed"] == sum(1 for r in got if Status.ROUTED.value in r.at), (
+                agency
+            )
+            assert board[agency]["acknowledged"] == sum(
+                1 for r in got if Status.ACKNOWLEDGED.value in r.at
+            ), agency
+            assert board[agency]["escalated"] == sum(
+                1 for r in got if r.status == Status.ESCALATED
+            ), agency
+        assert board[medway]["escalated"] == 1
+        # The case chronology in CSV: one row per message and recipient, in time order.
+        answer = await client.get(f"/cases/{case_ref(played)}/chronology.csv")
+        assert answer.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(answer.text)))
+        assert {r["message_id"] for r in rows} == in_log
+        assert len(rows) == sum(len(view.messages[m].recipients) for m in in_log)
+        occurred = [r["occurred_at"] for r in rows]
+        assert occurred == sorted(occurred)
+        # The dead letter the router wrote, with its reason.
+        dead = (await client.get("/api/dead-letters")).json()
+        assert [d["id"] for d in dead] == [played.dead_letter]
+        assert dead[0]["reason"]
+        assert dead[0]["sender"] == played.case.agencies["home"]
+        # The directory with key ages, and the ACLs of an agency.
+        agencies = {a["agency"]: a for a in (await client.get("/api/agencies")).json()}
+        assert {k["use"] for k in agencies[medway]["keys"]} == {"encryption", "signing"}
+        assert all(k["age_days"] == 0 and not k["rotation_due"] for k in agencies[medway]["keys"])
+        assert {
+            "resource": "topic",
+            "name": f"{played.admin.topic_prefix}.inbox.{medway}",
+            "pattern": "literal",
+            "operation": "READ",
+        } in agencies[medway]["acls"]
+        assert agencies["svc-operator"]["keys"] == []
+
+
+async def test_consumer_lag_shows_messages_waiting_for_a_connector(
+    played: Played, tmp_path: Path
+) -> None:
+    """The scenario's connectors are stopped; Medway's inbox group committed all it read, so the
+    board shows a number for every agency, and the router and tracker as services."""
+    import asyncio
+
+    async with console(played, tmp_path / "view.sqlite") as (r, client):
+        await sign_in(client, "victor")
+        for _ in range(100):
+            if r.console.lag():
+                break
+            await asyncio.sleep(0.1)
+        board = (await client.get("/api/board")).json()
+        waiting = {row["agency"]: row["waiting"] for row in board["rows"]}
+        for agency in set(played.case.agencies.values()):
+            assert waiting[agency] == 0, (agency, waiting)
+        assert {s["name"] for s in board["services"]} == {"router", "tracker"}
+        assert all(s["lag"] == 0 for s in board["services"])
+
+
+async def test_a_note_and_a_replay_are_kept_on_the_audit_topic(
+    played: Played, tmp_path: Path
+) -> None:
+    escalated = next(
+        m for m in played.report["messages"] if m["event_type"] == "ChildMissingReported"
+    )
+    mid = escalated["message_id"]
+    async with console(played, tmp_path / "view.sqlite") as (_r, client):
+        token = await sign_in(client, "olive")
+        note = "Telephoned Medway duty desk at 14:05, receipt confirmed"
+        answer = await client.post(
+            f"/messages/{mid}/notes", data={"note": note, "csrf_token": token}
+        )
+        assert answer.status_code == 303
+        trace = await client.get(f"/messages/{mid}")
+        assert note in trace.text
+        # Replay asks for confirmation first, then puts the record back and says so.
+        page = await client.get(f"/dead-letters/{played.dead_letter}/replay")
+        assert "Replay dead letter" in page.text
+        unconfirmed = await client.post(
+            f"/dead-letters/{played.dead_letter}/replay", data={"csrf_token": token}
+        )
+        assert unconfirmed.status_code == 400
+        done = await client.post(
+            f"/dead-letters/{played.dead_letter}/replay",
+            data={"csrf_token": token, "confirm": "yes"},
+        )
+        assert done.status_code == 303, done.text[-1000:]
+    actions = await audit_topic(played.admin)
+    notes = [a for a in actions if a.action == "note" and a.message_id == mid]
+    assert [(a.actor, a.outcome, a.text) for a in notes][-1] == ("olive", "DONE", note)
+    replays = [a for a in actions if a.action == "replay" and a.target == played.dead_letter]
+    assert [(a.actor, a.outcome) for a in replays][-1] == ("olive", "DONE")
+    assert replays[-1].client == "10.1.2.3"
+    entries = await log_entries(played.admin)
+    assert any(
+        e.status == Status.REPLAYED and e.reason and "replayed by olive" in e.reason
+        for e in entries
+    )
+    # A new console, on a new view, rebuilt from the topics, shows the note on the trace.
+    async with console(played, tmp_path / "rebuilt.sqlite") as (_r, client):
+        await sign_in(client, "victor")
+        assert note in (await client.get(f"/messages/{mid}")).text
+        assert "Replayed" in (await client.get("/dead-letters")).text
+
+
+async def test_refusals_are_refused_and_audited(played: Played, tmp_path: Path) -> None:
+    now = [dt.datetime.now(dt.UTC)]
+    sessions = Sessions(idle=dt.timedelta(minutes=30), clock=lambda: now[0])
+    mid = played.report["messages"][0]["message_id"]
+    async with console(played, tmp_path / "view.sqlite", sessions) as (_r, client):
+        # Nothing without signing in; the API answers 401, pages go to the sign-in form.
+        assert (await client.get("/api/board")).status_code == 401
+        assert (await client.get("/board")).headers["location"].startswith("/sign-in")
+        # A wrong password.
+        form = await client.get("/sign-in")
+        wrong = await client.post(
+            "/sign-in",
+            data={
+                "username": "olive",
+                "password": "not it at all",
+                "csrf_token": csrf_of(form.text),
+            },
+        )
+        assert wrong.status_code == 401
+        assert "not right" in wrong.text
+        assert client.cookies.get("cbx_console_session") is None
+        # A sign-in form posted without its token.
+        form = await client.get("/sign-in")
+        forged = await client.post(
+            "/sign-in", data={"username": "olive", "password": "operator password 1"}
+        )
+        assert forged.status_code == 403
+        # A viewer trying to replay, and to write a note.
+        token = await sign_in(client, "victor")
+        replay = await client.post(
+            f"/dead-letters/{played.dead_letter}/replay",
+            data={"csrf_token": token, "confirm": "yes"},
+        )
+        assert replay.status_code == 403
+        assert "may not replay" in replay.text
+        # An operator's form without its CSRF token, and with another session's token.
+        client.cookies.clear()
+        await sign_in(client, "olive")
+        missing = await client.post(f"/messages/{mid}/notes", data={"note": "x"})
+        assert missing.status_code == 403
+        other = await client.post(f"/messages/{mid}/notes", data={"note": "x", "csrf_token": token})
+        assert other.status_code == 403
+        # An expired session: 31 minutes without a request.
+        now[0] += dt.timedelta(minutes=31)
+        expired = await client.get("/board")
+        assert expired.status_code == 303
+        assert "expired=1" in expired.headers["location"]
+        assert (await client.get("/api/board")).status_code == 401
+    refused = [
+        (a.actor, a.action, a.reason)
+        for a in await audit_topic(played.admin)
+        if a.outcome == "REFUSED"
+    ]
+    assert ("olive", "sign-in", "wrong password") in refused
+    assert ("olive", "sign-in", "missing or wrong CSRF token") in refused
+    assert ("victor", "replay", "the viewer role may not replay") in refused
+    assert ("olive", "note", "missing or wrong CSRF token") in refused
+    assert refused.count(("olive", "note", "missing or wrong CSRF token")) >= 2
+    assert ("olive", "session", "session expired") in refused
+
+
+async def test_no_page_or_answer_holds_a_sealed_value(
+    played: Played, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every page and API answer the console serves, for every message, searched for the case's
+    sensitive values; and the console never opens a keystore."""
+    from broker.crypto import keys
+
+    def no_keystore(*_a: object, **_k: object) -> None:
+        raise AssertionError("the console opened a keystore")
+
+    monkeypatch.setattr(keys, "load", no_keystore)
+    monkeypatch.setattr(keys, "save", no_keystore)
+    async with console(played, tmp_path / "view.sqlite") as (_r, client):
+        token = await sign_in(client, "olive")
+        ids = [m["message_id"] for m in (await client.get("/api/messages")).json()["messages"]]
+        assert len(ids) >= 2
+        await client.post(f"/messages/{ids[0]}/notes", data={"note": "called", "csrf_token": token})
+        paths = [
+            "/board",
+            "/board/table",
+            "/board?window=week",
+            "/api/board?window=week",
+            "/escalations",
+            "/api/escalations",
+            "/messages",
+            "/api/messages",
+            f"/messages?case_ref={case_ref(played)}",
+            f"/cases/{case_ref(played)}",
+            f"/cases/{case_ref(played)}/chronology.csv",
+            f"/api/cases/{case_ref(played)}",
+            "/dead-letters",
+            "/api/dead-letters",
+            f"/dead-letters/{played.dead_letter}/replay",
+            "/agencies",
+            "/api/agencies",
+            "/audit",
+            "/api/audit",
+            "/sign-in",
+            "/readyz",
+            *(f"/messages/{m}" for m in ids),
+            *(f"/api/messages/{m}" for m in ids),
+        ]
+        served = {}
+        for p in paths:
+            answer = await client.get(p)
+            assert answer.status_code == 200, (p, answer.status_code)
+            served[p] = answer.text
+        # Links on the pages lead only to pages in this list or to messages and cases.
+        linked = set(re.findall(r'href="(/[^"#]*)"', "".join(served.values())))
+        for link in linked - set(served):
+            if link.startswith("/assets/"):
+                continue
+            answer = await client.get(link.replace("&amp;", "&"))
+            sources = [p for p, text in served.items() if link in text]
+            assert answer.status_code in (200, 303), (link, sources)
+            served[link] = answer.text
+    leaks = {(p, v) for p, text in served.items() for v in played.secrets if v in text}
+    assert leaks == set()
+    assert len(served) > 30
