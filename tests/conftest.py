@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -86,3 +87,11 @@ def kafka_tls(kafka_settings: KafkaSettings) -> KafkaSettings:
 def kafka_ns(kafka_settings: KafkaSettings) -> KafkaSettings:
     """The session broker with a topic namespace of this test's own."""
     return kafka_settings.with_prefix(f"t{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture(scope="session")
+def console_case(kafka_settings: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One played scenario with an escalation and a dead letter, for the console's tests."""
+    from console_harness import play
+
+    return play(kafka_settings, tmp_path_factory.mktemp("console"))

@@ -17,20 +17,18 @@ from console_harness import (
     csrf_of,
     delivery_view,
     log_entries,
-    play,
     sign_in,
 )
 
 from broker.console.auth import Sessions
 from broker.delivery_log import Status
-from broker.kafka.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
 
 
-@pytest.fixture(scope="module")
-def played(kafka_settings: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Played:
-    return play(kafka_settings, tmp_path_factory.mktemp("console"))
+@pytest.fixture
+def played(console_case: Played) -> Played:
+    return console_case
 
 
 def case_ref(played: Played) -> str:

@@ -429,8 +429,12 @@ class ViewStore:
                 x = row(r["agency"])
                 x["last_receipt_at"] = utc(r["last_receipt_at"] or None)
                 x["last_sent_at"] = utc(r["last_sent_at"] or None)
-        for r in self._rows("SELECT agency FROM directory WHERE kind != 'SERVICE'"):
+        names = {}
+        for r in self._rows("SELECT agency, name FROM directory WHERE kind != 'SERVICE'"):
             row(r["agency"])
+            names[r["agency"]] = r["name"]
+        for a, x in out.items():
+            x["name"] = names.get(a, a)
         return [out[a] for a in sorted(out)]
 
     def escalations(self, now: float) -> list[dict[str, Any]]:
