@@ -182,6 +182,7 @@ SHARED = {
         "delivery_log": (False, False),
         "deadletter": (False, False),
         "routed": (False, False),
+        "audit": (False, False),
     },
     "router": {
         "schemas": (True, False),
@@ -191,6 +192,7 @@ SHARED = {
         "delivery_log": (False, True),
         "deadletter": (False, True),
         "routed": (True, True),
+        "audit": (False, False),
     },
     "tracker": {
         "schemas": (False, False),
@@ -200,15 +202,19 @@ SHARED = {
         "delivery_log": (True, True),
         "deadletter": (False, False),
         "routed": (False, False),
+        "audit": (False, False),
     },
+    # The console: it writes the delivery log only to say a dead letter was replayed, and the
+    # audit topic with what operators did.
     "operator": {
         "schemas": (False, False),
         "directory": (True, False),
         "placements": (True, False),
         "receipts": (False, False),
-        "delivery_log": (True, False),
+        "delivery_log": (True, True),
         "deadletter": (True, False),
         "routed": (False, False),
+        "audit": (True, True),
     },
 }
 PRINCIPALS = {
@@ -243,3 +249,11 @@ async def test_every_principal_kind_on_every_shared_topic(secured: KafkaSettings
                 if done != allowed:
                     wrong.append(f"{kind} {action} {topic}: {'allowed' if done else 'refused'}")
     assert wrong == []
+    # The console may put a dead letter back on an outbound topic (the router checks its
+    # signature again) but never reads what an agency received.
+    operator = principals.settings_for(secured, "svc-operator")
+    await _write(operator, t.outbound(AGENCIES[0]))
+    with pytest.raises(AccessDeniedError):
+        await _read(operator, t.inbox(AGENCIES[0]), None)
+    with pytest.raises(AccessDeniedError):
+        await _read(operator, t.outbound(AGENCIES[0]), None)
