@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,8 +47,13 @@ CREATE TABLE IF NOT EXISTS recipients(
   routed_at REAL, delivered_at REAL, acknowledged_at REAL, overdue_at REAL, escalated_at REAL,
   route_gap_at REAL, repaired_at REAL, recipient_rejected_at REAL, last_at REAL NOT NULL,
   PRIMARY KEY(message_id, agency));
-CREATE INDEX IF NOT EXISTS recipients_last ON recipients(last_at, agency);
-CREATE INDEX IF NOT EXISTS recipients_agency ON recipients(agency, last_at);
+CREATE INDEX IF NOT EXISTS recipients_agency ON recipients(agency);
+CREATE INDEX IF NOT EXISTS recipients_routed ON recipients(routed_at);
+CREATE INDEX IF NOT EXISTS recipients_delivered ON recipients(delivered_at);
+CREATE INDEX IF NOT EXISTS recipients_acknowledged ON recipients(acknowledged_at);
+CREATE TABLE IF NOT EXISTS board_counts(
+  agency TEXT NOT NULL, metric TEXT NOT NULL, hour INTEGER NOT NULL, n INTEGER NOT NULL,
+  PRIMARY KEY(hour, agency, metric)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recipients_open ON recipients(status)
   WHERE status IN ('OVERDUE', 'ESCALATED');
 CREATE TABLE IF NOT EXISTS agency_activity(
@@ -79,6 +85,9 @@ _AT_COLUMNS = {
     Status.REPAIRED: "repaired_at",
     Status.RECIPIENT_REJECTED: "recipient_rejected_at",
 }
+
+#: Recipient states the board counts, by the key of their time in a folded state.
+_COUNTED = {"ROUTED": "routed", "DELIVERED": "delivered", "ACKNOWLEDGED": "acknowledged"}
 
 #: Statuses a search can ask for (a message's overall status).
 STATUSES = (
@@ -275,6 +284,15 @@ class ViewStore:
         ids = list(dict.fromkeys(e.message_id for e in entries if e.message_id is not None))
         view = DeliveryView()
         known = _load_states(db, ids)
+        # What each message had before this batch, so that the board's hourly counters count
+        # each first routing, delivery, acknowledgement and refusal exactly once.
+        before = {
+            mid: (
+                {(a, k) for a, r in m.recipients.items() for k in r.at},
+                m.rejected_reason is not None,
+            )
+            for mid, m in known.items()
+        }
         view.messages.update(known)
         extra: dict[str, dict[str, Any]] = {}
         rows = []
@@ -309,6 +327,13 @@ class ViewStore:
                 x["sharing"] = json.dumps(e.sharing, sort_keys=True)
         db.executemany("INSERT INTO entries VALUES (NULL,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         activity: dict[str, list[float | None]] = {}
+        counts: dict[tuple[int, str, str], int] = {}
+
+        def count(agency: str | None, metric: str, at: float) -> None:
+            if agency:
+                key = (int(at // 3600), agency, metric)
+                counts[key] = counts.get(key, 0) + 1
+
         for mid in ids:
             m = view.messages[mid]
             summary = view.summary(mid)
@@ -346,6 +371,16 @@ class ViewStore:
                     " ".join(sorted(m.recipients)),
                 ),
             )
+            seen, was_refused = before.get(mid, (set(), False))
+            if mid not in before:
+                count(m.sender, "sent", x["first"])
+            if m.rejected_reason is not None and not was_refused:
+                count(m.sender, "refused", x["first"])
+            for agency, r in m.recipients.items():
+                for key, metric in _COUNTED.items():
+                    when = r.at.get(key)
+                    if when is not None and (agency, key) not in seen:
+                        count(agency, metric, when.timestamp())
             if m.sender and (m.accepted_at is not None or m.rejected_reason is not None):
                 a = activity.setdefault(m.sender, [None, None])
                 a[0] = max(a[0] or 0.0, x["last"])
@@ -364,6 +399,11 @@ class ViewStore:
                 if receipt is not None:
                     a = activity.setdefault(agency, [None, None])
                     a[1] = max(a[1] or 0.0, receipt)
+        db.executemany(
+            """INSERT INTO board_counts VALUES (?,?,?,?) ON CONFLICT(hour, agency, metric)
+               DO UPDATE SET n = n + excluded.n""",
+            [(agency, metric, hour, n) for (hour, agency, metric), n in counts.items()],
+        )
         for agency, (sent, receipt) in activity.items():
             db.execute(
                 """INSERT INTO agency_activity VALUES (?,?,?) ON CONFLICT(agency) DO UPDATE SET
@@ -398,25 +438,36 @@ class ViewStore:
                 },
             )
 
+        # Whole hours from the counters; the part of the first hour inside the window counted
+        # from the rows themselves (each through an index on its time), so any window is exact.
+        edge = math.ceil(since / 3600) * 3600
         for r in self._rows(
-            """SELECT sender, COUNT(*) AS sent, SUM(status = 'REJECTED') AS refused
-               FROM messages WHERE first_at >= ? AND sender IS NOT NULL GROUP BY sender""",
-            (since,),
+            """SELECT agency, metric, SUM(n) AS n FROM board_counts
+               WHERE hour >= ? GROUP BY agency, metric""",
+            (edge // 3600,),
         ):
-            x = row(r["sender"])
-            x["sent"], x["refused"] = r["sent"], r["refused"]
-        for r in self._rows(
-            """SELECT agency, SUM(routed_at >= ?1) AS routed, SUM(delivered_at >= ?1) AS delivered,
-                      SUM(acknowledged_at >= ?1) AS acknowledged
-               FROM recipients WHERE last_at >= ?1 GROUP BY agency""",
-            (since,),
-        ):
-            x = row(r["agency"])
-            x["routed"], x["delivered"], x["acknowledged"] = (
-                r["routed"] or 0,
-                r["delivered"] or 0,
-                r["acknowledged"] or 0,
-            )
+            row(r["agency"])[r["metric"]] += r["n"]
+        if since < edge:
+            for r in self._rows(
+                """SELECT sender, COUNT(*) AS sent, SUM(status = 'REJECTED') AS refused
+                   FROM messages WHERE first_at >= ? AND first_at < ? AND sender IS NOT NULL
+                   GROUP BY sender""",
+                (since, edge),
+            ):
+                x = row(r["sender"])
+                x["sent"] += r["sent"]
+                x["refused"] += r["refused"]
+            for col, metric in (
+                ("routed_at", "routed"),
+                ("delivered_at", "delivered"),
+                ("acknowledged_at", "acknowledged"),
+            ):
+                for r in self._rows(
+                    f"""SELECT agency, COUNT(*) AS n FROM recipients
+                        WHERE {col} >= ? AND {col} < ? GROUP BY agency""",  # noqa: S608
+                    (since, edge),
+                ):
+                    row(r["agency"])[metric] += r["n"]
         for r in self._rows(
             """SELECT agency, SUM(status = 'OVERDUE') AS overdue,
                       SUM(status = 'ESCALATED') AS escalated

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Annotated
+
 import typer
 
 from broker.logging import configure_logging
@@ -18,6 +21,7 @@ from cbx.cli import (
     router_cmd,
     schemas_cmd,
 )
+from cbx.cli.output import log_file
 
 app = typer.Typer(
     name="cbx",
@@ -27,9 +31,24 @@ app = typer.Typer(
 )
 
 
+#: Commands that tell a person what happens: the services they run log to a file.
+NARRATED = ("demo", "scenario")
+
+
 @app.callback()
-def _setup() -> None:
-    configure_logging()
+def _setup(
+    ctx: typer.Context,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show every log line on the terminal.")
+    ] = False,
+) -> None:
+    if ctx.invoked_subcommand in NARRATED:
+        configure_logging(
+            file=log_file(ctx.invoked_subcommand),
+            shown=logging.DEBUG if verbose else logging.WARNING,
+        )
+    else:
+        configure_logging()
 
 
 app.add_typer(kafka_cmd.app, name="kafka")

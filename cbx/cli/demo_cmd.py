@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,12 +16,67 @@ from broker.kafka import embedded as local_kafka
 from broker.kafka.cluster import resolve_settings
 from broker.kafka.settings import KafkaSettings
 from broker.policy.reference import reference
-from cbx.cli.output import console, fail, print_json
+from cbx.cli.output import console, err_console, fail, log_file, print_json
 
 scenario_app = typer.Typer(help="Play scenario files through the whole exchange.")
 
 
-def _play(path: Path | None, keep: bool, json_out: bool) -> None:
+@dataclass(frozen=True)
+class ConsoleOptions:
+    port: int
+    stay_s: float | None
+    """How long the console stays up after the case is played (None: until Ctrl-C)."""
+
+
+async def _with_console(
+    settings: KafkaSettings, case: Any, progress: Callable[[str], None], opts: ConsoleOptions
+) -> dict[str, Any]:
+    """Play ``case`` with the operators' console serving its namespace from the start."""
+    import secrets
+
+    import uvicorn
+
+    from broker import model
+    from broker.admin import provision
+    from broker.console.auth import Accounts, Role
+    from broker.console.service import running
+    from broker.kafka import principals
+    from broker.paths import cbx_home
+    from cbx.scenarios import runner as scenario
+
+    runner = scenario.Runner(settings, case, progress)
+    ns = runner.ns
+    await provision.setup(ns)
+    await provision.ensure_service(ns, model.OPERATOR, grant=True)
+    folder = cbx_home() / "console"
+    accounts = Accounts(folder / "demo-accounts.json")
+    password = secrets.token_urlsafe(12)
+    await asyncio.to_thread(accounts.add, "demo", password, Role.OPERATOR)
+    operator = principals.settings_for(ns, model.OPERATOR)
+    async with running(operator, folder / f"view-{ns.topic_prefix}.sqlite", accounts) as r:
+        server = uvicorn.Server(
+            uvicorn.Config(r.app, host="127.0.0.1", port=opts.port, log_level="warning")
+        )
+        serving = asyncio.create_task(server.serve())
+        progress(
+            f"console: http://127.0.0.1:{opts.port}/ (sign in as demo, password {password});"
+            " the case starts in 10 s"
+        )
+        await asyncio.sleep(10)
+        report = await runner.run()
+        if opts.stay_s is None:
+            progress("the console stays up to look around: Ctrl-C stops it")
+        else:
+            progress(f"the console stays up for {opts.stay_s:.0f} s")
+            await asyncio.sleep(opts.stay_s)
+            server.should_exit = True
+        await serving
+    return report
+
+
+def _play(
+    path: Path | None, keep: bool, json_out: bool, with_console: ConsoleOptions | None = None
+) -> None:
     from cbx.scenarios import runner as scenario
     from cbx.scenarios import spec
 
@@ -28,13 +85,18 @@ def _play(path: Path | None, keep: bool, json_out: bool) -> None:
     def progress(text: str) -> None:
         if not json_out:
             console.print(f"[dim]•[/] {text}", highlight=False)
+        elif with_console is not None and "console:" in text:
+            err_console.print(text, highlight=False)  # the address and password, off stdout
 
     report: dict[str, Any] = {}
     try:
         case = spec.load(path or spec.demo())
         settings = resolve_settings(start_embedded=True)
         progress(f"Kafka at {settings.bootstrap_servers} (SASL/SCRAM, ACLs on)")
-        report = asyncio.run(scenario.run(settings, case, progress))
+        if with_console is not None:
+            report = asyncio.run(_with_console(settings, case, progress, with_console))
+        else:
+            report = asyncio.run(scenario.run(settings, case, progress))
     except EmbeddedKafkaError as exc:
         fail(exc.reason, exc.log_tail)
     except (CbxError, TimeoutError) as exc:
@@ -46,6 +108,10 @@ def _play(path: Path | None, keep: bool, json_out: bool) -> None:
         print_json(report)
     else:
         _table(report)
+        console.print(
+            f"[dim]service log lines: {log_file('demo' if path is None else 'scenario')}[/]",
+            highlight=False,
+        )
     if not report["ok"]:
         raise typer.Exit(1)
 
@@ -55,9 +121,23 @@ def demo(
         bool, typer.Option("--keep", help="Leave the embedded broker running.")
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    with_console: Annotated[
+        bool,
+        typer.Option("--console", help="Serve the operators' console while the case plays."),
+    ] = False,
+    console_port: Annotated[int, typer.Option(help="The console's port.")] = 8490,
+    console_seconds: Annotated[
+        float | None,
+        typer.Option(help="Stop the console this long after the case (default: on Ctrl-C)."),
+    ] = None,
 ) -> None:
     """Play an out-of-area placement, a missing episode and its aftermath through cbx."""
-    _play(None, keep, json_out)
+    _play(
+        None,
+        keep,
+        json_out,
+        ConsoleOptions(console_port, console_seconds) if with_console else None,
+    )
 
 
 @scenario_app.command("run")

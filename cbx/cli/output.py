@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -24,3 +25,10 @@ def fail(reason: str, detail: str = "", code: int = 1) -> NoReturn:
     if detail:
         err_console.print(detail, highlight=False, markup=False)
     raise typer.Exit(code)
+
+
+def log_file(command: str) -> Path:
+    """Where a narrated command's service log lines go: ``$CBX_HOME/logs/cbx-COMMAND.log``."""
+    from broker.paths import cbx_home
+
+    return cbx_home() / "logs" / f"cbx-{command}.log"
