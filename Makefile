@@ -45,6 +45,7 @@ bench: kafka-jars
 	$(BIN)/python -m benchmarks.bench_protection
 	$(BIN)/python -m benchmarks.bench_router
 	$(BIN)/python -m benchmarks.bench_e2e
+	$(BIN)/python -m benchmarks.bench_console
 
 format: setup
 	$(BIN)/ruff format .

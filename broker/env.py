@@ -32,6 +32,8 @@ VARIABLES: dict[str, str] = {
     "CBX_DEADLINES": "a YAML file of acknowledgement windows instead of the shipped deadlines.yaml",
     "CBX_LOG_FORMAT": "json or console (json when stderr is not a terminal)",
     "CBX_LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR (INFO)",
+    "CBX_CONSOLE_DATABASE_URL": "the console's view: sqlite:///PATH (under $CBX_HOME/console)",
+    "CBX_CONSOLE_ACCOUNTS": "the console's accounts file ($CBX_HOME/console/accounts.json)",
 }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,7 +158,3 @@ class Sessions:
 
 def csrf_matches(expected: str, given: str | None) -> bool:
     return bool(given) and secrets.compare_digest(expected.encode(), (given or "").encode())
-
-
-def accounts_path(home: Path) -> Path:
-    return Path(os.environ.get("CBX_CONSOLE_ACCOUNTS", str(home / "console" / "accounts.json")))
