@@ -111,6 +111,12 @@ def document(catalogue: Catalogue, topics: Topics | None = None) -> dict[str, An
         "DirectoryEntry": _avro_message(
             catalogue, "DirectoryEntry", "An agency's public keys", "The agency id."
         ),
+        "OperatorAction": _avro_message(
+            catalogue,
+            "OperatorAction",
+            "What an operator did or tried at the console",
+            "The operator's account name.",
+        ),
         "DeadLetter": {
             "name": "DeadLetter",
             "title": "A refused record, kept whole",
@@ -194,6 +200,11 @@ def document(catalogue: Catalogue, topics: Topics | None = None) -> dict[str, An
         "deadletter": channel(
             t.deadletter, "DeadLetter", "Records the router refused, kept whole with the reason.",
             "the router", "operators", per_agency=False,
+        ),
+        "audit": channel(
+            t.audit, "OperatorAction",
+            "Every sign-in, note, export and replay at the console, refused attempts included.",
+            "the console", "operators", per_agency=False,
         ),
         "directory": channel(
             t.directory, "DirectoryEntry", "Every agency's public keys (compacted).",
