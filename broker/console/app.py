@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import secrets
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,8 @@ from broker.web import STATIC
 
 from .auth import Accounts, Expired, Role, Session, Sessions, csrf_matches
 from .feed import AuditLog, FeedState, GroupLag
+from .oidc import OidcSettings, name_of
+from .oidc import client as oidc_client
 from .store import STATUSES, Search, ViewStore, utc
 
 HERE = Path(__file__).parent
@@ -62,6 +65,7 @@ class Console:
     """(dead letter id, operator) → replays it."""
     secure_cookies: bool = False
     lag: Callable[[], dict[str, GroupLag]] = dict
+    oidc: OidcSettings | None = None
 
 
 class Refused(Exception):
@@ -140,7 +144,7 @@ def create_app(c: Console) -> FastAPI:
     async def session_of(request: Request) -> Session | None:
         try:
             s = c.sessions.get(request.cookies.get(COOKIE))
-            if s is not None and not c.accounts.exists(s.user):
+            if s is not None and s.via == "password" and not c.accounts.exists(s.user):
                 c.sessions.end(s.token)
                 raise Expired(s.user)
             return s
@@ -255,8 +259,6 @@ def create_app(c: Console) -> FastAPI:
 
     @app.get("/sign-in", response_class=HTMLResponse)
     async def sign_in_form(request: Request, next: str = "/board", expired: int = 0) -> Response:
-        import secrets
-
         token = secrets.token_urlsafe(24)
         r = page(
             request,
@@ -266,6 +268,7 @@ def create_app(c: Console) -> FastAPI:
             csrf=token,
             expired=bool(expired),
             error=None,
+            oidc=c.oidc,
         )
         r.set_cookie(
             LOGIN_CSRF_COOKIE,
@@ -279,8 +282,6 @@ def create_app(c: Console) -> FastAPI:
 
     @app.post("/sign-in")
     async def sign_in(request: Request) -> Response:
-        import secrets
-
         form = await request.form()
         name = (_text(form.get("username")) or "").strip().lower()
         password = _text(form.get("password")) or ""
@@ -314,6 +315,7 @@ def create_app(c: Console) -> FastAPI:
                 next=nxt,
                 csrf=token,
                 expired=False,
+                oidc=c.oidc,
                 error=(
                     "The form had expired. Try again."
                     if status == 403
@@ -330,18 +332,65 @@ def create_app(c: Console) -> FastAPI:
                 max_age=1800,
             )
             return r
-        s = c.sessions.start(name, role)
-        await c.audit.record(name, "sign-in", "DONE", actor_role=str(role), client=client(request))
-        r = RedirectResponse(nxt, status_code=303)
-        r.set_cookie(
-            COOKIE,
-            s.token,
-            httponly=True,
-            samesite="strict",
-            secure=c.secure_cookies,
-        )
+        r = await signed_in(request, name, role, nxt, "password")
         r.delete_cookie(LOGIN_CSRF_COOKIE)
         return r
+
+    async def signed_in(request: Request, name: str, role: Role, nxt: str, how: str) -> Response:
+        s = c.sessions.start(name, role, how)
+        await c.audit.record(
+            name, "sign-in", "DONE", actor_role=str(role), target=how, client=client(request)
+        )
+        r = RedirectResponse(nxt, status_code=303)
+        r.set_cookie(COOKIE, s.token, httponly=True, samesite="strict", secure=c.secure_cookies)
+        return r
+
+    if c.oidc is not None:
+        from authlib.integrations.starlette_client import OAuthError
+        from starlette.middleware.sessions import SessionMiddleware
+
+        idp = oidc_client(c.oidc)
+        oidc = c.oidc
+        # Holds only the authorisation request's state and nonce between the redirect and the
+        # callback: Lax, because the callback arrives from the provider's site.
+        app.add_middleware(
+            SessionMiddleware,
+            secret_key=secrets.token_urlsafe(32),
+            session_cookie="cbx_console_oidc",
+            max_age=600,
+            same_site="lax",
+            https_only=c.secure_cookies,
+        )
+
+        @app.get("/sign-in/oidc")
+        async def oidc_start(request: Request, next: str = "/board") -> Response:
+            request.session["next"] = _safe_next(next)
+            answer: Response = await idp.authorize_redirect(
+                request, str(request.url_for("oidc_callback"))
+            )
+            return answer
+
+        @app.get("/sign-in/oidc/callback", name="oidc_callback")
+        async def oidc_callback(request: Request) -> Response:
+            nxt = _safe_next(request.session.pop("next", "/board"))
+            reason = None
+            claims: dict[str, Any] = {}
+            try:
+                token = await idp.authorize_access_token(request)
+                claims = dict(token.get("userinfo") or {})
+            except OAuthError as exc:
+                reason = f"identity provider: {exc.error}"[:300]
+            except Exception as exc:  # a bad ID token (signature, issuer, audience, nonce, expiry)
+                reason = f"identity provider: the ID token was refused ({type(exc).__name__})"
+            role = oidc.role_of(claims) if claims else None
+            if role is None:
+                name = name_of(claims) if claims else "(unknown)"
+                reason = reason or f"no console role in the {oidc.claim!r} claim"
+                await c.audit.record(
+                    name, "sign-in", "REFUSED", reason=reason, target="oidc", client=client(request)
+                )
+                raise Refused(403, f"Sign-in refused: {reason}.")
+            return await signed_in(request, name_of(claims), role, nxt, "oidc")
 
     @app.post("/sign-out")
     async def sign_out(request: Request) -> Response:

@@ -109,6 +109,8 @@ class Session:
     csrf: str
     started: dt.datetime
     seen: dt.datetime
+    via: str = "password"
+    """How the operator signed in: a local account ("password") or an identity provider."""
     data: dict[str, Any] = field(default_factory=dict)
 
 
@@ -132,9 +134,9 @@ class Sessions:
         self.clock = clock
         self._by_token: dict[str, Session] = {}
 
-    def start(self, user: str, role: Role) -> Session:
+    def start(self, user: str, role: Role, via: str = "password") -> Session:
         now = self.clock()
-        s = Session(secrets.token_urlsafe(32), user, role, secrets.token_urlsafe(32), now, now)
+        s = Session(secrets.token_urlsafe(32), user, role, secrets.token_urlsafe(32), now, now, via)
         self._by_token[s.token] = s
         return s
 

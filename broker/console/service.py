@@ -22,6 +22,7 @@ from broker.schema.catalogue import Catalogue
 from .app import Console, create_app
 from .auth import Accounts, Sessions
 from .feed import AuditLog, Feed, GroupLag, lags
+from .oidc import OidcSettings
 from .store import ViewStore
 
 log = get_logger("console")
@@ -60,6 +61,7 @@ async def running(
     sessions: Sessions | None = None,
     lag_every_s: float = 10.0,
     secure_cookies: bool = False,
+    oidc: OidcSettings | None = None,
 ) -> AsyncIterator[Running]:
     """The console's parts started (the view caught up with its topics), and stopped after."""
     catalogue = Catalogue.load()
@@ -91,6 +93,7 @@ async def running(
         replay=replay,
         secure_cookies=secure_cookies,
         lag=lambda: dict(lag_now),
+        oidc=oidc,
     )
     await audit.start()
     await feed.start()
@@ -115,17 +118,21 @@ async def serve(
     port: int,
     idle_minutes: float = 30,
     secure_cookies: bool = False,
+    oidc: OidcSettings | None = None,
 ) -> None:
     import uvicorn
 
     db = database_path(settings)
     accounts = Accounts(accounts_file())
-    if not accounts.list():
+    if not accounts.list() and oidc is None:
         raise ConfigurationError(
             "no console account yet: add one with cbx console user add NAME --role operator"
+            " (or sign operators in through --oidc-issuer)"
         )
     sessions = Sessions(idle=dt.timedelta(minutes=idle_minutes))
-    async with running(settings, db, accounts, sessions, secure_cookies=secure_cookies) as r:
+    async with running(
+        settings, db, accounts, sessions, secure_cookies=secure_cookies, oidc=oidc
+    ) as r:
         log.info("console_started", url=f"http://{host}:{port}/", view=str(db))
         server = uvicorn.Server(
             uvicorn.Config(r.app, host=host, port=port, log_level="warning", access_log=False)

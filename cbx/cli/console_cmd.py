@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -38,6 +39,25 @@ def serve(
         bool,
         typer.Option(help="Mark cookies Secure (set when a TLS proxy is in front)."),
     ] = False,
+    oidc_issuer: Annotated[
+        str | None,
+        typer.Option(help="Also sign in through this OpenID Connect provider (issuer URL)."),
+    ] = None,
+    oidc_client_id: Annotated[str | None, typer.Option(help="The console's client id there.")] = (
+        None
+    ),
+    oidc_client_secret_file: Annotated[
+        Path | None, typer.Option(help="A file holding the client secret.")
+    ] = None,
+    oidc_roles: Annotated[
+        str | None,
+        typer.Option(
+            help="CLAIM:VALUE=ROLE,... (default roles:cbx.operator=operator,cbx.viewer=viewer)."
+        ),
+    ] = None,
+    oidc_label: Annotated[
+        str | None, typer.Option(help='The sign-in button says "Sign in with LABEL".')
+    ] = None,
 ) -> None:
     """Serve the console (as the operator principal, holding no agency key)."""
     if ctx.invoked_subcommand is not None:
@@ -46,9 +66,18 @@ def serve(
     from cbx.cli.router_cmd import service_settings
 
     try:
+        oidc = None
+        if oidc_issuer:
+            if not oidc_client_id or not oidc_client_secret_file:
+                fail("--oidc-issuer needs --oidc-client-id and --oidc-client-secret-file")
+            from broker.console.oidc import OidcSettings
+
+            oidc = OidcSettings.parse(
+                oidc_issuer, oidc_client_id, oidc_client_secret_file, oidc_roles, oidc_label
+            )
         settings = service_settings(model.OPERATOR, namespace)
         console.print(f"cbx console on http://{host}:{port}/ (Ctrl-C stops it)", highlight=False)
-        asyncio.run(run(settings, host, port, idle_minutes, secure_cookies))
+        asyncio.run(run(settings, host, port, idle_minutes, secure_cookies, oidc))
     except CbxError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
