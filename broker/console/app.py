@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -190,6 +190,22 @@ def create_app(c: Console) -> FastAPI:
             return to_sign_in(request)
         return s
 
+    class _Answer(Exception):
+        def __init__(self, response: Response) -> None:
+            super().__init__()
+            self.response = response
+
+    async def signed(request: Request) -> Session:
+        """A dependency: the signed-in session, or the answer sending the browser to sign in."""
+        s = await viewer(request)
+        if isinstance(s, Response):
+            raise _Answer(s)
+        return s
+
+    @app.exception_handler(_Answer)
+    async def answer(request: Request, exc: _Answer) -> Response:
+        return exc.response
+
     async def acting(request: Request, action: str, **about: Any) -> tuple[Session, Any]:
         """For a POST: the signed-in session, with its CSRF token checked and, for anything but
         a sign-out, the operator role. Every refusal is recorded in the audit topic."""
@@ -257,17 +273,26 @@ def create_app(c: Console) -> FastAPI:
 
     # -- sign-in ------------------------------------------------------------------------------
 
-    @app.get("/sign-in", response_class=HTMLResponse)
-    async def sign_in_form(request: Request, next: str = "/board", expired: int = 0) -> Response:
+    def sign_in_page(
+        request: Request,
+        nxt: str,
+        status: int = 200,
+        expired: bool = False,
+        error: str | None = None,
+        username: str = "",
+    ) -> Response:
+        """The sign-in form, with a fresh double-submit token in the form and a cookie."""
         token = secrets.token_urlsafe(24)
         r = page(
             request,
             "sign_in.html",
             None,
-            next=_safe_next(next),
+            status=status,
+            next=nxt,
             csrf=token,
-            expired=bool(expired),
-            error=None,
+            expired=expired,
+            error=error,
+            username=username,
             oidc=c.oidc,
         )
         r.set_cookie(
@@ -279,6 +304,10 @@ def create_app(c: Console) -> FastAPI:
             max_age=1800,
         )
         return r
+
+    @app.get("/sign-in", response_class=HTMLResponse)
+    async def sign_in_form(request: Request, next: str = "/board", expired: int = 0) -> Response:
+        return sign_in_page(request, _safe_next(next), expired=bool(expired))
 
     @app.post("/sign-in")
     async def sign_in(request: Request) -> Response:
@@ -305,17 +334,11 @@ def create_app(c: Console) -> FastAPI:
                 reason=reason,
                 client=client(request),
             )
-            token = secrets.token_urlsafe(24)
             status = 403 if reason == "missing or wrong CSRF token" else 401
-            r = page(
+            return sign_in_page(
                 request,
-                "sign_in.html",
-                None,
+                nxt,
                 status=status,
-                next=nxt,
-                csrf=token,
-                expired=False,
-                oidc=c.oidc,
                 error=(
                     "The form had expired. Try again."
                     if status == 403
@@ -323,15 +346,6 @@ def create_app(c: Console) -> FastAPI:
                 ),
                 username=name,
             )
-            r.set_cookie(
-                LOGIN_CSRF_COOKIE,
-                token,
-                httponly=True,
-                samesite="strict",
-                secure=c.secure_cookies,
-                max_age=1800,
-            )
-            return r
         r = await signed_in(request, name, role, nxt, "password")
         r.delete_cookie(LOGIN_CSRF_COOKIE)
         return r
@@ -434,40 +448,31 @@ def create_app(c: Console) -> FastAPI:
         return RedirectResponse("/board", status_code=303)
 
     @app.get("/board", response_class=HTMLResponse)
-    async def board(request: Request, window: str = "hour") -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def board(
+        request: Request, window: str = "hour", s: Session = Depends(signed)
+    ) -> Response:
         return page(request, "board.html", s, **board_data(window))
 
     @app.get("/board/table", response_class=HTMLResponse)
-    async def board_table(request: Request, window: str = "hour") -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def board_table(
+        request: Request, window: str = "hour", s: Session = Depends(signed)
+    ) -> Response:
         return page(request, "board_table.html", s, **board_data(window))
 
     @app.get("/api/board")
-    async def api_board(request: Request, window: str = "hour") -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def api_board(
+        request: Request, window: str = "hour", s: Session = Depends(signed)
+    ) -> Response:
         return JSONResponse(_jsonable(board_data(window)))
 
     # -- escalations and notes ----------------------------------------------------------------
 
     @app.get("/escalations", response_class=HTMLResponse)
-    async def escalations(request: Request) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def escalations(request: Request, s: Session = Depends(signed)) -> Response:
         return page(request, "escalations.html", s, rows=c.store.escalations(time.time()))
 
     @app.get("/api/escalations")
-    async def api_escalations(request: Request) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def api_escalations(request: Request, s: Session = Depends(signed)) -> Response:
         return JSONResponse(_jsonable(c.store.escalations(time.time())))
 
     @app.post("/messages/{message_id}/notes")
@@ -534,10 +539,7 @@ def create_app(c: Console) -> FastAPI:
         )
 
     @app.get("/messages", response_class=HTMLResponse)
-    async def messages(request: Request) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def messages(request: Request, s: Session = Depends(signed)) -> Response:
         q = search_of(request)
         rows, total = c.store.search(q)
         pages = max(1, -(-total // q.per_page))
@@ -555,29 +557,22 @@ def create_app(c: Console) -> FastAPI:
         )
 
     @app.get("/api/messages")
-    async def api_messages(request: Request) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def api_messages(request: Request, s: Session = Depends(signed)) -> Response:
         q = search_of(request)
         rows, total = c.store.search(q)
         return JSONResponse(_jsonable({"total": total, "page": q.page, "messages": rows}))
 
     @app.get("/messages/{message_id}", response_class=HTMLResponse)
-    async def trace(request: Request, message_id: str) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def trace(request: Request, message_id: str, s: Session = Depends(signed)) -> Response:
         m = c.store.message(message_id)
         if m is None:
             raise Refused(404, f"No message {message_id} in the delivery log.")
         return page(request, "trace.html", s, m=m, note_error=None, note="")
 
     @app.get("/api/messages/{message_id}")
-    async def api_trace(request: Request, message_id: str) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def api_trace(
+        request: Request, message_id: str, s: Session = Depends(signed)
+    ) -> Response:
         m = c.store.message(message_id)
         if m is None:
             return JSONResponse({"error": f"no message {message_id}"}, status_code=404)
@@ -586,10 +581,9 @@ def create_app(c: Console) -> FastAPI:
     # -- cases --------------------------------------------------------------------------------
 
     @app.get("/cases", response_class=HTMLResponse)
-    async def case_lookup(request: Request, case_ref: str = "") -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def case_lookup(
+        request: Request, case_ref: str = "", s: Session = Depends(signed)
+    ) -> Response:
         if case_ref.strip():
             return RedirectResponse(
                 f"/cases/{urllib.parse.quote(case_ref.strip(), safe='/')}", status_code=303
@@ -597,10 +591,7 @@ def create_app(c: Console) -> FastAPI:
         return page(request, "case.html", s, case_ref=None, rows=[])
 
     @app.get("/cases/{case_ref:path}/chronology.csv")
-    async def case_csv(request: Request, case_ref: str) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def case_csv(request: Request, case_ref: str, s: Session = Depends(signed)) -> Response:
         out = io.StringIO()
         w = csv.writer(out)
         w.writerow(
@@ -657,26 +648,17 @@ def create_app(c: Console) -> FastAPI:
         )
 
     @app.get("/cases/{case_ref:path}", response_class=HTMLResponse)
-    async def case(request: Request, case_ref: str) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def case(request: Request, case_ref: str, s: Session = Depends(signed)) -> Response:
         return page(request, "case.html", s, case_ref=case_ref, rows=c.store.case(case_ref))
 
     @app.get("/api/cases/{case_ref:path}")
-    async def api_case(request: Request, case_ref: str) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def api_case(request: Request, case_ref: str, s: Session = Depends(signed)) -> Response:
         return JSONResponse(_jsonable({"case_ref": case_ref, "messages": c.store.case(case_ref)}))
 
     # -- dead letters -------------------------------------------------------------------------
 
     @app.get("/dead-letters", response_class=HTMLResponse)
-    async def dead_letters(request: Request) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def dead_letters(request: Request, s: Session = Depends(signed)) -> Response:
         return page(
             request,
             "dead_letters.html",
@@ -686,10 +668,7 @@ def create_app(c: Console) -> FastAPI:
         )
 
     @app.get("/api/dead-letters")
-    async def api_dead_letters(request: Request) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def api_dead_letters(request: Request, s: Session = Depends(signed)) -> Response:
         replays = c.store.replays()
         return JSONResponse(
             _jsonable(
@@ -698,10 +677,9 @@ def create_app(c: Console) -> FastAPI:
         )
 
     @app.get("/dead-letters/{dead_letter_id}/replay", response_class=HTMLResponse)
-    async def replay_confirm(request: Request, dead_letter_id: str) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def replay_confirm(
+        request: Request, dead_letter_id: str, s: Session = Depends(signed)
+    ) -> Response:
         d = c.store.dead_letter(dead_letter_id)
         if d is None:
             raise Refused(404, f"No dead letter {dead_letter_id}.")
@@ -773,31 +751,19 @@ def create_app(c: Console) -> FastAPI:
         return out
 
     @app.get("/agencies", response_class=HTMLResponse)
-    async def agencies(request: Request) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def agencies(request: Request, s: Session = Depends(signed)) -> Response:
         return page(request, "agencies.html", s, rows=agencies_data())
 
     @app.get("/api/agencies")
-    async def api_agencies(request: Request) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def api_agencies(request: Request, s: Session = Depends(signed)) -> Response:
         return JSONResponse(_jsonable(agencies_data()))
 
     @app.get("/audit", response_class=HTMLResponse)
-    async def audit(request: Request) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def audit(request: Request, s: Session = Depends(signed)) -> Response:
         return page(request, "audit.html", s, rows=c.store.actions())
 
     @app.get("/api/audit")
-    async def api_audit(request: Request) -> Response:
-        s = await viewer(request)
-        if isinstance(s, Response):
-            return s
+    async def api_audit(request: Request, s: Session = Depends(signed)) -> Response:
         return JSONResponse(_jsonable(c.store.actions()))
 
     return app
