@@ -300,3 +300,52 @@ async def test_no_page_or_answer_holds_a_sealed_value(
     leaks = {(p, v) for p, text in served.items() for v in played.secrets if v in text}
     assert leaks == set()
     assert len(served) > 30
+
+
+async def test_cbx_console_serves_the_namespace_it_is_given(played: Played, tmp_path: Path) -> None:
+    """The command itself: ready once its view has caught up, signs in, SIGTERM stops it."""
+    import asyncio
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+    from browser import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "CBX_CONSOLE_ACCOUNTS": str(played.accounts.path),
+        "CBX_CONSOLE_DATABASE_URL": f"sqlite:///{tmp_path / 'view.sqlite'}",
+    }
+    args = [sys.executable, "-m", "cbx.cli", "console", "--port", str(port)]
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started, then polled over HTTP
+        [*args, "--namespace", played.admin.topic_prefix],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(300):
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("cbx console never became ready")
+            await sign_in(client, "victor")
+            found = await client.get("/api/messages", params={"case_ref": played.case_ref})
+            assert found.json()["total"] >= 2
+            assert (
+                await client.get("/assets/vendor/govuk-frontend/govuk-frontend.min.css")
+            ).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.to_thread(proc.communicate, timeout=60)
+    assert proc.returncode == 0, out[-2000:]
+    assert (tmp_path / "view.sqlite").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -137,4 +138,11 @@ async def serve(
         server = uvicorn.Server(
             uvicorn.Config(r.app, host=host, port=port, log_level="warning", access_log=False)
         )
-        await server.serve()
+        # uvicorn stops on SIGTERM and then raises the signal again for the handler it found:
+        # with this one in place the console stops its feed and exits 0, as a supervisor expects.
+        previous = signal.signal(signal.SIGTERM, lambda *_: None)
+        try:
+            await server.serve()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        log.info("console_stopped")
