@@ -18,12 +18,15 @@ from selenium.webdriver.common.keys import Keys
 
 from broker.console.service import running
 from broker.crypto.keys import AgencyKeys
+from broker.delivery_log import Status
 from broker.kafka import principals
+from broker.tracker.view import RecipientState
 from connectors.gateway.connector import Connector
 from connectors.ingest.http import create_app
 from connectors.ingest.idempotency import IdempotencyStore
 
 pytestmark = pytest.mark.kafka
+_NONE = RecipientState(Status.ROUTE_GAP)
 
 
 def only_local(urls: list[str], base: str) -> list[str]:
@@ -39,6 +42,20 @@ async def test_an_operator_works_a_case_in_chromium(console_case: Played, tmp_pa
     in_case = {m.message_id for m in view.messages.values() if m.case_ref == played.case_ref}
     medway = played.case.agencies["medway"]
     shots = artefacts("console")
+    board = {
+        agency: {
+            "sent": sum(1 for m in view.messages.values() if m.sender == agency),
+            "routed": sum(
+                1 for m in view.messages.values() if "ROUTED" in m.recipients.get(agency, _NONE).at
+            ),
+            "acknowledged": sum(
+                1
+                for m in view.messages.values()
+                if "ACKNOWLEDGED" in m.recipients.get(agency, _NONE).at
+            ),
+        }
+        for agency in set(played.case.agencies.values())
+    }
 
     @asynccontextmanager
     async def app() -> AsyncIterator[Any]:
@@ -49,7 +66,7 @@ async def test_an_operator_works_a_case_in_chromium(console_case: Played, tmp_pa
         with served(app) as base:
             browser = chromium()
             try:
-                return _session(browser, base, played, in_case, medway, shots)
+                return _session(browser, base, played, in_case, medway, shots, board)
             finally:
                 browser.quit()
 
@@ -72,7 +89,13 @@ async def test_an_operator_works_a_case_in_chromium(console_case: Played, tmp_pa
 
 
 def _session(
-    browser: Any, base: str, played: Played, in_case: set[str], medway: str, shots: Path
+    browser: Any,
+    base: str,
+    played: Played,
+    in_case: set[str],
+    medway: str,
+    shots: Path,
+    board: dict[str, dict[str, int]],
 ) -> list[str]:
     def shot(name: str) -> None:
         browser.save_screenshot(str(shots / f"{name}.png"))
@@ -92,11 +115,17 @@ def _session(
     shot("sign-in")
     find("#sign-in").click()
 
-    # The board: Medway escalated once, every agency of the case on it, refreshed in place.
+    # The board (over the week): each agency's numbers as the delivery log has them.
+    browser.get(base + "/board?window=week")
     row = find(f"tr[data-agency='{medway}']")
     assert row.find_element(By.CSS_SELECTOR, "[data-col=escalated]").text == "1"
-    for agency in set(played.case.agencies.values()):
-        find(f"tr[data-agency='{agency}']")
+    for agency, numbers in board.items():
+        cells = find(f"tr[data-agency='{agency}']")
+        for col, n in numbers.items():
+            assert cells.find_element(By.CSS_SELECTOR, f"[data-col={col}]").text == str(n), (
+                agency,
+                col,
+            )
     assert find("#signed-in-as").text == "olive"
     wait_for(
         lambda: int(find("#board").get_attribute("data-refreshed") or 0) >= 1,

@@ -57,7 +57,9 @@ async def setup(admin: KafkaSettings) -> list[Provisioned]:
 async def _service(admin: KafkaSettings, principal: str, role: str, name: str) -> Provisioned:
     entries = grants(role, admin.topic_prefix)
     if secured(admin):
-        AccessControl(admin).provision(principal, role)
+        # A service's password survives being set up again (say for another namespace), so its
+        # running processes keep their connections.
+        AccessControl(admin).provision(principal, role, keep_password=True)
     if principal in KEYLESS:
         entry = directory_mod.AgencyEntry(agency=principal, name=name, kind="SERVICE")
     else:

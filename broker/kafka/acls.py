@@ -211,9 +211,16 @@ class AccessControl:
             key=lambda g: (g.resource, g.name, g.operation),
         )
 
-    def provision(self, principal: str, role: str, agency: str = "") -> str:
-        """Create (or reset) ``principal``'s password, grant its role, keep the credentials."""
-        password = secrets.token_urlsafe(24)
+    def provision(
+        self, principal: str, role: str, agency: str = "", *, keep_password: bool = False
+    ) -> str:
+        """Create (or reset) ``principal``'s password, grant its role, keep the credentials.
+
+        ``keep_password`` sets the stored password again instead of a new one, so processes
+        already connected as the principal (another console, a command) are not locked out.
+        """
+        stored = principals.load(principal) if keep_password else None
+        password = stored or secrets.token_urlsafe(24)
         self.set_password(principal, password)
         self.grant(principal, grants(role, self.settings.topic_prefix, agency))
         principals.save(principal, password)
