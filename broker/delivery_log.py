@@ -62,6 +62,8 @@ class LogEntry:
     writer: str = "router"
     sharing: dict[str, Any] | None = None
     """The sharing decision (purpose, lawful_basis, consent, decision_maker_role), on ACCEPTED."""
+    facts: dict[str, str] | None = None
+    """Clear body fields statutory clocks read, as text, on ACCEPTED (obligations.yaml)."""
 
     def to_record(self) -> dict[str, Any]:
         # Every field is a scalar: a shallow copy (dataclasses.asdict deep-copies, and cost the

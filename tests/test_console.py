@@ -368,3 +368,30 @@ async def test_cbx_console_serves_the_namespace_it_is_given(played: Played, tmp_
         out, _ = await asyncio.to_thread(proc.communicate, timeout=60)
     assert proc.returncode == 0, out[-2000:]
     assert (tmp_path / "view.sqlite").exists()
+
+
+async def test_the_case_view_shows_its_statutory_clocks(played: Played, tmp_path: Path) -> None:
+    """The placement notice (start 2 Nov 2026, sent when the test ran) is met late; the initial
+    health assessment is due 20 working days after the start, and nobody has asked for it."""
+    from broker.policy import calendar
+
+    async with console(played, tmp_path / "view.sqlite") as (_r, client):
+        await sign_in(client, "victor")
+        answer = (await client.get(f"/api/cases/{played.case_ref}")).json()
+        page = (await client.get(f"/cases/{played.case_ref}")).text
+    placement = next(m for m in answer["messages"] if m["event_type"] == "PlacementNotified")
+    assert placement["facts"] == {"emergency": "false", "start_date": "2026-11-02"}
+    clocks = {c["obligation"]: c for c in answer["clocks"]}
+    assert set(clocks) == {"placement-notice", "initial-health-assessment"}
+    notice = clocks["placement-notice"]
+    assert notice["status"] == "MET"
+    assert notice["met_by"] == placement["message_id"]
+    assert notice["margin_s"] < 0  # sent after the placement started
+    health = clocks["initial-health-assessment"]
+    due = calendar.working_days_after(dt.date(2026, 11, 2), 20)
+    assert health["due_at"] == due.isoformat()
+    expected = "OVERDUE" if dt.datetime.now(dt.UTC) > due else "DUE"
+    assert health["status"] == expected
+    assert health["owed_by"] == ["PLACING_AUTHORITY"]
+    assert 'data-obligation="placement-notice" data-status="MET"' in page
+    assert "late by" in page

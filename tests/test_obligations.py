@@ -221,3 +221,30 @@ def test_a_message_seen_twice_changes_nothing() -> None:
     again = clocks.observe(seen("found", "ChildFound", T0, episode_id="ep-1", found_at=T0))
     assert again == []
     assert len(clocks.clocks) == 1
+
+
+def test_clocks_read_only_clear_fields_the_schemas_have() -> None:
+    """What the router copies into the delivery log for the clocks is never a sensitive field."""
+    from broker.policy.obligations import fact_fields
+    from broker.schema.catalogue import Catalogue
+
+    catalogue = Catalogue.load()
+    for event_type, names in fact_fields().items():
+        schema = catalogue.latest(event_type)
+        fields = {f["name"] for f in schema.raw["fields"]}
+        assert set(names) <= fields, event_type
+        assert not set(names) & set(schema.sensitive_fields), event_type
+
+
+def test_facts_come_back_as_the_values_they_were() -> None:
+    from broker.policy.obligations import as_text, from_text
+
+    for value in (
+        True,
+        False,
+        D(2026, 11, 2),
+        dt.datetime(2026, 10, 25, 1, 30, tzinfo=UTC),
+        "INITIAL",
+        "3f0c8c1e-0000-4000-8000-000000000001",
+    ):
+        assert from_text(as_text(value)) == value

@@ -29,6 +29,7 @@ from broker.admin.provision import SERVICES
 from broker.errors import CbxError
 from broker.kafka.acls import grants
 from broker.kafka.settings import KafkaSettings
+from broker.policy.obligations import Clocks, Seen, from_text
 from broker.web import STATIC
 
 from .auth import Accounts, Expired, Role, Session, Sessions, csrf_matches
@@ -588,7 +589,7 @@ def create_app(c: Console) -> FastAPI:
             return RedirectResponse(
                 f"/cases/{urllib.parse.quote(case_ref.strip(), safe='/')}", status_code=303
             )
-        return page(request, "case.html", s, case_ref=None, rows=[])
+        return page(request, "case.html", s, case_ref=None, rows=[], clocks=[])
 
     @app.get("/cases/{case_ref:path}/chronology.csv")
     async def case_csv(request: Request, case_ref: str, s: Session = Depends(signed)) -> Response:
@@ -647,13 +648,36 @@ def create_app(c: Console) -> FastAPI:
             headers={"Content-Disposition": f'attachment; filename="case-{name}.csv"'},
         )
 
+    def case_clocks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The statutory clocks of one case, from its messages' clear facts."""
+        clocks = Clocks()
+        for m in sorted(rows, key=lambda m: m["first_at"]):
+            if not (m["event_type"] and m["accepted_at"] and m["case_ref"]):
+                continue
+            clocks.observe(
+                Seen(
+                    m["message_id"],
+                    m["event_type"],
+                    m["case_ref"],
+                    utc(m["occurred_at"] or m["first_at"]) or dt.datetime.now(dt.UTC),
+                    utc(m["accepted_at"]) or dt.datetime.now(dt.UTC),
+                    {k: from_text(v) for k, v in (m["facts"] or {}).items()},
+                )
+            )
+        clocks.overdue(dt.datetime.now(dt.UTC))
+        return [c.as_json() for c in sorted(clocks.clocks.values(), key=lambda c: c.due_at)]
+
     @app.get("/cases/{case_ref:path}", response_class=HTMLResponse)
     async def case(request: Request, case_ref: str, s: Session = Depends(signed)) -> Response:
-        return page(request, "case.html", s, case_ref=case_ref, rows=c.store.case(case_ref))
+        rows = c.store.case(case_ref)
+        return page(request, "case.html", s, case_ref=case_ref, rows=rows, clocks=case_clocks(rows))
 
     @app.get("/api/cases/{case_ref:path}")
     async def api_case(request: Request, case_ref: str, s: Session = Depends(signed)) -> Response:
-        return JSONResponse(_jsonable({"case_ref": case_ref, "messages": c.store.case(case_ref)}))
+        rows = c.store.case(case_ref)
+        return JSONResponse(
+            _jsonable({"case_ref": case_ref, "messages": rows, "clocks": case_clocks(rows)})
+        )
 
     # -- dead letters -------------------------------------------------------------------------
 

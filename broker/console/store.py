@@ -26,6 +26,9 @@ from typing import Any
 from broker.delivery_log import LogEntry, Status
 from broker.tracker.view import DeliveryView, MessageState, RecipientState
 
+#: Bump when the tables change: an older view is rebuilt from the topics.
+VIEW_VERSION = 2
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries(
   seq INTEGER PRIMARY KEY, message_id TEXT, status TEXT NOT NULL, at REAL NOT NULL,
@@ -36,7 +39,7 @@ CREATE TABLE IF NOT EXISTS messages(
   message_id TEXT PRIMARY KEY, event_type TEXT, sender TEXT, case_ref TEXT, urgency TEXT,
   occurred_at REAL, accepted_at REAL, ack_deadline REAL, first_at REAL NOT NULL,
   last_at REAL NOT NULL, status TEXT NOT NULL, rejected_reason TEXT, sharing TEXT,
-  recipients TEXT NOT NULL DEFAULT '');
+  recipients TEXT NOT NULL DEFAULT '', facts TEXT);
 CREATE INDEX IF NOT EXISTS messages_first ON messages(first_at);
 CREATE INDEX IF NOT EXISTS messages_case ON messages(case_ref, occurred_at);
 CREATE INDEX IF NOT EXISTS messages_sender ON messages(sender, first_at);
@@ -180,6 +183,17 @@ class ViewStore:
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            # The view is a cache of topics: one made by another version of this code is dropped
+            # and rebuilt from the beginning of every topic (its offsets go with it).
+            (version,) = self._db.execute("PRAGMA user_version").fetchone()
+            if version != VIEW_VERSION:
+                tables = [
+                    r[0]
+                    for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                ]
+                for t in tables:
+                    self._db.execute(f'DROP TABLE IF EXISTS "{t}"')
+                self._db.execute(f"PRAGMA user_version = {VIEW_VERSION}")
             self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
@@ -325,6 +339,8 @@ class ViewStore:
                 x["occurred_at"] = e.occurred_at.timestamp()
             if e.sharing is not None:
                 x["sharing"] = json.dumps(e.sharing, sort_keys=True)
+            if e.facts is not None:
+                x["facts"] = json.dumps(e.facts, sort_keys=True)
         db.executemany("INSERT INTO entries VALUES (NULL,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         activity: dict[str, list[float | None]] = {}
         counts: dict[tuple[int, str, str], int] = {}
@@ -342,8 +358,8 @@ class ViewStore:
             db.execute(
                 """INSERT INTO messages(message_id, event_type, sender, case_ref, urgency,
                      occurred_at, accepted_at, ack_deadline, first_at, last_at, status,
-                     rejected_reason, sharing, recipients)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                     rejected_reason, sharing, recipients, facts)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                    ON CONFLICT(message_id) DO UPDATE SET
                      event_type=excluded.event_type, sender=excluded.sender,
                      case_ref=excluded.case_ref, urgency=excluded.urgency,
@@ -353,7 +369,8 @@ class ViewStore:
                      last_at=MAX(messages.last_at, excluded.last_at),
                      status=excluded.status, rejected_reason=excluded.rejected_reason,
                      sharing=COALESCE(excluded.sharing, messages.sharing),
-                     recipients=excluded.recipients""",
+                     recipients=excluded.recipients,
+                     facts=COALESCE(excluded.facts, messages.facts)""",
                 (
                     mid,
                     m.event_type,
@@ -369,6 +386,7 @@ class ViewStore:
                     m.rejected_reason,
                     x.get("sharing"),
                     " ".join(sorted(m.recipients)),
+                    x.get("facts"),
                 ),
             )
             seen, was_refused = before.get(mid, (set(), False))
@@ -665,6 +683,7 @@ def _save_offsets(db: sqlite3.Connection, topic: str, positions: dict[int, int])
 def _message(r: sqlite3.Row) -> dict[str, Any]:
     m = dict(r)
     m["sharing"] = json.loads(r["sharing"]) if r["sharing"] else None
+    m["facts"] = json.loads(r["facts"]) if r["facts"] else None
     m["recipient_list"] = r["recipients"].split() if r["recipients"] else []
     return m
 

@@ -220,6 +220,54 @@ class Clocks:
         )
 
 
+@cache
+def fact_fields(obligations: tuple[Obligation, ...] | None = None) -> dict[str, tuple[str, ...]]:
+    """Message type → the clear body fields the clocks read from it."""
+    out: dict[str, set[str]] = {}
+    for o in obligations if obligations is not None else load():
+        start = out.setdefault(o.starts_on, set())
+        if o.starts_at != "occurred_at":
+            start.add(o.starts_at)
+        if o.key not in (None, "case"):
+            start.add(str(o.key))
+        start.update(o.when)
+        if o.emergency_field:
+            start.add(o.emergency_field)
+        for t in o.met_by:
+            met = out.setdefault(t, set())
+            if o.key not in (None, "case"):
+                met.add(str(o.key))
+            met.update(o.met_when)
+    return {t: tuple(sorted(f)) for t, f in out.items()}
+
+
+def as_text(value: Any) -> str:
+    """A clear field's value as the delivery log keeps it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def from_text(text: str) -> Any:
+    """The inverse of :func:`as_text` for the kinds of value clocks read."""
+    if text in ("true", "false"):
+        return text == "true"
+    if len(text) == 10 and text[4] == "-" and text[7] == "-":
+        try:
+            return dt.date.fromisoformat(text)
+        except ValueError:
+            return text
+    if "T" in text:
+        try:
+            at = dt.datetime.fromisoformat(text)
+        except ValueError:
+            return text
+        return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+    return text
+
+
 def _matches(conditions: Mapping[str, tuple[Any, ...]], fields: Mapping[str, Any]) -> bool:
     return all(fields.get(k) in values for k, values in conditions.items())
 

@@ -32,6 +32,7 @@ from broker.kafka.topics import Topics
 from broker.logging import get_logger
 from broker.model import ROUTE_GAP_NOTICE, ROUTER, Recipient, Role
 from broker.policy.deadlines import Windows, ack_deadline
+from broker.policy.obligations import as_text, fact_fields
 from broker.policy.registry import Placement
 from broker.policy.routing import PartyChange, Rules
 from broker.router.deadletter import Failure, error_headers, sign_dead_letter
@@ -325,6 +326,7 @@ class RouterCore:
                 LogEntry(
                     status=Status.ACCEPTED,
                     ack_deadline=deadline,
+                    facts=self._facts(form, body, header.event_type),
                     sharing={
                         "purpose": header.sharing.purpose,
                         "lawful_basis": list(header.sharing.lawful_basis),
@@ -402,6 +404,18 @@ class RouterCore:
             recipients=len(decision.deliver),
             occurred_at=header.occurred_at,
         )
+
+    @staticmethod
+    def _facts(form: Any, body: bytes, event_type: str) -> dict[str, str] | None:
+        """The clear fields statutory clocks read from this message, as text (None if none)."""
+        wanted = fact_fields().get(event_type)
+        if not wanted:
+            return None
+        try:
+            record = codec.decode(body, lambda _fp: form.wire_parsed)
+        except SerializationError:
+            return None
+        return {f: as_text(record[f]) for f in wanted if record.get(f) is not None}
 
     @staticmethod
     def _party_changes(form: Any, body: bytes) -> list[PartyChange]:
