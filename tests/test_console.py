@@ -395,3 +395,37 @@ async def test_the_case_view_shows_its_statutory_clocks(played: Played, tmp_path
     assert health["owed_by"] == ["PLACING_AUTHORITY"]
     assert 'data-obligation="placement-notice" data-status="MET"' in page
     assert "late by" in page
+
+
+async def test_hostile_queries_get_clear_answers(played: Played, tmp_path: Path) -> None:
+    async with console(played, tmp_path / "view.sqlite") as (_r, client):
+        await sign_in(client, "victor")
+        for params, field in (
+            ({"since": "31/02/2026"}, "since"),
+            ({"until": "9" * 400}, "until"),
+            ({"status": "DELIVERED' OR 1=1 --"}, "status"),
+            ({"page": "-"}, "page"),
+        ):
+            answer = await client.get("/api/messages", params=params)
+            assert answer.status_code == 400, params
+            assert answer.json()["error"].startswith(field), answer.json()
+        # Values that are merely strange find nothing and break nothing.
+        for params in (
+            {"case_ref": "x" * 10_000},
+            {"agency": "la-e10000016' OR '1'='1"},
+            {"message_id": "\u0000\ud7ff"},
+            {"since": "9999-12-31T23:59:59+00:00"},
+            {"until": "0001-01-01T00:00:00+00:00"},
+            {"page": "99999999"},
+        ):
+            answer = await client.get("/api/messages", params=params)
+            assert answer.status_code == 200, params
+            assert answer.json()["messages"] == [], params
+        assert (await client.get("/api/messages/%27%20OR%201%3D1")).status_code == 404
+        assert (await client.get("/api/cases/" + "z" * 5000)).json()["messages"] == []
+        # The first page of "everything" is not empty, so the filters above did filter, and the
+        # calendar's extremes as a range hold all of it.
+        everything = (await client.get("/api/messages")).json()["total"]
+        assert everything >= 2
+        extremes = {"since": "0001-01-01T00:00:00+00:00", "until": "9999-12-31T23:59:59+00:00"}
+        assert (await client.get("/api/messages", params=extremes)).json()["total"] == everything

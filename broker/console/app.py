@@ -251,6 +251,8 @@ def create_app(c: Console) -> FastAPI:
 
     @app.exception_handler(Refused)
     async def refused(request: Request, exc: Refused) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
         if exc.status == 401:
             return to_sign_in(request, expired="expired" in exc.message)
         s = None
