@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from broker.kafka.settings import KafkaSettings
 
@@ -28,3 +30,33 @@ def cbx(
         env=full,
         timeout=300,
     )
+
+
+def benchmark(
+    settings: KafkaSettings, home: Path, module: str, *args: str, name: str
+) -> tuple[dict[str, Any], str]:
+    """Run ``benchmarks.MODULE ARGS`` as ``make bench`` would, against the test cluster; its JSON
+    result (written under a name of its own, then removed) and what it printed."""
+    root = Path(__file__).resolve().parent.parent
+    out = f"{name}-smoke-{os.getpid()}.json"
+    env = {
+        **os.environ,
+        **settings.to_env(),
+        "CBX_HOME": str(home),
+        "CBX_KEYSTORE_PASSPHRASE": "bench-passphrase",  # a named cluster: keystores encrypted
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args, "--out", out],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    path = root / "benchmarks" / "results" / out
+    try:
+        result: dict[str, Any] = json.loads(path.read_text())
+    finally:
+        path.unlink(missing_ok=True)
+    return result, done.stdout

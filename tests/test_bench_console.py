@@ -2,48 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli import benchmark
 
 from broker.kafka.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bench_console_small_run(kafka_settings: KafkaSettings, tmp_path: Path) -> None:
-    out = f"console-smoke-{os.getpid()}.json"
-    env = {**os.environ, **kafka_settings.to_env(), "CBX_HOME": str(tmp_path)}
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.bench_console",
-            "--entries",
-            "4000",
-            "--queries",
-            "3",
-            "--out",
-            out,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    path = ROOT / "benchmarks" / "results" / out
-    try:
-        result = json.loads(path.read_text())
-    finally:
-        path.unlink(missing_ok=True)
+    args = ["--entries", "4000", "--queries", "3"]
+    result, printed = benchmark(kafka_settings, tmp_path, "bench_console", *args, name="console")
     assert result["entries"] >= 4000
+    assert "x raw read" in printed
     assert result["messages"] > 200
     assert result["recipients"] >= 3 * result["messages"]
     assert result["view_catch_up_entries_per_s"] > 0

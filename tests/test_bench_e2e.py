@@ -2,45 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli import benchmark
 
 from broker.kafka.settings import KafkaSettings
 
 pytestmark = pytest.mark.kafka
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_bench_e2e_small_run_delivers_everything_to_three_recipients(
     kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
-    out = f"e2e-smoke-{os.getpid()}.json"
-    env = {
-        **os.environ,
-        **kafka_settings.to_env(),
-        "CBX_HOME": str(tmp_path),
-        "CBX_KEYSTORE_PASSPHRASE": "bench-passphrase",  # a named cluster: keystores encrypted
-    }
     args = ["--messages", "300", "--rate", "200", "--rate-seconds", "1", "--http-requests", "40"]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_e2e", *args, "--out", out],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    path = ROOT / "benchmarks" / "results" / out
-    try:
-        result = json.loads(path.read_text())
-    finally:
-        path.unlink(missing_ok=True)
+    result, printed = benchmark(kafka_settings, tmp_path, "bench_e2e", *args, name="e2e")
     for name, n in (("cbx", 300), ("baseline", 300), ("cbx_fixed_rate", 200)):
         phase = result[name]
         assert phase["deliveries"] == 3 * n, name
@@ -62,4 +38,4 @@ def test_bench_e2e_small_run_delivers_everything_to_three_recipients(
         "fixed_rate_p99_cbx_over_baseline",
     }
     assert result["http_ingest"]["status_codes"] == {"202": 40}
-    assert "end to end, 300 notifications" in done.stdout
+    assert "end to end, 300 notifications" in printed
