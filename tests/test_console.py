@@ -429,3 +429,33 @@ async def test_hostile_queries_get_clear_answers(played: Played, tmp_path: Path)
         assert everything >= 2
         extremes = {"since": "0001-01-01T00:00:00+00:00", "until": "9999-12-31T23:59:59+00:00"}
         assert (await client.get("/api/messages", params=extremes)).json()["total"] == everything
+
+
+async def test_a_batch_the_view_cannot_store_is_read_again(played: Played, tmp_path: Path) -> None:
+    """A failed write (a full disk, say) loses nothing and doubles nothing: the feed goes back to
+    the offsets stored with the rows and reads again."""
+    from broker.console.feed import Feed
+    from broker.console.store import ViewStore
+    from broker.schema.catalogue import Catalogue
+
+    class Flaky(ViewStore):
+        failures = 2
+
+        def apply_log(self, *args: object, **kwargs: object) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise OSError("disk full")
+            super().apply_log(*args, **kwargs)  # type: ignore[arg-type]
+
+    store = Flaky(tmp_path / "view.sqlite")
+    feed = Feed(played.operator, store, Catalogue.load())
+    await feed.start()
+    try:
+        await feed.sync(timeout_s=60)
+    finally:
+        await feed.stop()
+    assert store.failures == 0
+    assert feed.state.failing is None
+    entries = await log_entries(played.admin)
+    assert store.counts()["entries"] == len(entries)
+    assert store.counts()["messages"] == len({e.message_id for e in entries if e.message_id})

@@ -272,6 +272,8 @@ def create_app(c: Console) -> FastAPI:
     async def readyz() -> Response:
         if not c.feed.caught_up:
             return JSONResponse({"status": "catching up"}, status_code=503)
+        if c.feed.failing:
+            return JSONResponse({"status": f"view failing: {c.feed.failing}"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     # -- sign-in ------------------------------------------------------------------------------
@@ -442,6 +444,7 @@ def create_app(c: Console) -> FastAPI:
                 "read": c.feed.read,
                 "skipped": c.feed.skipped,
                 "last_batch_at": c.feed.last_batch_at,
+                "failing": c.feed.failing,
             },
             "now": now,
         }

@@ -94,6 +94,8 @@ class FeedState:
     read: int = 0
     skipped: int = 0
     last_batch_at: float | None = None
+    failing: str | None = None
+    """Why the view could not store its last batch (it retries), or None."""
     lag: dict[str, int] = field(default_factory=dict)
 
 
@@ -123,15 +125,7 @@ class Feed:
             for p in await kafka.partitions(self.settings, topic):
                 self._tps.append(TopicPartition(topic, p))
         self._consumer.assign(self._tps)
-        for topic in self.topics:
-            stored = self.store.offsets(topic)
-            for tp in self._tps:
-                if tp.topic != topic:
-                    continue
-                if tp.partition in stored:
-                    self._consumer.seek(tp, stored[tp.partition])
-                else:
-                    await self._consumer.seek_to_beginning(tp)
+        await self._rewind()
         for tp in self._tps:
             self._applied[tp] = await self._consumer.position(tp)
         self._task = asyncio.create_task(self._run(), name="console feed")
@@ -148,12 +142,34 @@ class Feed:
         while True:
             batch = await self._consumer.getmany(timeout_ms=300, max_records=20_000)
             if batch:
-                await asyncio.to_thread(self._apply, batch)
+                try:
+                    await asyncio.to_thread(self._apply, batch)
+                except Exception as exc:
+                    # The view could not take the batch (a full disk, a locked file): what was
+                    # stored stands with its offsets, so read again from there after a pause.
+                    self.state.failing = type(exc).__name__
+                    log.error("console_view_write_failed", error_class=type(exc).__name__)
+                    await asyncio.sleep(2)
+                    await self._rewind()
+                    continue
+                self.state.failing = None
                 self.state.last_batch_at = time.time()
             # The position, not the last record: a transaction's commit marker takes an offset.
             for tp in self._tps:
                 self._applied[tp] = await self._consumer.position(tp)
             self._progress.set()
+
+    async def _rewind(self) -> None:
+        """Back to the offsets the view stored (the start, where it stored none)."""
+        for topic in self.topics:
+            stored = self.store.offsets(topic)
+            for tp in self._tps:
+                if tp.topic != topic:
+                    continue
+                if tp.partition in stored:
+                    self._consumer.seek(tp, stored[tp.partition])
+                else:
+                    await self._consumer.seek_to_beginning(tp)
 
     def _apply(self, batch: dict[TopicPartition, list[Any]]) -> None:
         by_topic: dict[str, list[tuple[int, list[Any]]]] = defaultdict(list)
