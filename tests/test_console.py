@@ -134,6 +134,8 @@ async def test_consumer_lag_shows_messages_waiting_for_a_connector(
         services = {s["name"]: s for s in board["services"]}
         assert set(services) == {"router", "tracker"}
         assert services["tracker"]["lag"] == 0
+        # The scenario's services have stopped: no commit was seen since the console started.
+        assert services["tracker"]["progressed_at"] is None
         # The router has routed the case (a dead letter replayed since may wait for it).
         assert services["router"]["committed"] >= len(played.report["messages"])
         # A connector that is down: a record lands in its inbox and nobody reads it.

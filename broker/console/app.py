@@ -431,7 +431,13 @@ def create_app(c: Console) -> FastAPI:
             g = lag.get(r["agency"])
             r["waiting"] = g.lag if g else None
         services = [
-            {"name": name, "group": g.group, "lag": g.lag, "committed": g.committed}
+            {
+                "name": name,
+                "group": g.group,
+                "lag": g.lag,
+                "committed": g.committed,
+                "progressed_at": g.progressed_at,
+            }
             for name, g in sorted(lag.items())
             if name in ("router", "tracker")
         ]

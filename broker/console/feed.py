@@ -267,12 +267,14 @@ class Feed:
                 await asyncio.wait_for(self._progress.wait(), 0.5)
 
 
-@dataclass(frozen=True)
+@dataclass
 class GroupLag:
     group: str
     lag: int
     committed: int
     end: int
+    progressed_at: float | None = None
+    """When its committed offsets were last seen to move (None: not since the console started)."""
 
 
 async def lags(settings: KafkaSettings, agencies: list[str]) -> dict[str, GroupLag]:

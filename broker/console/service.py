@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -75,8 +76,19 @@ async def running(
         while True:
             agencies = [a["agency"] for a in store.directory() if a["kind"] != "SERVICE"]
             try:
+                fresh = await lags(settings, agencies)
+                now = time.time()
+                for name, g in fresh.items():
+                    before = lag_now.get(name)
+                    # A group's last commit, as far as the console saw it happen.
+                    if before is None:
+                        g.progressed_at = None
+                    elif before.committed != g.committed:
+                        g.progressed_at = now
+                    else:
+                        g.progressed_at = before.progressed_at
                 lag_now.clear()
-                lag_now.update(await lags(settings, agencies))
+                lag_now.update(fresh)
             except Exception as exc:
                 log.warning("console_lag_failed", error_class=type(exc).__name__)
             await asyncio.sleep(lag_every_s)
