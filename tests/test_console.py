@@ -424,6 +424,23 @@ async def test_hostile_queries_get_clear_answers(played: Played, tmp_path: Path)
             assert answer.status_code == 200, params
             assert answer.json()["messages"] == [], params
         assert (await client.get("/api/messages/%27%20OR%201%3D1")).status_code == 404
+        # A huge form is refused before it is read, and so is one without a length.
+        huge = await client.post(
+            "/sign-in",
+            content=b"a=" + b"x" * 200_000,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert huge.status_code == 413
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            yield b"username=olive"
+
+        unsized = await client.post(
+            "/sign-in",
+            content=chunks(),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert unsized.status_code == 411
         assert (await client.get("/api/cases/" + "z" * 5000)).json()["messages"] == []
         # The first page of "everything" is not empty, so the filters above did filter, and the
         # calendar's extremes as a range hold all of it.

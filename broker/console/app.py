@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -42,6 +48,7 @@ HERE = Path(__file__).parent
 COOKIE = "cbx_console_session"
 LOGIN_CSRF_COOKIE = "cbx_console_signin"
 WINDOWS = {"hour": 3600, "day": 86_400, "week": 7 * 86_400}
+MAX_FORM_BYTES = 64 * 1024
 ROTATE_AFTER_DAYS = 365
 """A key older than this is shown as due for rotation (the keys runbook's yearly rotation)."""
 
@@ -130,6 +137,17 @@ def create_app(c: Console) -> FastAPI:
 
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Response:
+        if request.method == "POST":
+            # Every form here is small; the sign-in form is open to anyone, so a body is
+            # refused before it is read unless its length is given and modest.
+            try:
+                length = int(request.headers.get("content-length", ""))
+            except ValueError:
+                return PlainTextResponse("Content-Length required", status_code=411)
+            if length > MAX_FORM_BYTES:
+                return PlainTextResponse(
+                    f"form too large ({length} bytes; at most {MAX_FORM_BYTES})", status_code=413
+                )
         response: Response = await call_next(request)
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Frame-Options"] = "DENY"
