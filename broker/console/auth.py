@@ -53,12 +53,19 @@ class Accounts:
         # Checked against when the account does not exist, so a wrong name costs the same time
         # as a wrong password and names cannot be found by timing.
         self._dummy = self._hasher.hash(secrets.token_hex(16))
+        self._cached: tuple[tuple[int, int, int], dict[str, dict[str, Any]]] | None = None
 
     def _load(self) -> dict[str, dict[str, Any]]:
-        if not self.path.exists():
+        """The accounts, read again only when the file changed (every page asks whether its
+        session's account still exists)."""
+        try:
+            stamp = self.path.stat()
+        except FileNotFoundError:
             return {}
-        data: dict[str, dict[str, Any]] = json.loads(self.path.read_text())
-        return data
+        key = (stamp.st_mtime_ns, stamp.st_size, stamp.st_ino)
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, json.loads(self.path.read_text()))
+        return self._cached[1]
 
     def _save(self, data: dict[str, dict[str, Any]]) -> None:
         write_private(self.path, json.dumps(data, indent=2, sort_keys=True).encode())
@@ -67,7 +74,7 @@ class Accounts:
         check_name(name)
         if len(password) < MIN_PASSWORD:
             raise CbxError(f"password: at least {MIN_PASSWORD} characters")
-        data = self._load()
+        data = dict(self._load())
         data[name] = {
             "hash": self._hasher.hash(password),
             "role": str(role),
@@ -76,7 +83,7 @@ class Accounts:
         self._save(data)
 
     def remove(self, name: str) -> None:
-        data = self._load()
+        data = dict(self._load())
         if name not in data:
             raise CbxError(f"no console account {name!r}")
         del data[name]

@@ -292,12 +292,21 @@ async def lags(settings: KafkaSettings, agencies: list[str]) -> dict[str, GroupL
         }
         wanted["router"] = (t.group("router"), [t.outbound(a) for a in agencies])
         wanted["tracker"] = (t.group("tracker"), [t.receipts])
+        # One metadata request and one pair of offset requests for every topic, however many
+        # agencies: this runs every few seconds.
+        names = sorted({topic for _g, topics in wanted.values() for topic in topics})
+        parts = {
+            d["topic"]: [p["partition"] for p in d.get("partitions", [])]
+            for d in await admin.describe_topics(names)
+            if not d.get("error_code")
+        }
+        every = [TopicPartition(topic, p) for topic in names for p in parts.get(topic, [])]
+        if not every:
+            return out
+        end = await consumer.end_offsets(every)
+        begin = await consumer.beginning_offsets(every)
         for name, (group, topics) in wanted.items():
-            tps = [
-                TopicPartition(topic, p)
-                for topic in topics
-                for p in await kafka.partitions(settings, topic)
-            ]
+            tps = [TopicPartition(topic, p) for topic in topics for p in parts.get(topic, [])]
             if not tps:
                 continue
             try:
@@ -305,13 +314,11 @@ async def lags(settings: KafkaSettings, agencies: list[str]) -> dict[str, GroupL
             except Exception as exc:
                 log.warning("console_lag_unavailable", group=group, error_class=type(exc).__name__)
                 continue
-            end = await consumer.end_offsets(tps)
-            begin = await consumer.beginning_offsets(tps)
             done = sum(
                 committed[tp].offset if tp in committed and committed[tp].offset >= 0 else begin[tp]
                 for tp in tps
             )
-            total = sum(end.values())
+            total = sum(end[tp] for tp in tps)
             out[name] = GroupLag(group, max(0, total - done), done, total)
     finally:
         await consumer.stop()

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS agency_activity(
 CREATE TABLE IF NOT EXISTS deadletters(
   id TEXT PRIMARY KEY, at TEXT, topic TEXT, sender TEXT, stage TEXT, reason TEXT,
   error_class TEXT, error TEXT, message_id TEXT, writer TEXT);
+CREATE INDEX IF NOT EXISTS deadletters_message ON deadletters(message_id);
 CREATE TABLE IF NOT EXISTS actions(
   action_id TEXT PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL, actor_role TEXT,
   action TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT, message_id TEXT, case_ref TEXT,
@@ -591,7 +592,10 @@ class ViewStore:
         m["related"] = [i for i in sorted(ids) if i in known]
         m["linkable"] = known
         m["notes"] = self.notes(message_id)
-        m["dead_letters"] = [d for d in self.dead_letters() if d.message_id == message_id]
+        m["dead_letters"] = [
+            DeadLetterRow(**dict(r))
+            for r in self._rows("SELECT * FROM deadletters WHERE message_id = ?", (message_id,))
+        ]
         return m
 
     def _known(self, ids: list[str]) -> set[str]:

@@ -164,7 +164,7 @@ class Clocks:
         for o in self.obligations:
             if m.event_type not in o.met_by or not _matches(o.met_when, m.fields):
                 continue
-            key = m.case_ref if o.key in (None, "case") else str(m.fields.get(o.key))
+            key = self._key(o, m)
             clock = self.clocks.get(f"{o.id}:{m.case_ref}:{key}")
             if clock is None:
                 # Met before it started (a partition delivered the reply first): kept until then.
@@ -176,9 +176,7 @@ class Clocks:
         return changed
 
     def _start(self, o: Obligation, m: Seen) -> Clock | None:
-        key = m.case_ref if o.key in (None, "case") or o.self_met else str(m.fields.get(o.key))
-        if o.self_met and o.key is None:
-            key = m.message_id
+        key = self._key(o, m)
         cid = f"{o.id}:{m.case_ref}:{key}"
         if cid in self.clocks or (
             o.once_per_case and any(c.startswith(f"{o.id}:{m.case_ref}:") for c in self.clocks)
@@ -197,6 +195,15 @@ class Clocks:
             if clock.met_by is None:
                 self._meet(clock, waiting)
         return clock
+
+    @staticmethod
+    def _key(o: Obligation, m: Seen) -> str:
+        """What one clock of ``o`` is about: the notice itself, the case, or a body field."""
+        if o.self_met and m.event_type == o.starts_on:
+            return m.message_id
+        if o.key in (None, "case"):
+            return m.case_ref
+        return str(m.fields.get(o.key))
 
     @staticmethod
     def _meet(clock: Clock, m: Seen) -> None:
