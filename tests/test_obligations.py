@@ -248,3 +248,27 @@ def test_facts_come_back_as_the_values_they_were() -> None:
         "3f0c8c1e-0000-4000-8000-000000000001",
     ):
         assert from_text(as_text(value)) == value
+
+
+@pytest.mark.parametrize("start", [D(1900, 1, 1), D(2100, 12, 31)])
+def test_a_date_at_the_edge_of_the_accepted_range_is_not_counted_and_stops_nothing(
+    start: dt.date,
+) -> None:
+    """1900 to 2100 is accepted at the edge; bank holidays are known for fewer years. Such a
+    clock is reported as not counted, with why, and the other clocks go on."""
+    clocks = Clocks()
+    at = dt.datetime(2026, 11, 27, 9, tzinfo=UTC)
+    clocks.observe(seen("far", "PlacementNotified", at, start_date=start, emergency=True))
+    assert {cid.split(":")[0] for cid in clocks.uncounted} == {
+        "placement-notice",
+        "initial-health-assessment",
+    }
+    assert all("unknown" in why for why in clocks.uncounted.values())
+    # The next message of another case is counted as usual.
+    clocks.observe(
+        Seen(
+            "next", "ChildFound", "la-e10000016/OTHER", at, at, {"episode_id": "e", "found_at": at}
+        )
+    )
+    assert [c.obligation.id for c in clocks.clocks.values()] == ["return-home-interview"]
+    assert clocks.overdue(at + dt.timedelta(days=4))[0].status == ClockStatus.OVERDUE

@@ -694,7 +694,11 @@ def create_app(c: Console) -> FastAPI:
                 )
             )
         clocks.overdue(dt.datetime.now(dt.UTC))
-        return [c.as_json() for c in sorted(clocks.clocks.values(), key=lambda c: c.due_at)]
+        counted = [c.as_json() for c in sorted(clocks.clocks.values(), key=lambda c: c.due_at)]
+        return counted + [
+            {"clock": cid, "obligation": cid.split(":")[0], "status": "UNCOUNTED", "reason": why}
+            for cid, why in sorted(clocks.uncounted.items())
+        ]
 
     @app.get("/cases/{case_ref:path}", response_class=HTMLResponse)
     async def case(request: Request, case_ref: str, s: Session = Depends(signed)) -> Response:

@@ -32,9 +32,18 @@ def bank_holidays() -> frozenset[dt.date]:
     return frozenset(h["date"] for h in holidays)
 
 
+class OutsideCalendar(ConfigurationError):
+    """A day outside the years whose bank holidays are known: working days cannot be counted."""
+
+
 def covered_until() -> dt.date:
     """The last year the shipped list covers, as its last day: counting beyond it is refused."""
     return dt.date(max(bank_holidays()).year, 12, 31)
+
+
+def covered_from() -> dt.date:
+    """The first year the shipped list covers, as its first day: counting before it is refused."""
+    return dt.date(min(bank_holidays()).year, 1, 1)
 
 
 def is_working_day(day: dt.date) -> bool:
@@ -51,12 +60,16 @@ def add_working_days(day: dt.date, n: int) -> dt.date:
     """The Nth working day after ``day`` (``day`` itself is day 0, whatever it is)."""
     if n < 0:
         raise ValueError("a number of working days is not negative")
+    if day < covered_from():
+        raise OutsideCalendar(
+            f"working days before {covered_from()} are unknown (bank holidays not shipped)"
+        )
     current = day
     counted = 0
     while counted < n:
         current += dt.timedelta(days=1)
         if current > covered_until():
-            raise ConfigurationError(
+            raise OutsideCalendar(
                 f"working days past {covered_until()} are unknown: update govuk-bank-holidays"
             )
         if is_working_day(current):

@@ -149,6 +149,8 @@ class Clocks:
         self.clocks: dict[str, Clock] = {}
         self._seen: set[str] = set()
         self._waiting: dict[tuple[str, str], list[Seen]] = {}
+        self.uncounted: dict[str, str] = {}
+        """Clock id → why it could not be counted (a date outside the known calendar)."""
 
     def observe(self, m: Seen) -> list[Clock]:
         """Start or meet clocks with ``m``; the clocks it changed."""
@@ -186,8 +188,15 @@ class Clocks:
         if not isinstance(raw, dt.date):
             return None  # no start to count from: nothing can be said late
         limit = o.limit_for(m.fields)
-        started = raw if isinstance(raw, dt.datetime) else calendar.start_of_day(raw)
-        clock = Clock(o, m.case_ref, key, m.message_id, started, limit.due(raw))
+        try:
+            started = raw if isinstance(raw, dt.datetime) else calendar.start_of_day(raw)
+            due = limit.due(raw)
+        except (calendar.OutsideCalendar, OverflowError) as exc:
+            # A date the exchange accepts (1900 to 2100) but no calendar here can count from:
+            # say so for this clock and go on with the others.
+            self.uncounted[cid] = str(exc)
+            return None
+        clock = Clock(o, m.case_ref, key, m.message_id, started, due)
         self.clocks[cid] = clock
         if o.self_met:
             self._meet(clock, m)
