@@ -18,7 +18,8 @@ SERVICE_PREFIX = "svc-"
 #: Message types the exchange itself uses; agencies never post them.
 RECEIPT = "Receipt"
 ROUTE_GAP_NOTICE = "RouteGapNotice"
-SYSTEM_TYPES = frozenset({RECEIPT, ROUTE_GAP_NOTICE})
+OBLIGATION_OVERDUE = "ObligationOverdue"
+SYSTEM_TYPES = frozenset({RECEIPT, ROUTE_GAP_NOTICE, OBLIGATION_OVERDUE})
 
 
 class SensitivityClass(StrEnum):

@@ -15,6 +15,7 @@ from typing import Any
 
 from broker.crypto.signing import H_KID, H_PROOF, H_SIG, H_SIGNER
 from broker.kafka.topics import Topics
+from broker.model import TRACKER
 from broker.router import deadletter
 from broker.schema.catalogue import ENVELOPE, Catalogue
 
@@ -173,13 +174,19 @@ def document(catalogue: Catalogue, topics: Topics | None = None) -> dict[str, An
             "What an agency sends. The router reads every outbound topic.",
             "the agency", "the router", per_agency=True,
         ),
+        "trackerOutbound": channel(
+            t.outbound(TRACKER), "Envelope",
+            "The exchange's own reminders (ObligationOverdue), routed like any message.",
+            "the tracker", "the router", per_agency=False,
+        ),
         "inbox": channel(
             t.inbox_prefix + a, "Envelope",
             "What an agency receives, sealed for it.", "the router", "the agency", per_agency=True,
         ),
         "status": channel(
             t.status_prefix + a, "DeliveryLogEntry",
-            "What became of the messages the agency sent.", "the tracker", "the agency",
+            "What became of the messages the agency sent, and its own row of each message sent "
+            "to it.", "the tracker", "the agency",
             per_agency=True,
         ),
         "cases": channel(

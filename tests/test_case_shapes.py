@@ -23,7 +23,7 @@ from broker.delivery_log import LogCodec, Status
 from broker.envelope import Header
 from broker.errors import PolicyError
 from broker.kafka.topics import Topics
-from broker.model import ROUTER, Recipient, Role
+from broker.model import ROUTER, TRACKER, Recipient, Role
 from broker.policy.registry import case_id
 from broker.policy.routing import Rules
 from broker.router.core import InRecord, RouterCore
@@ -38,7 +38,7 @@ SCHOOL2 = "sch-140101"
 
 NET = network(
     KENT, LANCS, MEDWAY, MANCH, KENT_POLICE, LANCS_POLICE, GMP, KENT_ICB, LANCS_ICB, MANCH_ICB,
-    HOME, HOME2, GP, SCHOOL, IRO, RHI, SCHOOL2,
+    HOME, HOME2, GP, SCHOOL, IRO, RHI, SCHOOL2, TRACKER,
 )  # fmt: skip
 RULES = Rules.load()
 TOPICS = Topics("shapes")
@@ -243,6 +243,8 @@ ACROSS: list[tuple[str, str, dict[str, Any], set[str]]] = [
     (RHI, "CSERiskAssessed", {}, {KENT, LANCS, LANCS_POLICE, KENT_POLICE, IRO}),
     (GMP, "CSERiskAssessed", {}, {KENT, LANCS, LANCS_POLICE, KENT_POLICE, IRO}),
     (KENT, "TriggerPlanIssued", {}, {LANCS_POLICE, KENT_POLICE, LANCS, HOME}),
+    (KENT, "StrategyDiscussionHeld", {}, {LANCS, LANCS_POLICE, KENT_POLICE, IRO}),
+    (TRACKER, "ObligationOverdue", {}, {KENT}),
     (LANCS_POLICE, "CAWNIssued", {}, {KENT, LANCS, KENT_POLICE, HOME}),
     (KENT, "HealthAssessmentRequested", {}, {LANCS_ICB, GP}),
     (KENT_ICB, "HealthRecordTransferRequested", {}, {LANCS_ICB, GP}),

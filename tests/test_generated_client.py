@@ -79,7 +79,7 @@ def test_every_endpoint_is_generated(client_package: Any, document: dict[str, An
     folder = Path(client_package.__file__).parent / "api" / "default"
     generated = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
     types = _event_types(document)
-    assert len(types) == 15
+    assert len(types) == 16
     assert not set(types) & SYSTEM_TYPES
     assert {f"send_{_snake(t)}" for t in types} <= generated
     assert len(generated) == len(document["paths"]) == len(types) + 3  # status, ack, case view

@@ -272,3 +272,88 @@ def test_a_date_at_the_edge_of_the_accepted_range_is_not_counted_and_stops_nothi
     )
     assert [c.obligation.id for c in clocks.clocks.values()] == ["return-home-interview"]
     assert clocks.overdue(at + dt.timedelta(days=4))[0].status == ClockStatus.OVERDUE
+
+
+def test_an_interview_reported_late_but_offered_in_time_meets_its_clock_on_time() -> None:
+    # The interview was offered 70 hours after the return; the report of it reached the exchange
+    # after the limit. The clock counts the offer (met_at: offered_at), not the report's arrival.
+    clocks = rhi(T0, None)
+    due = T0 + dt.timedelta(hours=72)
+    (late,) = clocks.overdue(due + dt.timedelta(hours=1))
+    clocks.observe(
+        Seen(
+            "rhi",
+            "ReturnInterviewCompleted",
+            CASE,
+            due + dt.timedelta(hours=2),
+            due + dt.timedelta(hours=2),
+            {"episode_id": "ep-1", "offered_at": T0 + dt.timedelta(hours=70)},
+        )
+    )
+    assert late.status == ClockStatus.MET
+    assert late.met_at == T0 + dt.timedelta(hours=70)
+    assert late.margin == dt.timedelta(hours=2)
+
+
+# -- a missing episode graded high: a strategy discussion (local limit, 24 hours shipped) ---------
+
+
+def strategy(grade: str, held: dt.datetime | None, episode: str = "ep-9") -> Clocks:
+    clocks = Clocks()
+    clocks.observe(
+        seen("graded", "MissingRiskGraded", T0, episode_id=episode, grade=grade, graded_at=T0)
+    )
+    if held is not None:
+        clocks.observe(
+            seen(
+                "strategy",
+                "StrategyDiscussionHeld",
+                held + dt.timedelta(hours=30),  # reported later: the time it was held counts
+                episode_id=episode,
+                held_at=held,
+            )
+        )
+    return clocks
+
+
+def test_high_risk_strategy_discussion_met_on_time_late_and_never() -> None:
+    cid = f"high-risk-strategy-discussion:{CASE}:ep-9"
+    due = T0 + dt.timedelta(hours=24)
+    on_time = strategy("HIGH", T0 + dt.timedelta(hours=2))
+    clock = on_time.clocks[cid]
+    assert clock.due_at == due
+    assert clock.status == ClockStatus.MET
+    assert clock.margin == dt.timedelta(hours=22)
+    assert on_time.overdue(due + dt.timedelta(days=2)) == []
+
+    late = strategy("HIGH", T0 + dt.timedelta(hours=26))
+    assert late.clocks[cid].status == ClockStatus.MET
+    assert late.clocks[cid].margin == -dt.timedelta(hours=2)
+
+    never = strategy("HIGH", None)
+    assert never.overdue(due - dt.timedelta(minutes=1)) == []
+    (overdue,) = never.overdue(due + dt.timedelta(minutes=1))
+    assert overdue.id == cid
+    assert overdue.obligation.owed_by[0].value == "PLACING_AUTHORITY"
+
+    # Graded below high: no clock. Regraded high again: the same episode's clock, not a second.
+    assert strategy("MEDIUM", None).clocks == {}
+    again = strategy("HIGH", None)
+    again.observe(
+        seen("regraded", "MissingRiskGraded", T0, episode_id="ep-9", grade="HIGH", graded_at=T0)
+    )
+    assert list(again.clocks) == [cid]
+
+
+def test_a_scenario_can_shorten_a_limit_and_nothing_else() -> None:
+    from broker.errors import ConfigurationError
+    from broker.policy.obligations import shortened
+
+    fast = {o.id: o for o in shortened({"return-home-interview": dt.timedelta(seconds=20)})}
+    assert fast["return-home-interview"].within.hours == pytest.approx(20 / 3600)
+    assert fast["return-home-interview"].within.text == "20 seconds"
+    assert fast["initial-health-assessment"].within.working_days == 20
+    with pytest.raises(ConfigurationError, match="no obligation nope"):
+        shortened({"nope": dt.timedelta(seconds=1)})
+    with pytest.raises(ConfigurationError, match="longer than zero"):
+        shortened({"return-home-interview": dt.timedelta(0)})

@@ -102,6 +102,11 @@ EXPECTED: dict[str, dict[str, str]] = {
         "places": "PA HA HF HoF CP OF OA",
     },
     "RouteGapNotice": {},
+    "ObligationOverdue": {},
+    "StrategyDiscussionHeld": {
+        "decisions": "PA HA HF HoF CP IRO",
+        "intelligence": "PA HA HF HoF OF",
+    },
     "TriggerPlanIssued": {
         "actions": "PA HA HF HoF CP IRO",
         "associates": "PA HA HF HoF CP OF",

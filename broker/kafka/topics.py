@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from broker.errors import ConfigurationError
+from broker.model import TRACKER
 
 _AGENCY_ID = re.compile(r"^[a-z]{2,4}-[a-z0-9]{3,20}$")
 _PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
@@ -146,6 +147,9 @@ class Topics:
             TopicSpec(self.deadletter, 1),
             TopicSpec(self.audit, 1),
             TopicSpec(self.routed, partitions, dict(_ROUTED)),
+            # The tracker's own outbound topic: its overdue-obligation reminders, routed like
+            # any agency's message.
+            TopicSpec(self.outbound(TRACKER), 1),
         ]
 
     def agency(self, agency: str, partitions: int = 3) -> list[TopicSpec]:

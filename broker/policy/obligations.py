@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from broker.errors import ConfigurationError
-from broker.model import Role
+from broker.model import OBLIGATION_OVERDUE, Role
 from broker.paths import policy_file
 
 from . import calendar
@@ -50,6 +50,17 @@ class Limit:
         if kind == "by_start" and value is True:
             return cls(by_start=True)
         raise ConfigurationError(f"{where}: within {raw!r} is not a limit")
+
+    @property
+    def text(self) -> str:
+        """The limit as the policy states it."""
+        if self.hours is not None:
+            if self.hours < 1:
+                return f"{round(self.hours * 3600)} seconds"
+            return f"{self.hours:g} hours"
+        if self.working_days is not None:
+            return f"{self.working_days} working days"
+        return "by the day it starts"
 
     def due(self, start: dt.datetime | dt.date) -> dt.datetime:
         """When a clock started at ``start`` runs out (UTC)."""
@@ -81,6 +92,8 @@ class Obligation:
     met_when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     emergency_field: str | None = None
     emergency_within: Limit | None = None
+    #: The clear body field saying when the follow-up happened (None: when it was accepted).
+    met_at: str | None = None
 
     def limit_for(self, fields: Mapping[str, Any]) -> Limit:
         if self.emergency_field and fields.get(self.emergency_field) is True:
@@ -113,6 +126,9 @@ class Clock:
     met_by: str | None = None
     met_at: dt.datetime | None = None
     overdue_at: dt.datetime | None = None
+    started_by_type: str = ""
+    met_by_type: str | None = None
+    limit: Limit | None = None
 
     @property
     def id(self) -> str:
@@ -131,10 +147,12 @@ class Clock:
             "case_ref": self.case_ref,
             "owed_by": [str(r) for r in self.obligation.owed_by],
             "started_by": self.started_by,
+            "started_by_type": self.started_by_type,
             "started_at": self.started_at.isoformat(),
             "due_at": self.due_at.isoformat(),
             "status": str(self.status),
             "met_by": self.met_by,
+            "met_by_type": self.met_by_type,
             "met_at": self.met_at.isoformat() if self.met_at else None,
             "margin_s": self.margin.total_seconds() if self.margin is not None else None,
         }
@@ -196,7 +214,16 @@ class Clocks:
             # say so for this clock and go on with the others.
             self.uncounted[cid] = str(exc)
             return None
-        clock = Clock(o, m.case_ref, key, m.message_id, started, due)
+        clock = Clock(
+            o,
+            m.case_ref,
+            key,
+            m.message_id,
+            started,
+            due,
+            started_by_type=m.event_type,
+            limit=limit,
+        )
         self.clocks[cid] = clock
         if o.self_met:
             self._meet(clock, m)
@@ -216,8 +243,19 @@ class Clocks:
 
     @staticmethod
     def _meet(clock: Clock, m: Seen) -> None:
+        """``m`` meets ``clock``: at the time its body says the follow-up happened, when the
+        policy names such a field, else when the exchange accepted it."""
+        at = m.recorded_at
+        field_name = clock.obligation.met_at
+        if field_name and m.event_type != clock.obligation.starts_on:
+            value = m.fields.get(field_name)
+            if isinstance(value, dt.datetime):
+                at = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+            elif isinstance(value, dt.date):
+                at = calendar.start_of_day(value)
         clock.met_by = m.message_id
-        clock.met_at = m.recorded_at
+        clock.met_by_type = m.event_type
+        clock.met_at = at
         clock.status = ClockStatus.MET
 
     def overdue(self, now: dt.datetime) -> list[Clock]:
@@ -254,6 +292,10 @@ def fact_fields(obligations: tuple[Obligation, ...] | None = None) -> dict[str, 
             if o.key not in (None, "case"):
                 met.add(str(o.key))
             met.update(o.met_when)
+            if o.met_at:
+                met.add(o.met_at)
+    # The tracker's own reminders: which clock each one was about.
+    out.setdefault(OBLIGATION_OVERDUE, set()).update({"clock_id", "obligation"})
     return {t: tuple(sorted(f)) for t, f in out.items()}
 
 
@@ -296,6 +338,27 @@ def _conditions(raw: Any, where: str) -> dict[str, tuple[Any, ...]]:
     return {str(k): tuple(v) for k, v in raw.items()}
 
 
+def shortened(
+    limits: Mapping[str, dt.timedelta], obligations: Iterable[Obligation] | None = None
+) -> tuple[Obligation, ...]:
+    """The obligations with some limits replaced by a fixed duration (a scenario's run, where
+    waiting 72 hours is not an option); every other obligation as the policy says."""
+    known = list(obligations if obligations is not None else load())
+    unknown = sorted(set(limits) - {o.id for o in known})
+    if unknown:
+        raise ConfigurationError(f"no obligation {', '.join(unknown)} in obligations.yaml")
+    out = []
+    for o in known:
+        if o.id in limits:
+            hours = limits[o.id].total_seconds() / 3600
+            if hours <= 0:
+                raise ConfigurationError(f"obligation {o.id}: a limit must be longer than zero")
+            fixed = Limit(hours=hours)
+            o = replace(o, within=fixed, emergency_within=fixed if o.emergency_field else None)
+        out.append(o)
+    return tuple(out)
+
+
 @cache
 def load(path: Path | None = None) -> tuple[Obligation, ...]:
     path = path or policy_file("obligations.yaml")
@@ -324,6 +387,7 @@ def load(path: Path | None = None) -> tuple[Obligation, ...]:
                 met_when=_conditions(raw.get("met_when"), where),
                 emergency_field=emergency["field"] if emergency else None,
                 emergency_within=Limit.parse(emergency["within"], where) if emergency else None,
+                met_at=raw.get("met_at"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigurationError(f"{where}: {exc}") from None

@@ -26,7 +26,7 @@ from broker.errors import (
     UnknownCaseError,
     UnknownRecipientError,
 )
-from broker.model import Recipient, Role
+from broker.model import SERVICE_PREFIX, Recipient, Role
 from broker.paths import schemas_dir
 from broker.policy.profiles import profile_for
 from broker.policy.reference import Reference, reference
@@ -291,6 +291,14 @@ class Rules:
         With ``claimed`` (the router), checks that role; without (a connector), chooses one.
         ``audience`` is the case's audience for the message, when the caller has it already.
         """
+        if Role.EXCHANGE in rule.senders or claimed == Role.EXCHANGE:
+            # The exchange's own messages (an overdue-obligation reminder): from one of its
+            # services, in no case role; the outbound topic and signature prove which service.
+            if not sender.startswith(SERVICE_PREFIX):
+                raise PolicyError(f"{rule.event_type} is sent by the exchange only, not {sender}")
+            if Role.EXCHANGE not in rule.senders:
+                raise PolicyError(f"the exchange does not send {rule.event_type}")
+            return Role.EXCHANGE
         try:
             kind = profile_for(sender)
         except ConfigurationError as exc:

@@ -382,7 +382,8 @@ class RouterCore:
                     )
                 )
             )
-        if decision.gaps:
+        if decision.gaps and header.sender_role != Role.EXCHANGE:
+            # The exchange's own senders have no inbox: the gap stays in the log for operators.
             outs.append(self._notice(header, decision.gaps, value))
         placement = decision.placement_update
         if placement is not None:

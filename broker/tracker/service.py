@@ -20,10 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
-from broker.crypto.sealing import BodyForms
-from broker.crypto.signing import Verifier
+from broker.admin.identity import ensure_identity
+from broker.crypto.sealing import BodyForms, Sealer
+from broker.crypto.signing import Signer, Verifier
 from broker.delivery_log import LogCodec, LogEntry, Status
 from broker.directory import Directory, DirectoryCodec, apply
 from broker.envelope import EnvelopeCodec
@@ -32,9 +34,14 @@ from broker.kafka import clients as kafka
 from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
-from broker.model import RECEIPT
+from broker.model import OBLIGATION_OVERDUE, RECEIPT, SERVICE_PREFIX, TRACKER
+from broker.policy.obligations import Obligation
+from broker.policy.registry import PlacementRegistry, placement_follower
+from broker.policy.routing import Rules
+from broker.policy.sharing import SharingPolicy
 from broker.schema import codec
 from broker.schema.catalogue import Catalogue
+from broker.tracker.obligations import ObligationWatch
 from broker.tracker.view import DeliveryView
 
 log = get_logger("tracker")
@@ -45,6 +52,28 @@ _RECEIPT_STATUS = {
 }
 
 
+#: What a recipient learns of a message sent to it: its own row only (routed to it, its own
+#: receipts, and an escalation of its own silence), for its chronology of the case.
+_RECIPIENT_STATES = frozenset(
+    {
+        Status.ROUTED,
+        Status.DELIVERED,
+        Status.ACKNOWLEDGED,
+        Status.RECIPIENT_REJECTED,
+        Status.OVERDUE,
+        Status.ESCALATED,
+    }
+)
+
+
+def _told(entry: LogEntry) -> list[str]:
+    """The status topics an entry is copied to: its sender's, and the recipient's own row."""
+    out = [entry.sender] if entry.sender else []
+    if entry.recipient and entry.recipient != entry.sender and entry.status in _RECIPIENT_STATES:
+        out.append(entry.recipient)
+    return out
+
+
 class NotARecipientError(CbxError):
     """A receipt about a message from an agency that was not one of its recipients."""
 
@@ -52,7 +81,12 @@ class NotARecipientError(CbxError):
 class TrackerService:
     """Receipts to delivery-log states, and deadline escalation."""
 
-    def __init__(self, settings: KafkaSettings, check_every_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        check_every_s: float = 1.0,
+        obligations: Iterable[Obligation] | None = None,
+    ) -> None:
         self.settings = settings
         self.catalogue = Catalogue.load()
         self.forms = BodyForms(self.catalogue)
@@ -64,23 +98,66 @@ class TrackerService:
         self.stop_event = asyncio.Event()
         self._receipt_form = self.forms.latest[RECEIPT]
         dcodec = DirectoryCodec(self.catalogue)
-        self._log_follower = TopicFollower(
-            settings,
-            settings.topics.delivery_log,
-            lambda r: self.view.apply(self.logs.decode(r.value)),
-        )
+        self.registry = PlacementRegistry()
+        self.obligations = ObligationWatch(Rules.load(), self.registry, obligations)
+        self._log_follower = TopicFollower(settings, settings.topics.delivery_log, self._fold)
         self._followers = [
             TopicFollower(
                 settings, settings.topics.directory, lambda r: apply(self.directory, dcodec, r)
             ),
+            placement_follower(settings, self.catalogue, self.registry),
             self._log_follower,
         ]
+        self._signer: Signer | None = None
+        self._sealer: Sealer | None = None
         self._verifier = Verifier(self.directory)
         self._producer: Any = None
         self._consumer: Any = None
         self._mirror_consumer: Any = None
         self._status_topics: set[str] = set()
         self._status_checked = 0.0
+
+    def _fold(self, r: Any) -> None:
+        entry = self.logs.decode(r.value)
+        self.view.apply(entry)
+        self.obligations.apply(entry)
+
+    async def check_obligations(self, now: dt.datetime | None = None) -> int:
+        """Send an ObligationOverdue for each statutory clock that ran out unmet; how many."""
+        now = now or dt.datetime.now(dt.UTC)
+        assert self._sealer is not None
+        assert self._signer is not None
+        fingerprint = self.forms.latest[OBLIGATION_OVERDUE].plain.fingerprint
+        topic = self.settings.topics.outbound(TRACKER)
+        futures = []
+        for clock in self.obligations.overdue(now):
+            try:
+                composed = self.obligations.compose(
+                    clock, now, self._sealer, self._signer, self.envelopes, fingerprint
+                )
+            except Exception as exc:  # one clock's failure is its own: log, go on
+                log.error(
+                    "obligation_notice_failed", clock=clock.id, error_class=type(exc).__name__
+                )
+                continue
+            if composed is None:
+                continue
+            value, headers, recipients = composed
+            futures.append(
+                await self._producer.send(
+                    topic, value, key=clock.case_ref.encode(), headers=headers
+                )
+            )
+            log.error(
+                "obligation_overdue",
+                clock=clock.id,
+                obligation=clock.obligation.id,
+                case_ref=clock.case_ref,
+                due_at=clock.due_at.isoformat(),
+                recipients=[r.agency for r in recipients],
+            )
+        await asyncio.gather(*futures)
+        return len(futures)
 
     async def _write(self, entries: list[LogEntry]) -> None:
         futures = [
@@ -214,14 +291,15 @@ class TrackerService:
             for records in batch.values():
                 for r in records:
                     try:
-                        sender = self.logs.decode(r.value).sender
+                        entry = self.logs.decode(r.value)
                     except Exception as exc:  # one entry's failure is its own
                         log.warning(
                             "log_entry_unreadable", offset=r.offset, error_class=type(exc).__name__
                         )
                         continue
-                    if sender and topics.is_agency_id(sender) and not sender.startswith("svc-"):
-                        pending.append((topics.status(sender), r))
+                    for agency in _told(entry):
+                        if topics.is_agency_id(agency) and not agency.startswith(SERVICE_PREFIX):
+                            pending.append((topics.status(agency), r))
             known = await self._known_status_topics({t for t, _ in pending})
             futures = [
                 await self._producer.send(t, r.value, key=r.key) for t, r in pending if t in known
@@ -233,10 +311,16 @@ class TrackerService:
     async def _deadlines(self) -> None:
         while not self.stop_event.is_set():
             await self.check_deadlines()
+            await self.check_obligations()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), self.check_every_s)
 
     async def run(self) -> None:
+        keys = await ensure_identity(
+            self.settings, TRACKER, "cbx delivery tracker", "SERVICE", publish=False
+        )
+        self._signer = Signer(keys)
+        self._sealer = Sealer(keys, self.directory, SharingPolicy.load(), self.forms)
         async with kafka.access(self.settings):
             for f in self._followers:
                 await f.start()

@@ -192,6 +192,27 @@ def _table(report: dict[str, Any]) -> None:
             f"({r['status_code']}): {problems}",
             highlight=False,
         )
+    if report.get("clocks"):
+        clocks = Table(
+            "statutory clock",
+            "started by",
+            "due",
+            "status",
+            "met by",
+            "reminder to",
+            title="Statutory clocks",
+        )
+        for c in report["clocks"]:
+            late = c["margin_s"] is not None and c["margin_s"] < 0
+            clocks.add_row(
+                c["title"],
+                c["started_by_type"],
+                c["due_at"][:16].replace("T", " "),
+                f"{c['status']}{' (late)' if late else ''}",
+                c["met_by_type"] or "-",
+                ", ".join(ref.name_of(a) for a in c["reminded"]) or "-",
+            )
+        console.print(clocks)
     console.print(
         f"raw bytes of {report['records_scanned']} records on every topic searched for the "
         f"case's {report['sensitive_values_searched']} sensitive values: "

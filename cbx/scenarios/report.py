@@ -41,6 +41,7 @@ def build_report(
     searched: int,
     scanned: int,
     found: int,
+    clocks: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The report of a played scenario (``failures`` gains what the log shows went wrong)."""
     by_id = {p.message_id: p for p in played if p.message_id}
@@ -134,6 +135,7 @@ def build_report(
         "sensitive_values_searched": searched,
         "records_scanned": scanned,
         "plaintext_found": found,
+        "clocks": clocks or [],
         "failures": failures,
         "ok": not failures,
     }

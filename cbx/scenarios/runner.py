@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +34,14 @@ from broker.errors import PolicyError
 from broker.kafka import clients as kafka
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
+from broker.policy.obligations import Clock, shortened
 from broker.policy.routing import rules
 from broker.router.service import RouterService
 from broker.schema.catalogue import Catalogue
 from broker.tracker.service import TrackerService
 from cbx.scenarios.audit import plaintext_scan, sensitive_values
 from cbx.scenarios.report import Played, build_report
-from cbx.scenarios.spec import Context, Scenario, ScenarioError, StepSpec
+from cbx.scenarios.spec import ClockExpectation, Context, Scenario, ScenarioError, StepSpec
 from connectors.gateway.connector import Connector
 from connectors.gateway.inbox import Delivered
 from connectors.ingest.http import create_app
@@ -62,6 +65,10 @@ class Runner:
         self.connectors: dict[str, Connector] = {}
         self.failures: list[str] = []
         self._acks: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        #: Overdue-obligation reminders: clock id -> agency -> when it arrived / was acknowledged.
+        self.reminded: dict[str, dict[str, float]] = {}
+        self.reminder_acks: dict[str, dict[str, float]] = {}
+        self._reminder_clock: dict[str, str] = {}
         # Every alias of each agency: two aliases may name one agency (one ICB for two areas).
         self._aliases: dict[str, set[str]] = {}
         for alias, agency in scenario.agencies.items():
@@ -74,6 +81,13 @@ class Runner:
 
     def _sink(self, agency: str) -> Any:
         async def sink(d: Delivered) -> None:
+            if d.header.event_type == model.OBLIGATION_OVERDUE:
+                # The exchange's reminder: every agency's system acknowledges it at once.
+                clock_id = str(d.body.get("clock_id"))
+                self.reminded.setdefault(clock_id, {}).setdefault(agency, time.perf_counter())
+                self._reminder_clock[str(d.header.message_id)] = clock_id
+                await self._acks.put((agency, str(d.header.message_id)))
+                return
             p = self.by_id.get(str(d.header.message_id))
             if p is None:
                 return
@@ -96,6 +110,10 @@ class Runner:
             p = self.by_id.get(message_id)
             if p is not None:
                 p.acknowledged.setdefault(agency, time.perf_counter())
+            clock_id = self._reminder_clock.get(message_id)
+            if clock_id is not None:
+                acks = self.reminder_acks.setdefault(clock_id, {})
+                acks.setdefault(agency, time.perf_counter())
 
     async def run(self) -> dict[str, Any]:
         sc = self.scenario
@@ -111,7 +129,12 @@ class Runner:
             conn.start_inbox(self._sink(conn.agency))
         self.progress(f"{len(self.connectors)} agencies connected, each as its own principal")
         router = RouterService(principals.settings_for(self.ns, model.ROUTER), windows=sc.windows)
-        tracker = TrackerService(principals.settings_for(self.ns, model.TRACKER), check_every_s=0.5)
+        tracker = TrackerService(
+            principals.settings_for(self.ns, model.TRACKER),
+            check_every_s=0.5,
+            obligations=shortened(sc.limits),
+        )
+        self.tracker = tracker
         tasks = [
             asyncio.create_task(router.run(), name="router"),
             asyncio.create_task(tracker.run(), name="tracker"),
@@ -135,6 +158,7 @@ class Runner:
                         await asyncio.sleep(spec.pause_s)
                         continue
                     await self._play(spec, context, clients)
+                await self._clocks(tracker)
             finally:
                 for c in clients.values():
                     await c.aclose()
@@ -226,6 +250,69 @@ class Runner:
             f"acknowledged by {len(p.acknowledged)}"
         )
 
+    def _clock_of(self, tracker: TrackerService, e: ClockExpectation) -> Clock | None:
+        p = next((p for p in self.played if p.spec.id == e.step), None)
+        started_by = p.message_id if p else None
+        return next(
+            (
+                c
+                for c in tracker.obligations.clocks.clocks.values()
+                if c.obligation.id == e.obligation and c.started_by == started_by
+            ),
+            None,
+        )
+
+    async def _clocks(self, tracker: TrackerService) -> None:
+        """``obligations.expect``: each clock MET with no reminder (checked once its limit has
+        passed), or OVERDUE with its reminder received and acknowledged by the agencies named."""
+        sc = self.scenario
+        for e in sc.clocks:
+            what = f"obligations: {e.obligation} started by {e.step}"
+            try:
+                await self._until(partial(self._clock_of, tracker, e), sc.wait_s, what)
+            except TimeoutError:
+                self.failures.append(f"{what}: no such clock was started")
+                continue
+            clock = self._clock_of(tracker, e)
+            assert clock is not None
+            wanted = {sc.agencies[a] for a in e.notified}
+
+            def settled(
+                clock: Clock = clock, wanted: set[str] = wanted, e: ClockExpectation = e
+            ) -> bool:
+                if e.status == "MET":
+                    # Met before its limit: no reminder can follow. Met after it: give the
+                    # tracker a moment to have sent one, wrongly.
+                    now = dt.datetime.now(dt.UTC)
+                    grace = clock.due_at + dt.timedelta(seconds=1.5)
+                    return clock.met_by is not None and not (clock.due_at <= now <= grace)
+                return clock.overdue_at is not None and wanted <= set(
+                    self.reminder_acks.get(clock.id, {})
+                )
+
+            with contextlib.suppress(TimeoutError):  # what is missing is reported below
+                wait = max(sc.wait_s, (clock.due_at - dt.datetime.now(dt.UTC)).total_seconds() + 5)
+                await self._until(settled, wait, what)
+            told = set(self.reminded.get(clock.id, {}))
+            if e.status == "MET":
+                if clock.met_by is None:
+                    self.failures.append(f"{what}: never met (it is {clock.status})")
+                elif clock.margin is not None and clock.margin.total_seconds() < 0:
+                    self.failures.append(f"{what}: met late, by {-clock.margin}")
+                if told:
+                    self.failures.append(f"{what}: met, yet a reminder reached {sorted(told)}")
+                continue
+            if clock.overdue_at is None:
+                self.failures.append(f"{what}: expected OVERDUE, but it is {clock.status}")
+            for agency in sorted(wanted - told):
+                self.failures.append(f"{what}: the reminder did not reach {agency}")
+            for agency in sorted(told - wanted):
+                self.failures.append(f"{what}: the reminder reached {agency}, which was not named")
+            acked = set(self.reminder_acks.get(clock.id, {}))
+            for agency in sorted((wanted & told) - acked):
+                self.failures.append(f"{what}: {agency} did not acknowledge the reminder")
+            self.progress(f"{e.obligation}: OVERDUE; reminder to {', '.join(sorted(told))}")
+
     async def _until(self, predicate: Callable[[], Any], timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -311,6 +398,13 @@ class Runner:
             catalogue, [(p.spec.event_type or "", p.request) for p in self.played]
         )
         found, scanned = await plaintext_scan(self.ns, values)
+        clocks = [
+            {**c.as_json(), "reminded": sorted(self.reminded.get(c.id, {}))}
+            for c in sorted(
+                self.tracker.obligations.clocks.clocks.values(), key=lambda c: c.started_at
+            )
+            if c.case_ref in {str(p.request.get("case_ref")) for p in self.played}
+        ]
         return build_report(
             self.scenario,
             self.ns.topic_prefix,
@@ -320,6 +414,7 @@ class Runner:
             searched=len(values),
             scanned=scanned,
             found=found,
+            clocks=clocks,
         )
 
 

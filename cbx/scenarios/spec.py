@@ -10,7 +10,7 @@ import datetime as dt
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,13 @@ from broker.errors import ConfigurationError
 from broker.kafka.topics import check_agency_id
 from broker.paths import schemas_dir
 from broker.policy.deadlines import Windows, ack_windows, parse_duration
+from broker.policy.obligations import load as load_obligations
 from broker.schema.catalogue import Catalogue
 
 _REF = re.compile(r"\$\{([^}]+)\}")
 _STEP_ID = re.compile(r"^[a-z][a-z0-9_-]*$")
+#: ``${now}``, ``${now-3h}``, ``${today+14d}``: times relative to when the scenario is played.
+_OFFSET = re.compile(r"(now|today)(?:\s*([+-])\s*(\S+))?")
 
 
 def scenarios_dir() -> Path:
@@ -59,6 +62,17 @@ class StepSpec:
 
 
 @dataclass(frozen=True)
+class ClockExpectation:
+    """A statutory clock a step's message starts, and what must become of it."""
+
+    obligation: str
+    step: str
+    status: str  # MET | OVERDUE
+    #: For OVERDUE: the aliases that must receive, and acknowledge, the reminder.
+    notified: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     description: str
@@ -68,6 +82,9 @@ class Scenario:
     windows: Windows | None
     wait_s: float
     source: str
+    #: Obligation id -> a shorter limit for this run (obligations.yaml otherwise).
+    limits: dict[str, dt.timedelta] = field(default_factory=dict)
+    clocks: tuple[ClockExpectation, ...] = ()
 
 
 class ScenarioError(ConfigurationError):
@@ -171,6 +188,7 @@ def load(path: Path) -> Scenario:
                 refused_because=str(refused_because) if refused_because else None,
             )
         )
+    limits, clocks = _obligations(doc.get("obligations"), where, agencies, ids)
     return Scenario(
         name=str(doc["name"]),
         description=str(doc.get("description", "")),
@@ -180,7 +198,45 @@ def load(path: Path) -> Scenario:
         windows=windows,
         wait_s=_seconds(doc.get("wait", "60s"), f"{where}: wait"),
         source=where,
+        limits=limits,
+        clocks=clocks,
     )
+
+
+def _obligations(
+    raw: Any, where: str, agencies: dict[str, Any], steps: set[str]
+) -> tuple[dict[str, dt.timedelta], tuple[ClockExpectation, ...]]:
+    """The ``obligations`` section: shorter limits for the run, and clocks to expect."""
+    if raw is None:
+        return {}, ()
+    w = f"{where}: obligations"
+    if not isinstance(raw, dict) or set(raw) - {"limits", "expect"}:
+        raise ScenarioError(f"{w}: expected a mapping with limits and expect")
+    known = {o.id for o in load_obligations()}
+    limits = {}
+    for oid, value in (raw.get("limits") or {}).items():
+        if oid not in known:
+            raise ScenarioError(f"{w}.limits.{oid}: no such obligation in obligations.yaml")
+        limits[str(oid)] = dt.timedelta(seconds=_seconds(value, f"{w}.limits.{oid}"))
+    out = []
+    for n, e in enumerate(raw.get("expect") or [], start=1):
+        we = f"{w}.expect[{n}]"
+        if not isinstance(e, dict):
+            raise ScenarioError(f"{we}: expected a mapping")
+        if e.get("obligation") not in known:
+            raise ScenarioError(f"{we}.obligation: no such obligation {e.get('obligation')!r}")
+        if e.get("step") not in steps:
+            raise ScenarioError(f"{we}.step: no step {e.get('step')!r} in this scenario")
+        status = e.get("status")
+        if status not in ("MET", "OVERDUE"):
+            raise ScenarioError(f"{we}.status: MET or OVERDUE, not {status!r}")
+        notified = e.get("notified") or []
+        if not isinstance(notified, list) or [a for a in notified if a not in agencies]:
+            raise ScenarioError(f"{we}.notified: expected a list of agency aliases")
+        if notified and status != "OVERDUE":
+            raise ScenarioError(f"{we}.notified: only an OVERDUE clock notifies anyone")
+        out.append(ClockExpectation(str(e["obligation"]), str(e["step"]), status, tuple(notified)))
+    return limits, tuple(out)
 
 
 class Context:
@@ -198,10 +254,17 @@ class Context:
             return str(uuid.uuid4())
         if ref == "random":
             return secrets.token_hex(3).upper()
-        if ref == "now":
-            return dt.datetime.now(dt.UTC).isoformat()
-        if ref == "today":
-            return dt.date.today().isoformat()
+        offset = _OFFSET.fullmatch(ref)
+        if offset:
+            base, sign, amount = offset.group(1), offset.group(2), offset.group(3)
+            delta = dt.timedelta(0)
+            if sign:
+                delta = dt.timedelta(seconds=_seconds(amount, f"{where}: ${{{ref}}}"))
+                delta = -delta if sign == "-" else delta
+            if base == "today":
+                return (dt.date.today() + dt.timedelta(days=delta.days)).isoformat()
+            at = dt.datetime.now(dt.UTC).replace(microsecond=0) + delta
+            return at.isoformat()
         node: Any = self.values
         for part in ref.split("."):
             if isinstance(node, dict) and part in node:
