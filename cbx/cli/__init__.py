@@ -11,6 +11,7 @@ from broker.logging import configure_logging
 from cbx.cli import (
     agency_cmd,
     case_cmd,
+    chronology_cmd,
     connector_cmd,
     console_cmd,
     deadletter_cmd,
@@ -67,6 +68,7 @@ app.command("deliveries")(deliveries_cmd.deliveries)
 app.command("trace")(deliveries_cmd.trace)
 app.command("demo")(demo_cmd.demo)
 app.command("router")(router_cmd.router)
+app.command("chronology")(chronology_cmd.chronology)
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from broker.policy.sharing import SharingPolicy
 from broker.schema.catalogue import Catalogue
 from broker.schema.json_to_avro import JsonToAvro
 from broker.tracker.view import DeliveryView
+from connectors.gateway.chronology import Chronologies
 from connectors.gateway.inbox import Inbox, Sink
 from connectors.gateway.quarantine import Quarantine
 from connectors.gateway.receipts import make_receipt
@@ -97,6 +98,14 @@ class Connector:
         # What became of the messages this agency sent (the tracker mirrors the delivery log).
         self.statuses = DeliveryView()
         self._logs = LogCodec(self.catalogue)
+        self._chronologies: Chronologies | None = None
+
+    @property
+    def chronologies(self) -> Chronologies:
+        """This agency's case chronologies (the index opens on first use)."""
+        if self._chronologies is None:
+            self._chronologies = Chronologies(self)
+        return self._chronologies
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -131,6 +140,9 @@ class Connector:
 
     async def stop(self) -> None:
         await self.inbox.stop()
+        if self._chronologies is not None:
+            self._chronologies.index.close()
+            self._chronologies = None
         if self._producer is not None:
             await self._producer.stop()
         for f in self._followers:

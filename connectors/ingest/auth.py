@@ -41,6 +41,9 @@ class Scope(StrEnum):
     """Read delivery statuses of the agency's messages (GET /v1/messages/{id})."""
     ACKNOWLEDGE = "acknowledge"
     """Acknowledge messages delivered to the agency (POST /v1/messages/{id}/ack)."""
+    CHRONOLOGY = "chronology"
+    """Read a case's chronology with the fields this agency may read
+    (GET /v1/cases/{case_ref}/chronology): content, not only metadata."""
 
 
 @dataclass(frozen=True)

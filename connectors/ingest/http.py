@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
@@ -28,6 +28,7 @@ from broker.logging import get_logger
 from broker.policy.reference import reference
 from broker.schema import limits
 from broker.web import serve_api_docs
+from connectors.gateway.chronology import to_csv, to_html
 from connectors.gateway.connector import Connector
 from connectors.ingest.auth import AuthError, Scope, TokenStore
 from connectors.ingest.idempotency import IdempotencyStore, body_hash
@@ -80,6 +81,11 @@ def capped(rejected: Rejected) -> dict[str, Any]:
         body["errors"] = rejected.errors[: limits.MAX_ERRORS]
         body["more_errors"] = extra
     return body
+
+
+def _file_name(case_ref: str) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in case_ref)[:80]
+    return f"chronology-{safe}"
 
 
 def create_app(
@@ -231,6 +237,43 @@ def create_app(
                 "recipients": [{**r, "status": "PUBLISHED"} for r in rec["answer"]["recipients"]],
             }
         return JSONResponse(content={**rec["answer"], **known})
+
+    @app.get("/v1/cases/{case_ref:path}/chronology")
+    async def chronology(case_ref: str, request: Request, format: str = "json") -> Response:
+        """The case as this agency holds it: every message it sent or received about the case, in
+        order, with its time, type, sender and recipients (names and roles), the fields this
+        agency may read (a withheld field says so, with its class), delivery and acknowledgement
+        states, and the statutory clocks each message started or met.
+
+        ``format``: ``json`` (the export ``cbx chronology merge`` combines), ``csv`` or ``html``
+        (a printable page). Only messages this agency took part in; nobody else's.
+        """
+        if (refused := denied(request, Scope.CHRONOLOGY)) is not None:
+            return refused
+        if format not in ("json", "csv", "html"):
+            return problem(400, "format must be json, csv or html", "format", "json|csv|html")
+        found = connector.registry.get(case_ref)
+        case_id = found.case_ref if found is not None else case_ref
+        try:
+            doc = await connector.chronologies.chronology(case_id)
+        except PolicyError as exc:
+            return JSONResponse(status_code=404, content={"error": str(exc)})
+        if format == "csv":
+            return Response(
+                to_csv(doc),
+                media_type="text/csv; charset=utf-8",
+                headers={
+                    "Content-Disposition": f'attachment; filename="{_file_name(case_id)}.csv"'
+                },
+            )
+        if format == "html":
+            return HTMLResponse(
+                to_html(doc),
+                headers={
+                    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"
+                },
+            )
+        return JSONResponse(content=doc)
 
     @app.get("/v1/cases/{case_ref:path}")
     async def case(case_ref: str, request: Request) -> Response:
