@@ -155,7 +155,7 @@ def test_the_merged_chronology_lists_every_message_once_with_who_held_it(
 
     page = to_html(merged)
     assert "Multi-agency chronology" in page
-    assert "Kent County Council" in page
+    assert "Kent council" in page
     assert page.count("<tr>") == len(ids) + 1
 
     # The command line merges the files the same way (no broker needed).

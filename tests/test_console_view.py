@@ -160,3 +160,43 @@ def test_search_filters_and_pages(tmp_path: Path) -> None:
     assert store.search(Search(event_type="ChildMissingReported", urgency="IMMEDIATE"))[1] == len(
         missing
     )
+
+
+def test_overdue_obligation_reminders_are_listed_with_each_recipients_state(
+    tmp_path: Path,
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    due = now - dt.timedelta(minutes=5)
+    common = {
+        "message_id": "r-1",
+        "event_type": "ObligationOverdue",
+        "sender": "svc-tracker",
+        "case_ref": "la-e10000016/KCC-9",
+        "urgency": "URGENT",
+        "occurred_at": due,
+    }
+    facts = {
+        "clock_id": "return-home-interview:la-e10000016/KCC-9:ep",
+        "obligation": "return-home-interview",
+    }
+    kent = {"recipient": "la-e10000016", "role": "PLACING_AUTHORITY"}
+    lancs = {"recipient": "la-e10000017", "role": "HOST_AUTHORITY"}
+    other = {**common, "message_id": "m-2", "event_type": "ChildFound"}
+    entries = [
+        LogEntry(status=Status.ACCEPTED, at=now, facts=facts, **common),
+        LogEntry(status=Status.ROUTED, at=now, **kent, **common),
+        LogEntry(status=Status.ROUTED, at=now, **lancs, **common),
+        LogEntry(status=Status.ACKNOWLEDGED, at=now, **lancs, **common),
+        LogEntry(status=Status.ACCEPTED, at=now, **other),  # not a reminder: not listed
+    ]
+    store = ViewStore(tmp_path / "view.sqlite")
+    store.apply_log(entries, TOPIC, {0: len(entries)})
+    (r,) = store.reminders()
+    assert r["obligation"] == "return-home-interview"
+    assert r["clock"] == facts["clock_id"]
+    assert r["case_ref"] == "la-e10000016/KCC-9"
+    assert r["due_at"] == pytest.approx(due.timestamp())
+    assert {(x["agency"], x["status"]) for x in r["recipients"]} == {
+        ("la-e10000016", "ROUTED"),
+        ("la-e10000017", "ACKNOWLEDGED"),
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -43,10 +44,18 @@ def check_delivered(report: dict[str, object], case: spec.Scenario | None = None
 def test_demo_json_reaches_and_is_acknowledged_by_every_required_recipient(
     kafka_settings: KafkaSettings, tmp_path: Path
 ) -> None:
-    done = cbx(kafka_settings, tmp_path, "demo", "--json")
+    done = cbx(kafka_settings, tmp_path, "demo", "--json", "--chronology", str(tmp_path / "chr"))
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     report = json.loads(done.stdout)
     check_delivered(report)
+    # Each agency's chronology of the case and the merged one: every message of the case once.
+    (folder,) = (tmp_path / "chr").iterdir()
+    merged = list(csv.DictReader((folder / "merged.csv").open()))
+    assert sorted(r["message_id"] for r in merged) == sorted(
+        m["message_id"] for m in report["messages"]
+    )
+    agencies = {a for a in spec.load(spec.demo()).agencies.values()}
+    assert {p.stem for p in folder.glob("*.json")} == agencies
     secrets = literal_sensitive_values(spec.load(spec.demo()))
     assert [v for v in secrets if v in done.stdout + done.stderr] == []
     steps = list(spec.load(spec.demo()).steps)

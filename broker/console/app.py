@@ -499,11 +499,21 @@ def create_app(c: Console) -> FastAPI:
 
     @app.get("/escalations", response_class=HTMLResponse)
     async def escalations(request: Request, s: Session = Depends(signed)) -> Response:
-        return page(request, "escalations.html", s, rows=c.store.escalations(time.time()))
+        return page(
+            request,
+            "escalations.html",
+            s,
+            rows=c.store.escalations(time.time()),
+            reminders=c.store.reminders(),
+        )
 
     @app.get("/api/escalations")
     async def api_escalations(request: Request, s: Session = Depends(signed)) -> Response:
         return JSONResponse(_jsonable(c.store.escalations(time.time())))
+
+    @app.get("/api/obligations/overdue")
+    async def api_reminders(request: Request, s: Session = Depends(signed)) -> Response:
+        return JSONResponse(_jsonable(c.store.reminders()))
 
     @app.post("/messages/{message_id}/notes")
     async def add_note(request: Request, message_id: str) -> Response:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.delivery_log import LogEntry, Status
+from broker.model import OBLIGATION_OVERDUE
 from broker.tracker.view import DeliveryView, MessageState, RecipientState
 
 #: Bump when the tables change: an older view is rebuilt from the topics.
@@ -524,6 +525,35 @@ class ViewStore:
             }
             for r in rows
         ]
+
+    def reminders(self, limit: int = 200) -> list[dict[str, Any]]:
+        """The exchange's overdue-obligation reminders, newest first: which clock of which case,
+        whom they reached and whether each acknowledged."""
+        rows = self._rows(
+            """SELECT message_id, case_ref, occurred_at, first_at, status, facts, recipients
+               FROM messages WHERE event_type = ? ORDER BY first_at DESC LIMIT ?""",
+            (OBLIGATION_OVERDUE, limit),
+        )
+        out = []
+        for r in rows:
+            facts = json.loads(r["facts"]) if r["facts"] else {}
+            states = self._rows(
+                "SELECT agency, role, status FROM recipients WHERE message_id = ? ORDER BY agency",
+                (r["message_id"],),
+            )
+            out.append(
+                {
+                    "message_id": r["message_id"],
+                    "case_ref": r["case_ref"],
+                    "obligation": facts.get("obligation"),
+                    "clock": facts.get("clock_id"),
+                    "due_at": r["occurred_at"],
+                    "sent_at": r["first_at"],
+                    "status": r["status"],
+                    "recipients": [dict(x) for x in states],
+                }
+            )
+        return out
 
     def search(self, q: Search) -> tuple[list[dict[str, Any]], int]:
         """Messages matching ``q``, newest first, one page; and how many match in all."""

@@ -74,8 +74,23 @@ async def _with_console(
     return report
 
 
+async def _with_chronologies(
+    settings: KafkaSettings, case: Any, progress: Callable[[str], None], folder: Path
+) -> dict[str, Any]:
+    from cbx.scenarios import runner as scenario
+
+    runner = scenario.Runner(settings, case, progress)
+    report = await runner.run()
+    await runner.export_chronologies(folder)
+    return report
+
+
 def _play(
-    path: Path | None, keep: bool, json_out: bool, with_console: ConsoleOptions | None = None
+    path: Path | None,
+    keep: bool,
+    json_out: bool,
+    with_console: ConsoleOptions | None = None,
+    chronology: Path | None = None,
 ) -> None:
     from cbx.scenarios import runner as scenario
     from cbx.scenarios import spec
@@ -95,6 +110,8 @@ def _play(
         progress(f"Kafka at {settings.bootstrap_servers} (SASL/SCRAM, ACLs on)")
         if with_console is not None:
             report = asyncio.run(_with_console(settings, case, progress, with_console))
+        elif chronology is not None:
+            report = asyncio.run(_with_chronologies(settings, case, progress, chronology))
         else:
             report = asyncio.run(scenario.run(settings, case, progress))
     except EmbeddedKafkaError as exc:
@@ -130,13 +147,20 @@ def demo(
         float | None,
         typer.Option(help="Stop the console this long after the case (default: on Ctrl-C)."),
     ] = None,
+    chronology: Annotated[
+        Path | None,
+        typer.Option(help="Write each agency's chronology of the case, and the merged one, here."),
+    ] = None,
 ) -> None:
     """Play an out-of-area placement, a missing episode and its aftermath through cbx."""
+    if with_console and chronology is not None:
+        fail("--console and --chronology are one at a time")
     _play(
         None,
         keep,
         json_out,
         ConsoleOptions(console_port, console_seconds) if with_console else None,
+        chronology,
     )
 
 
@@ -147,9 +171,13 @@ def scenario_run(
         bool, typer.Option("--keep", help="Leave the embedded broker running.")
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    chronology: Annotated[
+        Path | None,
+        typer.Option(help="Write each agency's chronology of each case, and the merged one, here."),
+    ] = None,
 ) -> None:
     """Play a scenario; exit 1 if a required recipient was not reached or a deadline passed."""
-    _play(file, keep, json_out)
+    _play(file, keep, json_out, chronology=chronology)
 
 
 def _table(report: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import tempfile
 import time
 import uuid
@@ -172,6 +173,53 @@ class Runner:
         tracker.stop_event.set()
         await tasks[1]
         return await self._report(router.catalogue)
+
+    async def export_chronologies(self, folder: Path) -> list[Path]:
+        """Each agency's chronology of each case played (JSON, CSV and a printable page), and
+        the merged multi-agency chronology of each case, under ``folder/<case>/``. Run after
+        :meth:`run`, with the agencies' keys still in hand."""
+        from connectors.gateway.chronology import merge, merged_csv, to_csv, to_html
+
+        written: list[Path] = []
+        refs = {str(p.request.get("case_ref")) for p in self.played if p.message_id}
+        exports: dict[str, list[dict[str, Any]]] = {}
+        with tempfile.TemporaryDirectory(prefix="cbx-chronology-") as tmp:
+            for agency, old in self.connectors.items():
+                conn = Connector(
+                    principals.settings_for(self.ns, agency), old.keys, state_dir=Path(tmp) / agency
+                )
+                await conn.start()
+                try:
+                    await conn.sync()
+                    for ref in sorted(refs):
+                        found = conn.registry.get(ref)
+                        case = found.case_ref if found else ref
+                        try:
+                            doc = await conn.chronologies.chronology(case)
+                        except PolicyError:  # this agency took no part in the case
+                            continue
+                        exports.setdefault(case, []).append(doc)
+                finally:
+                    await conn.stop()
+        for case, docs in sorted(exports.items()):
+            where = folder / "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in case)
+            where.mkdir(parents=True, exist_ok=True)
+            for doc in docs:
+                for ext, text in (
+                    ("json", json.dumps(doc, indent=2)),
+                    ("csv", to_csv(doc)),
+                    ("html", to_html(doc)),
+                ):
+                    path = where / f"{doc['agency']}.{ext}"
+                    path.write_text(text)
+                    written.append(path)
+            merged = merge(docs)
+            for ext, text in (("csv", merged_csv(merged)), ("html", to_html(merged))):
+                path = where / f"merged.{ext}"
+                path.write_text(text)
+                written.append(path)
+        self.progress(f"chronologies of {len(exports)} case(s) written under {folder}")
+        return written
 
     async def _play(self, spec: StepSpec, context: Context, clients: dict[str, Any]) -> None:
         sc = self.scenario

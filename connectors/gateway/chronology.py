@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import TopicPartition
 
 from broker.envelope import Header
-from broker.errors import CbxError, PolicyError
+from broker.errors import CbxError, ConfigurationError, PolicyError
 from broker.kafka import clients as kafka
 from broker.logging import get_logger
 from broker.model import OBLIGATION_OVERDUE, SYSTEM_TYPES, Withheld
 from broker.policy.obligations import Clocks, Seen
+from broker.policy.profiles import profile_for
 from broker.policy.reference import reference
 
 if TYPE_CHECKING:
@@ -141,6 +142,19 @@ class ChronologyIndex:
 
     def cases(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT DISTINCT case_ref FROM entries ORDER BY 1")]
+
+
+def display_name(agency: str) -> str:
+    """An agency's name as a chronology shows it: the area's name and the kind of agency (a
+    council and the police force of one area share the area's name)."""
+    name = reference().name_of(agency)
+    if name == agency:
+        return agency
+    try:
+        kind = profile_for(agency).kind
+    except ConfigurationError:
+        return name
+    return {"council": f"{name} council", "police": f"{name} police"}.get(kind, name)
 
 
 def _utc(ts: float) -> dt.datetime:
@@ -286,14 +300,14 @@ class Chronologies:
         return {
             "kind": EXPORT_KIND,
             "agency": c.agency,
-            "agency_name": reference().name_of(c.agency),
+            "agency_name": display_name(c.agency),
             "case_ref": case_ref,
             "generated_at": dt.datetime.now(dt.UTC).isoformat(),
             "events": events,
         }
 
     def _event(self, e: Entry, header: Header, body: dict[str, Any]) -> dict[str, Any]:
-        name = reference().name_of
+        name = display_name
         c = self.c
         mine = [r for r in header.recipients if r.agency == c.agency]
         state = c.statuses.summary(e.message_id) or c.statuses.summary(e.copy_id)
@@ -573,7 +587,7 @@ MERGED_COLUMNS = [
 
 
 def merged_csv(doc: Mapping[str, Any]) -> str:
-    name = reference().name_of
+    name = display_name
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(MERGED_COLUMNS)
@@ -618,7 +632,7 @@ def to_html(doc: Mapping[str, Any]) -> str:
     )
     env.filters["field_text"] = _field_text
     env.filters["clock_text"] = _clock_text
-    env.filters["name_of"] = reference().name_of
+    env.filters["name_of"] = display_name
     return env.get_template("chronology.html").render(
         doc=doc, merged="held_by" in (doc["events"][0] if doc["events"] else {})
     )
