@@ -82,7 +82,8 @@ def test_every_endpoint_is_generated(client_package: Any, document: dict[str, An
     assert len(types) == 16
     assert not set(types) & SYSTEM_TYPES
     assert {f"send_{_snake(t)}" for t in types} <= generated
-    assert len(generated) == len(document["paths"]) == len(types) + 3  # status, ack, case view
+    # status, ack, case view, chronology
+    assert len(generated) == len(document["paths"]) == len(types) + 4
 
 
 def test_every_request_goes_through_the_generated_models(
