@@ -59,6 +59,7 @@ async def test_each_agency_writes_only_its_outbound_and_reads_only_its_inbox(
         group = t.agency_group(me, "inbox")
         if me == other:
             await _write(mine, t.outbound(other))
+            await _read(mine, t.outbound(other), None)  # its own chronology is rebuilt from it
             await _read(mine, t.inbox(other), group)
             await _read(mine, t.status(other), group)
             await _read(mine, t.cases(other), None)
@@ -197,7 +198,7 @@ SHARED = {
     "tracker": {
         "schemas": (False, False),
         "directory": (True, False),
-        "placements": (False, False),
+        "placements": (True, False),  # whom to remind of an overdue obligation
         "receipts": (True, False),
         "delivery_log": (True, True),
         "deadletter": (False, False),
@@ -257,3 +258,10 @@ async def test_every_principal_kind_on_every_shared_topic(secured: KafkaSettings
         await _read(operator, t.inbox(AGENCIES[0]), None)
     with pytest.raises(AccessDeniedError):
         await _read(operator, t.outbound(AGENCIES[0]), None)
+    # The tracker's reminders go out on its own outbound topic, which nobody else may write.
+    tracker = principals.settings_for(secured, "svc-tracker")
+    await _write(tracker, t.outbound("svc-tracker"))
+    with pytest.raises(AccessDeniedError):
+        await _write(tracker, t.outbound(AGENCIES[0]))
+    with pytest.raises(AccessDeniedError):
+        await _write(principals.settings_for(secured, AGENCIES[0]), t.outbound("svc-tracker"))
