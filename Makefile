@@ -46,6 +46,7 @@ bench: kafka-jars
 	$(BIN)/python -m benchmarks.bench_router
 	$(BIN)/python -m benchmarks.bench_e2e
 	$(BIN)/python -m benchmarks.bench_console
+	$(BIN)/python -m benchmarks.bench_cold
 
 format: setup
 	$(BIN)/ruff format .

@@ -14,6 +14,8 @@ from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
 
 log = get_logger("follow")
+#: How long the broker may hold a follower's fetch when nothing new is visible.
+FETCH_WAIT_MS = 50
 
 
 class TopicFollower:
@@ -37,7 +39,12 @@ class TopicFollower:
     async def start(self) -> None:
         parts = await kafka.partitions(self.settings, self.topic)
         self._tps = [TopicPartition(self.topic, p) for p in parts]
-        self._consumer = kafka.consumer(self.settings, group_id=None)
+        # A short fetch wait: a read_committed fetch is not answered when a transaction's
+        # marker makes records visible, only when the wait runs out, so a view would trail
+        # the topic by the whole wait (500 ms by default) after every transaction.
+        self._consumer = kafka.consumer(
+            self.settings, group_id=None, fetch_max_wait_ms=FETCH_WAIT_MS
+        )
         await self._consumer.start()
         if self._tps:
             self._consumer.assign(self._tps)

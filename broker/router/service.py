@@ -40,6 +40,8 @@ from broker.router.state import RouterState
 from broker.schema.catalogue import Catalogue
 
 log = get_logger("router")
+#: Producers initialised at once when partitions are assigned (each is one InitProducerId).
+WARM_CONCURRENCY = 32
 
 MESSAGES = Counter(
     "cbx_router_messages_total", "Messages read by the router, by outcome", ["outcome"]
@@ -95,6 +97,9 @@ class RouterService:
         self.consumer: Any = None
         self._case_topics: set[str] = set()
         self._case_topics_checked = 0.0
+        #: Set once every partition first assigned has its producer (the first message after a
+        #: start pays no warm-up).
+        self.ready = asyncio.Event()
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -163,6 +168,52 @@ class RouterService:
         )
         await producer.start()
         self.producers[tp] = producer
+
+    async def _warm(self) -> None:
+        """Make the producers of every assigned partition that has none yet, all at once and
+        before their first record: the first message after a start or a rebalance then costs what
+        the hundredth does. Each new producer fences the partition's previous owner, so the
+        partition is read again from its committed offset, and anything fetched before that is
+        dropped (the generation moves on)."""
+        missing = sorted(self.assigned - set(self.producers), key=lambda t: (t.topic, t.partition))
+        if not missing:
+            if self.generation > 0:  # assigned (perhaps nothing) and every producer made
+                self.ready.set()
+            return
+        started = time.monotonic()
+        limit = asyncio.Semaphore(WARM_CONCURRENCY)
+
+        async def one(tp: TopicPartition) -> None:
+            async with limit:
+                await self._new_producer(tp)
+
+        async with self.lock:
+            missing = [tp for tp in missing if tp in self.assigned and tp not in self.producers]
+            results = await asyncio.gather(*(one(tp) for tp in missing), return_exceptions=True)
+            self.generation += 1
+        # Rewound outside the lock: reading committed offsets needs the group coordinator, which
+        # may be in a rebalance whose callbacks wait for this lock. Nothing is routed meanwhile
+        # (batches are routed by this same task), and what was fetched before is stale by the
+        # generation; a partition moved meanwhile is rewound by its new assignment instead.
+        made = []
+        for tp, result in zip(missing, results, strict=True):
+            if isinstance(result, BaseException):
+                # Made again on the partition's first batch, as before.
+                log.warning(
+                    "producer_warm_up_failed",
+                    partition=f"{tp.topic}/{tp.partition}",
+                    error_class=type(result).__name__,
+                )
+            elif tp in self.assigned:
+                made.append(tp)
+        # Together: a seek waits for the consumer's fetch in flight, once for all of them.
+        await asyncio.gather(*(self._rewind(tp) for tp in made))
+        self.ready.set()
+        log.info(
+            "producers_ready",
+            partitions=len(missing),
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     async def acquire(self, tps: list[TopicPartition]) -> None:
         """Own ``tps``. Producers are made on first use, outside the rebalance callback: making
@@ -334,6 +385,7 @@ class RouterService:
         log.info("router_started", bootstrap=self.settings.bootstrap_servers, group=self.group)
         try:
             while not self.stop_event.is_set():
+                await self._warm()
                 generation = self.generation
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=2000)
                 for tp, records in batch.items():
