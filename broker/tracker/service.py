@@ -349,3 +349,23 @@ class TrackerService:
             for f in self._followers:
                 await f.stop()
             log.info("tracker_stopped")
+
+
+async def serve(settings: KafkaSettings) -> None:
+    """``cbx tracker``: run until SIGTERM or SIGINT, then finish the receipts in hand, commit,
+    and return (exit 0). A second signal exits at once."""
+    import os
+    import signal
+
+    service = TrackerService(settings)
+    loop = asyncio.get_running_loop()
+
+    def handle(sig: signal.Signals) -> None:
+        if service.stop_event.is_set():
+            os._exit(128 + sig.value)
+        log.info("tracker_stopping", signal=sig.name)
+        service.stop_event.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handle, sig)
+    await service.run()

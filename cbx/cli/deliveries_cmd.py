@@ -24,11 +24,11 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 def tracker() -> None:
     """Follow receipts and the delivery log; escalate unacknowledged urgent notifications."""
-    from broker.tracker.service import TrackerService
+    from broker.tracker.service import serve
 
     try:
         settings = service_settings(model.TRACKER)
-        asyncio.run(TrackerService(settings).run())
+        asyncio.run(serve(settings))
     except CbxError as exc:
         fail(str(exc))
     except KeyboardInterrupt:
