@@ -188,3 +188,33 @@ def test_no_agency_may_send_what_only_the_exchange_sends() -> None:
             case,
             lambda _a: True,
         )
+
+
+def test_an_agency_not_on_the_exchange_is_left_out_and_the_others_still_reminded() -> None:
+    net = network(KENT, LANCS, KENT_POLICE, LANCS_POLICE, TRACKER)
+    keys = net.keys[TRACKER]
+    watch = ObligationWatch(RULES, registered())
+    found(watch)
+    now = T0 + dt.timedelta(hours=73)
+    (clock,) = watch.overdue(now)
+    composed = watch.compose(
+        clock,
+        now,
+        Sealer(keys, net.directory, POLICY, FORMS),
+        Signer(keys),
+        EnvelopeCodec(CATALOGUE),
+        FORMS.latest[OBLIGATION_OVERDUE].plain.fingerprint,
+        lambda agency: agency != LANCS,  # the host council's entry was revoked
+    )
+    assert composed is not None
+    assert composed[2] == [Recipient(KENT, Role.PLACING_AUTHORITY)]
+    nobody = watch.compose(
+        clock,
+        now,
+        Sealer(keys, net.directory, POLICY, FORMS),
+        Signer(keys),
+        EnvelopeCodec(CATALOGUE),
+        FORMS.latest[OBLIGATION_OVERDUE].plain.fingerprint,
+        lambda _agency: False,
+    )
+    assert nobody is None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from broker.crypto.sealing import Sealer
@@ -126,10 +126,20 @@ class ObligationWatch:
         signer: Signer,
         envelopes: EnvelopeCodec,
         fingerprint: bytes,
+        on_exchange: Callable[[str], bool] = lambda _agency: True,
     ) -> tuple[bytes, list[tuple[str, bytes]], list[Recipient]] | None:
         """The signed ObligationOverdue for ``clock`` (value, headers, recipients), or None when
-        nobody can be named (no placing authority: the case id is not a council's)."""
+        nobody can be named (no placing authority: the case id is not a council's).
+
+        ``on_exchange`` says whether an agency is in the directory: one that is not (revoked, or
+        never set up) is left out, so the reminder still reaches the others rather than the
+        router refusing it whole."""
         recipients, owing = self.recipients(clock, now)
+        gone = [r.agency for r in recipients if not on_exchange(r.agency)]
+        if gone:
+            log.error("obligation_overdue_recipient_not_on_exchange", clock=clock.id, agencies=gone)
+            recipients = [r for r in recipients if on_exchange(r.agency)]
+            owing = owing if owing not in gone else None
         if not recipients:
             log.error("obligation_overdue_no_recipient", clock=clock.id)
             return None

@@ -133,7 +133,13 @@ class TrackerService:
         for clock in self.obligations.overdue(now):
             try:
                 composed = self.obligations.compose(
-                    clock, now, self._sealer, self._signer, self.envelopes, fingerprint
+                    clock,
+                    now,
+                    self._sealer,
+                    self._signer,
+                    self.envelopes,
+                    fingerprint,
+                    self.directory.__contains__,
                 )
             except Exception as exc:  # one clock's failure is its own: log, go on
                 log.error(
