@@ -442,11 +442,23 @@ def dump_tasks() -> None:
 
 
 async def serve(
-    settings: KafkaSettings, metrics_port: int | None = None, group: str = "router"
+    settings: KafkaSettings,
+    metrics_port: int | None = None,
+    group: str = "router",
+    health: tuple[str, int] | None = None,
 ) -> None:
     if metrics_port is not None:
         start_http_server(metrics_port, addr="127.0.0.1")
         log.info("metrics_listening", port=metrics_port)
     service = RouterService(settings, group)
     service.install_signal_handlers()
-    await service.run()
+    server = None
+    if health is not None:
+        from broker.health import serve_health
+
+        server = await serve_health(*health, "router", service.ready.is_set)
+    try:
+        await service.run()
+    finally:
+        if server is not None:
+            server.close()

@@ -110,6 +110,8 @@ class TrackerService:
         ]
         self._signer: Signer | None = None
         self._sealer: Sealer | None = None
+        #: Set once its views have caught up and its producer and consumers have started.
+        self.ready = asyncio.Event()
         self._verifier = Verifier(self.directory)
         self._producer: Any = None
         self._consumer: Any = None
@@ -344,6 +346,7 @@ class TrackerService:
                 group_id=self.settings.topics.group("tracker-status"),
             )
             await self._mirror_consumer.start()
+        self.ready.set()
         log.info("tracker_started", messages=len(self.view.messages))
         try:
             async with kafka.access(self.settings):
@@ -357,13 +360,19 @@ class TrackerService:
             log.info("tracker_stopped")
 
 
-async def serve(settings: KafkaSettings) -> None:
+async def serve(settings: KafkaSettings, health: tuple[str, int] | None = None) -> None:
     """``cbx tracker``: run until SIGTERM or SIGINT, then finish the receipts in hand, commit,
-    and return (exit 0). A second signal exits at once."""
+    and return (exit 0). A second signal exits at once. ``health``: serve /healthz and /readyz
+    on that address."""
     import os
     import signal
 
     service = TrackerService(settings)
+    server = None
+    if health is not None:
+        from broker.health import serve_health
+
+        server = await serve_health(*health, "tracker", service.ready.is_set)
     loop = asyncio.get_running_loop()
 
     def handle(sig: signal.Signals) -> None:
@@ -374,4 +383,8 @@ async def serve(settings: KafkaSettings) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, handle, sig)
-    await service.run()
+    try:
+        await service.run()
+    finally:
+        if server is not None:
+            server.close()

@@ -17,18 +17,23 @@ from broker.kafka.settings import KafkaSettings
 from broker.schema.catalogue import Catalogue
 from broker.tracker.view import DeliveryView
 from cbx.cli.output import console, fail, print_json
-from cbx.cli.router_cmd import service_settings
+from cbx.cli.router_cmd import HealthHost, HealthPort, service_settings
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-def tracker() -> None:
-    """Follow receipts and the delivery log; escalate unacknowledged urgent notifications."""
+def tracker(
+    health_port: HealthPort = None,
+    health_host: HealthHost = "127.0.0.1",
+) -> None:
+    """Follow receipts and the delivery log; escalate unacknowledged urgent notifications; keep
+    the statutory clocks and remind whoever owes an overdue follow-up."""
     from broker.tracker.service import serve
 
     try:
         settings = service_settings(model.TRACKER)
-        asyncio.run(serve(settings))
+        health = (health_host, health_port) if health_port is not None else None
+        asyncio.run(serve(settings, health))
     except CbxError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

@@ -33,6 +33,13 @@ def service_settings(principal: str, namespace: str | None = None) -> KafkaSetti
     return principals.settings_for(admin, principal)
 
 
+HealthPort = Annotated[
+    int | None,
+    typer.Option(help="Serve /healthz and /readyz (ready: able to do its work) on this port."),
+]
+HealthHost = Annotated[str, typer.Option(help="Address for /healthz and /readyz.")]
+
+
 def router(
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1:PORT.")
@@ -40,12 +47,15 @@ def router(
     group: Annotated[
         str, typer.Option(help="Consumer group name, prefixed by the namespace.")
     ] = "router",
+    health_port: HealthPort = None,
+    health_host: HealthHost = "127.0.0.1",
 ) -> None:
     """Route every agency's outbound messages to their recipients' inboxes, exactly once."""
     from broker.router.service import serve
 
     try:
         settings = service_settings(model.ROUTER)
-        asyncio.run(serve(settings, metrics_port, group))
+        health = (health_host, health_port) if health_port is not None else None
+        asyncio.run(serve(settings, metrics_port, group, health))
     except CbxError as exc:
         fail(str(exc))
