@@ -144,7 +144,10 @@ async def read_to_end(
     timeout_s: float = 30.0,
 ) -> int:
     """Feed every record of ``topic`` (committed ones, from the start to the current end) to
-    ``handle``; returns how many were read. Used to rebuild views from compacted topics."""
+    ``handle``; returns how many were read. Used to rebuild views from compacted topics.
+
+    Fails only when reading makes no progress for ``timeout_s``: a large topic takes as long as it
+    takes, so long as it moves."""
     parts = await partitions(settings, topic)
     if not parts:
         return 0
@@ -157,14 +160,16 @@ async def read_to_end(
         await c.seek_to_beginning(*tps)
         end = await c.end_offsets(tps)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
+        seen, moved = -1, loop.time()
         while True:
             positions = [await c.position(tp) for tp in tps]
             if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
                 return count
-            if loop.time() > deadline:
+            if sum(positions) != seen:
+                seen, moved = sum(positions), loop.time()
+            elif loop.time() - moved > timeout_s:
                 raise KafkaUnavailableError(
-                    f"reading {topic} to its end took over {timeout_s:.0f}s"
+                    f"reading {topic} to its end made no progress for {timeout_s:.0f}s"
                 )
             for records in (await c.getmany(timeout_ms=200, max_records=5000)).values():
                 for r in records:

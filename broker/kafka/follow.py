@@ -73,24 +73,27 @@ class TopicFollower:
                 self._progress.notify_all()
 
     async def sync(self, timeout_s: float = 30.0) -> None:
-        """Return once every record committed before this call has been handled."""
+        """Return once every record committed before this call has been handled.
+
+        TimeoutError only when the view makes no progress for ``timeout_s``: a large topic read
+        from the start takes as long as it takes, so long as it moves."""
         if not self._tps:
             return
         end = await self._consumer.end_offsets(self._tps)
-
-        async def caught_up() -> bool:
-            for tp in self._tps:
-                if await self._consumer.position(tp) < end[tp]:
-                    return False
-            return True
-
-        async def wait() -> None:
-            while not await caught_up():
-                async with self._progress:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._progress.wait(), 0.5)
-
-        await asyncio.wait_for(wait(), timeout_s)
+        loop = asyncio.get_running_loop()
+        seen = -1
+        moved = loop.time()
+        while True:
+            positions = [await self._consumer.position(tp) for tp in self._tps]
+            if all(p >= end[tp] for p, tp in zip(positions, self._tps, strict=True)):
+                return
+            if sum(positions) != seen:
+                seen, moved = sum(positions), loop.time()
+            elif loop.time() - moved > timeout_s:
+                raise TimeoutError(f"{self.topic}: no progress for {timeout_s:.0f} s")
+            async with self._progress:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), 0.5)
 
     async def stop(self) -> None:
         if self._task is not None:
