@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_e2e import sharing
 from broker import model
 from broker.admin import provision
 from broker.kafka import clients as kafka
@@ -42,18 +43,6 @@ RESULTS = Path(__file__).parent / "results"
 PLA, HLA, HOF, HF = "la-e10000016", "la-e10000017", "pf-e23000032", "pf-e23000003"
 RECIPIENTS = (PLA, HOF, HLA)
 ICBS = ("icb-e54000032", "icb-e54000048")
-
-
-def sharing() -> Any:
-    from broker.envelope import SharingDecision
-
-    return SharingDecision(
-        "locate a missing child",
-        ("UK_GDPR_6_1_E_PUBLIC_TASK",),
-        "NOT_SOUGHT",
-        "Duty inspector",
-        "risk of significant harm",
-    )
 
 
 def ms(seconds: float) -> float:
@@ -135,13 +124,17 @@ async def measure_cbx(settings: KafkaSettings, n: int, tmp: Path) -> dict[str, A
     try:
         # A case the force knows before it reports.
         kent = connectors[PLA]
-        sent = await kent.send(
-            "PlacementNotified",
-            kent.convert("PlacementNotified", placement()),
-            case_ref="BENCH-1",
-            sharing=sharing(),
-        )
-        case = sent.header.case_ref
+
+        async def place(reference: str) -> str:
+            sent = await kent.send(
+                "PlacementNotified",
+                kent.convert("PlacementNotified", placement()),
+                case_ref=reference,
+                sharing=sharing(),
+            )
+            return sent.header.case_ref
+
+        case = await place("BENCH-1")
         await connectors[HF].sync()
         while connectors[HF].registry.get(case) is None:
             await asyncio.sleep(0.01)
@@ -168,13 +161,7 @@ async def measure_cbx(settings: KafkaSettings, n: int, tmp: Path) -> dict[str, A
 
         # A new case, reported at once.
         started = time.perf_counter()
-        sent = await kent.send(
-            "PlacementNotified",
-            kent.convert("PlacementNotified", placement()),
-            case_ref="BENCH-2",
-            sharing=sharing(),
-        )
-        new = sent.header.case_ref
+        new = await place("BENCH-2")
         while connectors[HF].registry.get(new) is None:
             await connectors[HF].sync()
         learned = time.perf_counter() - started

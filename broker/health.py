@@ -1,5 +1,6 @@
-"""``/healthz`` and ``/readyz`` for the services that have no web app of their own (the router and
-the tracker), so a supervisor (systemd, Kubernetes, Compose) can tell alive from ready.
+"""What a supervisor needs of the services that have no web app of their own (the router and the
+tracker): ``/healthz`` and ``/readyz``, so it can tell alive from ready, and a clean stop on
+SIGTERM.
 
 ``/healthz`` answers 200 while the service's event loop runs. ``/readyz`` answers 200 only once
 the service can do its work (the router: every assigned partition has its producer; the tracker:
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import Callable
 
 from broker.logging import get_logger
@@ -62,3 +65,18 @@ async def serve_health(
     server = await asyncio.start_server(handle, host, port, limit=8192)
     log.info("health_listening", service=service, host=host, port=port)
     return server
+
+
+def stop_on_signals(stop_event: asyncio.Event, service: str) -> None:
+    """First SIGTERM or SIGINT: set ``stop_event`` (the service finishes the work in hand and
+    returns, so the process exits 0). Second: exit at once."""
+    loop = asyncio.get_running_loop()
+
+    def handle(sig: signal.Signals) -> None:
+        if stop_event.is_set():
+            os._exit(128 + sig.value)
+        log.info(f"{service}_stopping", component=service, signal=sig.name)
+        stop_event.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handle, sig)

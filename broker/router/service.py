@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from prometheus_client import Counter, Histogram, start_http_server
 from broker.admin.identity import ensure_identity
 from broker.crypto.sealing import BodyForms, Sealer
 from broker.directory import Directory, DirectoryCodec, apply
+from broker.health import stop_on_signals
 from broker.kafka import clients as kafka
 from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
@@ -410,17 +410,8 @@ class RouterService:
 
     def install_signal_handlers(self) -> None:
         """First SIGTERM/SIGINT: finish the open transaction and stop. Second: exit at once."""
-        loop = asyncio.get_running_loop()
-
-        def handle(sig: signal.Signals) -> None:
-            if self.stop_event.is_set():
-                os._exit(128 + sig.value)
-            log.info("router_stopping", signal=sig.name)
-            self.stop_event.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, handle, sig)
-        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+        stop_on_signals(self.stop_event, "router")
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
 
 
 def dump_tasks() -> None:

@@ -364,25 +364,13 @@ async def serve(settings: KafkaSettings, health: tuple[str, int] | None = None) 
     """``cbx tracker``: run until SIGTERM or SIGINT, then finish the receipts in hand, commit,
     and return (exit 0). A second signal exits at once. ``health``: serve /healthz and /readyz
     on that address."""
-    import os
-    import signal
+    from broker.health import serve_health, stop_on_signals
 
     service = TrackerService(settings)
     server = None
     if health is not None:
-        from broker.health import serve_health
-
         server = await serve_health(*health, "tracker", service.ready.is_set)
-    loop = asyncio.get_running_loop()
-
-    def handle(sig: signal.Signals) -> None:
-        if service.stop_event.is_set():
-            os._exit(128 + sig.value)
-        log.info("tracker_stopping", signal=sig.name)
-        service.stop_event.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, handle, sig)
+    stop_on_signals(service.stop_event, "tracker")
     try:
         await service.run()
     finally:

@@ -28,21 +28,36 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 
-from broker.envelope import Header
+from broker.envelope import Header, Protector
 from broker.errors import CbxError, ConfigurationError, PolicyError
 from broker.kafka import clients as kafka
+from broker.kafka.settings import KafkaSettings
+from broker.kafka.topics import Topics
 from broker.logging import get_logger
 from broker.model import OBLIGATION_OVERDUE, SYSTEM_TYPES, Withheld
 from broker.policy.obligations import Clocks, Seen
 from broker.policy.profiles import profile_for
 from broker.policy.reference import reference
+from broker.tracker.view import DeliveryView
 
-if TYPE_CHECKING:
-    from connectors.gateway.connector import Connector
+
+class Holder(Protocol):
+    """What a chronology needs of the agency's connector (its identity, topics, keys and the
+    states its status topic gave it)."""
+
+    agency: str
+    settings: KafkaSettings
+    topics: Topics
+    protector: Protector
+    statuses: DeliveryView
+    state_dir: Path
+
+    def open(self, value: bytes, headers: Any) -> tuple[Header, dict[str, Any]]: ...
+
 
 log = get_logger("chronology")
 
@@ -165,7 +180,7 @@ class Chronologies:
     """A connector's chronologies: its index, caught up from its topics, and the events read
     back and opened from them."""
 
-    def __init__(self, connector: Connector) -> None:
+    def __init__(self, connector: Holder) -> None:
         self.c = connector
         self.index = ChronologyIndex(connector.state_dir / "chronology.sqlite")
 
