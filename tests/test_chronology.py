@@ -240,3 +240,23 @@ def test_the_http_chronology_in_each_format_and_only_with_its_scope(
     assert got["none"].status_code == 401
     assert got["other"].status_code == 404
     assert "no message about case" in got["other"].json()["error"]
+
+
+def test_the_command_line_gives_an_agency_its_chronology_with_its_own_keys(
+    played: Played, tmp_path: Path
+) -> None:
+    from broker.crypto import keys as keystore
+
+    home = tmp_path / "home"
+    kent = played.run.connectors[KENT].keys
+    keystore.save(kent, keystore.keystore_path(KENT, home / "keys"), b"test passphrase")
+    settings = principals.settings_for(played.run.ns, KENT)  # Kent's own Kafka credentials
+    done = cbx(settings, home, "chronology", played.case_ref, "--agency", KENT, "--format", "csv")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader(io.StringIO(done.stdout)))
+    assert {r["message_id"] for r in rows} == _took_part(played.report, KENT)
+    assert (home / "connectors" / KENT / "chronology.sqlite").exists()
+    # Without the agency's keystore there is nothing to open it with: a clear refusal.
+    other = cbx(settings, tmp_path / "empty", "chronology", played.case_ref, "--agency", KENT)
+    assert other.returncode == 1
+    assert "keystore" in other.stderr.lower()
