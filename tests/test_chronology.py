@@ -169,6 +169,13 @@ def test_the_merged_chronology_lists_every_message_once_with_who_held_it(
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert sorted(r["message_id"] for r in rows) == sorted(ids)
     assert rows == list(csv.DictReader(io.StringIO(merged_csv(merged))))
+    out = tmp_path / "review" / "case.html"
+    written = cbx(
+        None, tmp_path, "chronology", "merge", *files, "--format", "html", "--output", str(out)
+    )
+    assert written.returncode == 0, written.stderr
+    assert out.read_text() == to_html(merged).replace(merged["generated_at"], _generated(out))
+    assert out.stat().st_mode & 0o777 == 0o600  # a child's case content: the user's alone
     other = dict(kent, case_ref="la-e10000016/ANOTHER")
     (tmp_path / "other.json").write_text(json.dumps(other))
     refused = cbx(None, tmp_path, "chronology", "merge", files[0], str(tmp_path / "other.json"))
@@ -182,6 +189,7 @@ def test_index_and_chronology_are_rebuilt_after_the_folder_is_deleted(
     folder = tmp_path / "kent"
     first = played.chronology(KENT, folder)
     assert (folder / "chronology.sqlite").exists()
+    assert (folder / "chronology.sqlite").stat().st_mode & 0o777 == 0o600  # headers at rest
     shutil.rmtree(folder)
     again = played.chronology(KENT, folder)
     assert (folder / "chronology.sqlite").exists()
@@ -260,3 +268,10 @@ def test_the_command_line_gives_an_agency_its_chronology_with_its_own_keys(
     other = cbx(settings, tmp_path / "empty", "chronology", played.case_ref, "--agency", KENT)
     assert other.returncode == 1
     assert "keystore" in other.stderr.lower()
+
+
+def _generated(page: Path) -> str:
+    """The generation time printed in a page (each merge stamps its own)."""
+    text = page.read_text()
+    start = text.index("Generated ") + len("Generated ")
+    return text[start : text.index(". OFFICIAL", start)]

@@ -56,6 +56,7 @@ def test_demo_json_reaches_and_is_acknowledged_by_every_required_recipient(
     )
     agencies = {a for a in spec.load(spec.demo()).agencies.values()}
     assert {p.stem for p in folder.glob("*.json")} == agencies
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o600}
     secrets = literal_sensitive_values(spec.load(spec.demo()))
     assert [v for v in secrets if v in done.stdout + done.stderr] == []
     steps = list(spec.load(spec.demo()).steps)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from broker.errors import CbxError
+from broker.files import write_private
 from broker.kafka import principals, topics
 from broker.kafka.cluster import resolve_settings
 from broker.kafka.settings import KafkaSettings
@@ -28,7 +29,7 @@ def _write(text: str, output: Path | None) -> None:
     if output is None:
         console.file.write(text if text.endswith("\n") else text + "\n")
         return
-    output.write_text(text)
+    write_private(output, text)  # a child's case content: this user's alone
     console.print(f"wrote {output}", highlight=False)
 
 

@@ -32,6 +32,7 @@ from broker.admin import provision
 from broker.crypto.keys import AgencyKeys
 from broker.delivery_log import LogCodec, Status
 from broker.errors import PolicyError
+from broker.files import write_private
 from broker.kafka import clients as kafka
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
@@ -203,21 +204,17 @@ class Runner:
                     await conn.stop()
         for case, docs in sorted(exports.items()):
             where = folder / "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in case)
-            where.mkdir(parents=True, exist_ok=True)
+            # The case's content, as each agency may read it: this user's alone (0600 in 0700).
             for doc in docs:
                 for ext, text in (
                     ("json", json.dumps(doc, indent=2)),
                     ("csv", to_csv(doc)),
                     ("html", to_html(doc)),
                 ):
-                    path = where / f"{doc['agency']}.{ext}"
-                    path.write_text(text)
-                    written.append(path)
+                    written.append(write_private(where / f"{doc['agency']}.{ext}", text))
             merged = merge(docs)
             for ext, text in (("csv", merged_csv(merged)), ("html", to_html(merged))):
-                path = where / f"merged.{ext}"
-                path.write_text(text)
-                written.append(path)
+                written.append(write_private(where / f"merged.{ext}", text))
         self.progress(f"chronologies of {len(exports)} case(s) written under {folder}")
         return written
 

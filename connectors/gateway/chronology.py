@@ -23,6 +23,7 @@ import base64
 import csv
 import datetime as dt
 import io
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterable, Mapping
@@ -103,7 +104,11 @@ class ChronologyIndex:
     """The SQLite index of one agency's messages by case (rows and read offsets together)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Case references and who sent what are headers at rest: this user's alone.
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
         self.path = path
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.executescript(_SCHEMA)
