@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from broker.kafka.follow import TopicFollower
+from broker.kafka.follow import PROMPT_FETCH_WAIT_MS, TopicFollower
 from broker.kafka.settings import KafkaSettings
 from broker.model import Recipient, Role
 from broker.schema import codec
@@ -363,4 +363,7 @@ def placement_follower(
             rec = codec.decode(r.value, store.writer_for, version.parsed)
             registry.put(Placement.from_record(rec))
 
-    return TopicFollower(settings, topic or settings.topics.placements, apply)
+    # Prompt: a connector waits on it before routing a message about a case it has just heard of.
+    return TopicFollower(
+        settings, topic or settings.topics.placements, apply, fetch_wait_ms=PROMPT_FETCH_WAIT_MS
+    )

@@ -31,7 +31,7 @@ from broker.directory import Directory, DirectoryCodec, apply
 from broker.envelope import EnvelopeCodec
 from broker.errors import CbxError
 from broker.kafka import clients as kafka
-from broker.kafka.follow import TopicFollower
+from broker.kafka.follow import PROMPT_FETCH_WAIT_MS, TopicFollower
 from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
 from broker.model import OBLIGATION_OVERDUE, RECEIPT, SERVICE_PREFIX, TRACKER
@@ -100,7 +100,10 @@ class TrackerService:
         dcodec = DirectoryCodec(self.catalogue)
         self.registry = PlacementRegistry()
         self.obligations = ObligationWatch(Rules.load(), self.registry, obligations)
-        self._log_follower = TopicFollower(settings, settings.topics.delivery_log, self._fold)
+        # Prompt: a receipt that arrives before its ROUTED entries waits for this view.
+        self._log_follower = TopicFollower(
+            settings, settings.topics.delivery_log, self._fold, fetch_wait_ms=PROMPT_FETCH_WAIT_MS
+        )
         self._followers = [
             TopicFollower(
                 settings, settings.topics.directory, lambda r: apply(self.directory, dcodec, r)
