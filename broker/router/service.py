@@ -187,9 +187,12 @@ class RouterService:
             async with limit:
                 await self._new_producer(tp)
 
+        # Made outside the lock, so a rebalance's callbacks never wait for them (a slow broker
+        # would otherwise hold the group past its timeouts). Batches are routed by this same
+        # task, so none runs meanwhile; a partition revoked meanwhile keeps its producer, as on
+        # any revocation.
+        results = await asyncio.gather(*(one(tp) for tp in missing), return_exceptions=True)
         async with self.lock:
-            missing = [tp for tp in missing if tp in self.assigned and tp not in self.producers]
-            results = await asyncio.gather(*(one(tp) for tp in missing), return_exceptions=True)
             self.generation += 1
         # Rewound outside the lock: reading committed offsets needs the group coordinator, which
         # may be in a rebalance whose callbacks wait for this lock. Nothing is routed meanwhile
@@ -207,7 +210,20 @@ class RouterService:
             elif tp in self.assigned:
                 made.append(tp)
         # Together: a seek waits for the consumer's fetch in flight, once for all of them.
-        await asyncio.gather(*(self._rewind(tp) for tp in made))
+        rewound = await asyncio.gather(*(self._rewind(tp) for tp in made), return_exceptions=True)
+        for tp, result in zip(made, rewound, strict=True):
+            if isinstance(result, BaseException):
+                # Its position is not known to be the committed offset: drop the producer, so
+                # the partition's first batch makes it again, rewinds and reads again.
+                log.warning(
+                    "partition_rewind_failed",
+                    partition=f"{tp.topic}/{tp.partition}",
+                    error_class=type(result).__name__,
+                )
+                producer = self.producers.pop(tp, None)
+                if producer is not None:
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
         self.ready.set()
         log.info(
             "producers_ready",
