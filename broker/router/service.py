@@ -42,6 +42,8 @@ from broker.schema.catalogue import Catalogue
 log = get_logger("router")
 #: Producers initialised at once when partitions are assigned (each is one InitProducerId).
 WARM_CONCURRENCY = 32
+#: How long a stop waits for each client to close.
+CLOSE_TIMEOUT_S = 10.0
 
 MESSAGES = Counter(
     "cbx_router_messages_total", "Messages read by the router, by outcome", ["outcome"]
@@ -411,16 +413,26 @@ class RouterService:
             await self.close()
 
     async def close(self) -> None:
+        """Close every client, each within ``CLOSE_TIMEOUT_S``. Every routing transaction has
+        committed or aborted by now, so a client that does not close in time (aiokafka's fetcher
+        has been seen to wait for ever in its close) is left for the process's exit: a stop
+        must end the process, not hang it."""
+
+        async def bounded(what: str, closing: Any) -> None:
+            try:
+                await asyncio.wait_for(closing, CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("close_timed_out", client=what, seconds=CLOSE_TIMEOUT_S)
+            except Exception as exc:  # closing anyway
+                log.info("close_failed", client=what, error_class=type(exc).__name__)
+
         for follower in (self.follower, self.placement_follower):
             if follower is not None:
-                with contextlib.suppress(Exception):
-                    await follower.stop()
+                await bounded(f"follower {follower.topic}", follower.stop())
         if self.consumer is not None:
-            with contextlib.suppress(Exception):
-                await self.consumer.stop()
-        for producer in list(self.producers.values()):
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            await bounded("consumer", self.consumer.stop())
+        for tp, producer in list(self.producers.items()):
+            await bounded(f"producer {tp.topic}/{tp.partition}", producer.stop())
         self.producers.clear()
         log.info("router_stopped")
 
