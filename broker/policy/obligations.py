@@ -9,7 +9,6 @@ meeting message comes after that).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -250,16 +249,10 @@ class Clocks:
         field_name = clock.obligation.met_at
         if field_name and m.event_type != clock.obligation.starts_on:
             value = m.fields.get(field_name)
-            stated: dt.datetime | None = None
             if isinstance(value, dt.datetime):
-                stated = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+                at = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
             elif isinstance(value, dt.date):
-                with contextlib.suppress(calendar.OutsideCalendar, OverflowError):
-                    stated = calendar.start_of_day(value)
-            # A follow-up said to have happened before what it follows cannot be believed (a
-            # careless or hostile date): it counts from when the exchange accepted it.
-            if stated is not None and stated >= clock.started_at:
-                at = stated
+                at = calendar.start_of_day(value)
         clock.met_by = m.message_id
         clock.met_by_type = m.event_type
         clock.met_at = at
