@@ -275,3 +275,40 @@ def _generated(page: Path) -> str:
     text = page.read_text()
     start = text.index("Generated ") + len("Generated ")
     return text[start : text.index(". OFFICIAL", start)]
+
+
+def test_hostile_chronology_requests_get_clear_answers_and_the_next_one_works(
+    played: Played, tmp_path: Path
+) -> None:
+    tokens = TokenStore(tmp_path / "tokens.json")
+    reader, _ = tokens.add([Scope.CHRONOLOGY])
+    auth = {"Authorization": f"Bearer {reader}"}
+
+    async def go() -> list[httpx.Response]:
+        c = played.connector(KENT, tmp_path / "kent")
+        await c.start()
+        try:
+            app = create_app(c, IdempotencyStore(tmp_path / "idem.jsonl"), tokens=tokens)
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://connector"
+            ) as client:
+                hostile = [
+                    "/v1/cases/" + "A" * 20_000 + "/chronology",  # a huge reference
+                    "/v1/cases/la-e10000016%2F..%2F..%2Fetc/chronology",  # a path trick
+                    "/v1/cases/la-e10000017/KCC-LAC-1' OR '1'='1/chronology",  # SQL in the ref
+                    f"/v1/cases/{played.case_ref}/chronology?format=" + "x" * 5000,
+                ]
+                answers = [await client.get(u, headers=auth) for u in hostile]
+                answers.append(
+                    await client.get(f"/v1/cases/{played.case_ref}/chronology", headers=auth)
+                )
+                return answers
+        finally:
+            await c.stop()
+
+    *refused, good = asyncio.run(go())
+    assert [r.status_code for r in refused] == [404, 404, 404, 400]
+    for r in refused:
+        assert r.json()["error"]
+    assert good.status_code == 200
+    assert {e["message_id"] for e in good.json()["events"]} == _took_part(played.report, KENT)

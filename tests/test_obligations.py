@@ -359,3 +359,22 @@ def test_a_scenario_can_shorten_a_limit_and_nothing_else() -> None:
         shortened({"nope": dt.timedelta(seconds=1)})
     with pytest.raises(ConfigurationError, match="longer than zero"):
         shortened({"return-home-interview": dt.timedelta(0)})
+
+
+def test_an_interview_dated_before_the_child_was_found_counts_from_when_it_was_sent() -> None:
+    # A careless or hostile system dates the interview in 1900 to make a late one look early.
+    clocks = rhi(T0, None)
+    sent = T0 + dt.timedelta(hours=80)
+    clocks.observe(
+        Seen(
+            "rhi",
+            "ReturnInterviewCompleted",
+            CASE,
+            sent,
+            sent,
+            {"episode_id": "ep-1", "offered_at": dt.datetime(1900, 1, 1, tzinfo=UTC)},
+        )
+    )
+    (clock,) = clocks.clocks.values()
+    assert clock.met_at == sent
+    assert clock.margin == -dt.timedelta(hours=8)  # late, as it was

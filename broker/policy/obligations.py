@@ -9,6 +9,7 @@ meeting message comes after that).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -249,10 +250,16 @@ class Clocks:
         field_name = clock.obligation.met_at
         if field_name and m.event_type != clock.obligation.starts_on:
             value = m.fields.get(field_name)
+            stated: dt.datetime | None = None
             if isinstance(value, dt.datetime):
-                at = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+                stated = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
             elif isinstance(value, dt.date):
-                at = calendar.start_of_day(value)
+                with contextlib.suppress(calendar.OutsideCalendar, OverflowError):
+                    stated = calendar.start_of_day(value)
+            # A follow-up said to have happened before what it follows cannot be believed (a
+            # careless or hostile date): it counts from when the exchange accepted it.
+            if stated is not None and stated >= clock.started_at:
+                at = stated
         clock.met_by = m.message_id
         clock.met_by_type = m.event_type
         clock.met_at = at

@@ -16,6 +16,7 @@ routes once.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable
@@ -30,6 +31,7 @@ from broker.model import OBLIGATION_OVERDUE, TRACKER, Recipient, Role
 from broker.policy.obligations import Clock, Clocks, Obligation, Seen, from_text
 from broker.policy.registry import PlacementRegistry, split_case_id
 from broker.policy.routing import Rules
+from broker.tracker.view import DeliveryView
 
 log = get_logger("tracker")
 
@@ -49,40 +51,48 @@ class ObligationWatch:
         rules: Rules,
         registry: PlacementRegistry,
         obligations: Iterable[Obligation] | None = None,
+        view: DeliveryView | None = None,
     ) -> None:
         self.clocks = Clocks(obligations)
         self.rules = rules
         self.registry = registry
         #: Clock ids whose ObligationOverdue the router accepted (from the log).
         self.notified: set[str] = set()
-        #: Recipients (agency, role) of each message: who held which role when it was routed.
-        self._routed: dict[str, list[Recipient]] = {}
+        # Who was told each message, in which roles: the tracker's own view of the log, which it
+        # folds itself; without one, the watch keeps its own.
+        self._owns_view = view is None
+        self.view = view if view is not None else DeliveryView()
 
     def apply(self, e: LogEntry) -> None:
         """Fold one delivery-log entry (any order a partition gives; repeats change nothing)."""
-        if e.message_id is None or e.case_ref is None or e.event_type is None:
+        if self._owns_view:
+            self.view.apply(e)
+        if (
+            e.status != Status.ACCEPTED
+            or e.message_id is None
+            or e.case_ref is None
+            or e.event_type is None
+        ):
             return
-        if e.status == Status.ROUTED and e.recipient and e.role:
-            routed = self._routed.setdefault(e.message_id, [])
-            for name in e.role.split("+"):
-                try:
-                    r = Recipient(e.recipient, Role(name))
-                except ValueError:
-                    continue
-                if r not in routed:
-                    routed.append(r)
-            return
-        if e.status != Status.ACCEPTED:
-            return
-        facts = {k: from_text(v) for k, v in (e.facts or {}).items()}
         if e.event_type == OBLIGATION_OVERDUE:
             clock_id = (e.facts or {}).get("clock_id")
             if clock_id:
                 self.notified.add(clock_id)
             return
+        facts = {k: from_text(v) for k, v in (e.facts or {}).items()}
         self.clocks.observe(
             Seen(e.message_id, e.event_type, e.case_ref, e.occurred_at or e.at, e.at, facts)
         )
+
+    def _routed(self, message_id: str) -> list[Recipient]:
+        """The (agency, role) pairs a message was routed to, from the view."""
+        m = self.view.messages.get(message_id)
+        out = []
+        for agency, state in (m.recipients if m else {}).items():
+            for name in (state.role or "").split("+"):
+                with contextlib.suppress(ValueError):
+                    out.append(Recipient(agency, Role(name)))
+        return out
 
     def overdue(self, now: dt.datetime) -> list[Clock]:
         """Clocks that ran out unmet and have no notice yet (each returned once)."""
@@ -98,7 +108,7 @@ class ObligationWatch:
             for m in audience.members:
                 holders.setdefault(m.role, m.agency)
         else:  # not registered: who held which role in the message that started the clock
-            for r in self._routed.get(clock.started_by, []):
+            for r in self._routed(clock.started_by):
                 holders.setdefault(r.role, r.agency)
         placing = holders.get(Role.PLACING_AUTHORITY) or split_case_id(clock.case_ref)[0]
         if placing is not None:

@@ -99,7 +99,7 @@ class TrackerService:
         self._receipt_form = self.forms.latest[RECEIPT]
         dcodec = DirectoryCodec(self.catalogue)
         self.registry = PlacementRegistry()
-        self.obligations = ObligationWatch(Rules.load(), self.registry, obligations)
+        self.obligations = ObligationWatch(Rules.load(), self.registry, obligations, self.view)
         # Prompt: a receipt that arrives before its ROUTED entries waits for this view.
         self._log_follower = TopicFollower(
             settings, settings.topics.delivery_log, self._fold, fetch_wait_ms=PROMPT_FETCH_WAIT_MS

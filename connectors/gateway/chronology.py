@@ -28,6 +28,7 @@ import sqlite3
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -309,6 +310,7 @@ class Chronologies:
             )
         records = await self._records(entries)
         events = []
+        seen: list[Seen] = []
         for e in entries:
             r = records.get((e.topic, e.partition, e.offset))
             if r is None:
@@ -321,7 +323,17 @@ class Chronologies:
                 events.append(_gone(e, f"cannot be opened: {type(exc).__name__}"))
                 continue
             events.append(self._event(e, header, body))
-        _clocks(events)
+            seen.append(
+                Seen(
+                    e.message_id,
+                    str(header.event_type),
+                    case_ref,
+                    header.occurred_at,
+                    header.recorded_at,
+                    {k: v for k, v in body.items() if not isinstance(v, Withheld)},
+                )
+            )
+        _clocks(events, seen)
         return {
             "kind": EXPORT_KIND,
             "agency": c.agency,
@@ -405,23 +417,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _clocks(events: list[dict[str, Any]]) -> None:
-    """Each event's ``clocks``: those it started and those it met, counted from these events."""
+def _clocks(events: list[dict[str, Any]], seen: list[Seen]) -> None:
+    """Each event's ``clocks``: those it started and those it met, counted from the messages as
+    opened (``seen``, with the values' own types)."""
     clocks = Clocks()
-    for ev in sorted(events, key=lambda e: e["recorded_at"]):
-        if ev.get("unavailable") or not ev.get("sender"):
-            continue
-        fields = {k: _typed(v) for k, v in ev["fields"].items() if not isinstance(v, dict | list)}
-        clocks.observe(
-            Seen(
-                ev["message_id"],
-                ev["event_type"],
-                "case",
-                dt.datetime.fromisoformat(ev["occurred_at"]),
-                dt.datetime.fromisoformat(ev["recorded_at"]),
-                fields,
-            )
-        )
+    for m in sorted(seen, key=lambda m: m.recorded_at):
+        clocks.observe(m)
     clocks.overdue(dt.datetime.now(dt.UTC))
     for ev in events:
         ev["clocks"] = [
@@ -439,24 +440,11 @@ def _clocks(events: list[dict[str, Any]]) -> None:
         ]
 
 
-def _typed(value: Any) -> Any:
-    """A JSON field value back as the date or time the clocks count from."""
-    if isinstance(value, str) and len(value) >= 10 and value[4:5] == "-" and value[7:8] == "-":
-        try:
-            if len(value) == 10:
-                return dt.date.fromisoformat(value)
-            at = dt.datetime.fromisoformat(value)
-            return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
-        except ValueError:
-            return value
-    return value
-
-
 # --- rendering ------------------------------------------------------------------------------
 
 
 def _field_text(value: Any) -> str:
-    if isinstance(value, dict) and set(value) == {"withheld"}:
+    if _is_withheld(value):
         return f"[withheld: {value['withheld']}]"
     if isinstance(value, dict):
         return "; ".join(f"{k}: {_field_text(v)}" for k, v in value.items() if v not in (None, []))
@@ -570,8 +558,9 @@ def merge(exports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 "acknowledged_at": own.get("acknowledged_at"),
             }
             for k, v in ev.get("fields", {}).items():
-                withheld = isinstance(v, dict) and set(v) == {"withheld"}
-                if k not in row["fields"] or (_is_withheld(row["fields"][k]) and not withheld):
+                if k not in row["fields"] or (
+                    _is_withheld(row["fields"][k]) and not _is_withheld(v)
+                ):
                     row["fields"][k] = v
             for cl in ev.get("clocks", []):
                 row["clocks"][cl["obligation"]] = cl
@@ -646,8 +635,8 @@ def merged_csv(doc: Mapping[str, Any]) -> str:
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
-def to_html(doc: Mapping[str, Any]) -> str:
-    """A printable page of one agency's chronology (or of a merged one), escaped throughout."""
+@cache
+def _pages() -> Any:
     import jinja2
 
     env = jinja2.Environment(
@@ -658,6 +647,10 @@ def to_html(doc: Mapping[str, Any]) -> str:
     env.filters["field_text"] = _field_text
     env.filters["clock_text"] = _clock_text
     env.filters["name_of"] = display_name
-    return env.get_template("chronology.html").render(
-        doc=doc, merged="held_by" in (doc["events"][0] if doc["events"] else {})
-    )
+    return env.get_template("chronology.html")
+
+
+def to_html(doc: Mapping[str, Any]) -> str:
+    """A printable page of one agency's chronology (or of a merged one), escaped throughout."""
+    merged = bool(doc["events"]) and "held_by" in doc["events"][0]
+    return str(_pages().render(doc=doc, merged=merged))

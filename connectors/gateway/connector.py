@@ -137,9 +137,6 @@ class Connector:
                 await f.start()
             self._producer = kafka.producer(self.settings, client_id=f"cbx-connector-{self.agency}")
             await self._producer.start()
-            # Metadata for the topics it writes, now rather than on the first message.
-            for topic in (self.topics.outbound(self.agency), self.topics.receipts):
-                await self._producer.partitions_for(topic)
 
     async def stop(self) -> None:
         await self.inbox.stop()
