@@ -21,6 +21,9 @@ ROUTE_GAP_NOTICE = "RouteGapNotice"
 OBLIGATION_OVERDUE = "ObligationOverdue"
 SYSTEM_TYPES = frozenset({RECEIPT, ROUTE_GAP_NOTICE, OBLIGATION_OVERDUE})
 
+#: Urgencies that travel the urgent lane of the outbound and inbox topics.
+URGENT_LANE_URGENCIES = frozenset({"IMMEDIATE", "URGENT"})
+
 
 class SensitivityClass(StrEnum):
     """Class of a sensitive field; the sharing policy gives each class its audience."""

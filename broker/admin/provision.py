@@ -54,6 +54,29 @@ async def setup(admin: KafkaSettings) -> list[Provisioned]:
     return done
 
 
+async def upgrade_topics(admin: KafkaSettings) -> list[str]:
+    """Give every agency's existing topics what this version's layout adds (the urgent lane of
+    its outbound and inbox topics), moving no case's records. Returns the topics changed."""
+    client = kafka.admin(admin)
+    await client.start()
+    try:
+        names = await client.list_topics()
+    finally:
+        await client.close()
+    prefix = admin.topics.outbound_prefix
+    agencies = sorted(
+        n.removeprefix(prefix)
+        for n in names
+        if n.startswith(prefix)
+        and topics.Topics.is_agency_id(n.removeprefix(prefix))
+        and not n.removeprefix(prefix).startswith(model.SERVICE_PREFIX)  # core() has those
+    )
+    specs = [*admin.topics.core()]
+    for agency in agencies:
+        specs += admin.topics.agency(agency)
+    return await kafka.ensure_topics(admin, specs)
+
+
 async def _service(admin: KafkaSettings, principal: str, role: str, name: str) -> Provisioned:
     entries = grants(role, admin.topic_prefix)
     if secured(admin):

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
@@ -90,13 +90,16 @@ def admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
 
 async def ensure_topics(
     settings: KafkaSettings, specs: Iterable[TopicSpec], replication: int = 1
-) -> None:
-    """Create the topics that do not exist yet; existing ones are left as they are."""
+) -> list[str]:
+    """Create the topics that do not exist yet, and give an existing one the partitions its
+    spec adds (an urgent lane, say); nothing else about an existing topic changes. Returns the
+    names of the topics that gained partitions."""
     specs = list(specs)
     client = admin(settings)
     await client.start()
     try:
         existing = set(await client.list_topics())
+        grown = await _grow(client, [s for s in specs if s.name in existing])
         new = [
             NewTopic(
                 name=s.name,
@@ -114,6 +117,23 @@ async def ensure_topics(
         await _wait_for_metadata(client, [s.name for s in specs])
     finally:
         await client.close()
+    return grown
+
+
+async def _grow(client: AIOKafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
+    """Add partitions to the topics of ``specs`` that have fewer than their spec says. Partitions
+    are only ever added at the end, so a key's partition among the first ones never moves."""
+    if not specs:
+        return []
+    have = {
+        t["topic"]: len(t.get("partitions", []))
+        for t in await client.describe_topics([s.name for s in specs])
+        if not t.get("error_code")
+    }
+    short = {s.name: s.partitions for s in specs if 0 < have.get(s.name, 0) < s.partitions}
+    if short:
+        await client.create_partitions({n: NewPartitions(total_count=c) for n, c in short.items()})
+    return sorted(short)
 
 
 async def _wait_for_metadata(client: AIOKafkaAdminClient, names: list[str]) -> None:

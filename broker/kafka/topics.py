@@ -16,6 +16,8 @@ from broker.model import TRACKER
 _AGENCY_ID = re.compile(r"^[a-z]{2,4}-[a-z0-9]{3,20}$")
 _PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+#: Partitions an outbound or inbox topic has beyond its bulk ones: its urgent lane, the last.
+URGENT_LANES = 1
 # Message ids the router has routed: compacted, and kept a week (retries come within minutes).
 _ROUTED = {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
 
@@ -148,15 +150,16 @@ class Topics:
             TopicSpec(self.audit, 1),
             TopicSpec(self.routed, partitions, dict(_ROUTED)),
             # The tracker's own outbound topic: its overdue-obligation reminders, routed like
-            # any agency's message.
-            TopicSpec(self.outbound(TRACKER), 1),
+            # any agency's message (one partition and the urgent lane).
+            TopicSpec(self.outbound(TRACKER), 1 + URGENT_LANES),
         ]
 
     def agency(self, agency: str, partitions: int = 3) -> list[TopicSpec]:
-        """An agency's outbound, inbox, status and cases topics."""
+        """An agency's outbound, inbox, status and cases topics. Outbound and inbox have
+        ``partitions`` for bulk work and one more, the urgent lane (:mod:`broker.kafka.lanes`)."""
         return [
-            TopicSpec(self.outbound(agency), partitions),
-            TopicSpec(self.inbox(agency), partitions),
+            TopicSpec(self.outbound(agency), partitions + URGENT_LANES),
+            TopicSpec(self.inbox(agency), partitions + URGENT_LANES),
             TopicSpec(self.status(agency), partitions),
             TopicSpec(self.cases(agency), partitions, dict(_COMPACTED)),
         ]

@@ -26,7 +26,7 @@ from broker.errors import (
     UnknownCaseError,
     UnknownRecipientError,
 )
-from broker.model import SERVICE_PREFIX, Recipient, Role
+from broker.model import SERVICE_PREFIX, URGENT_LANE_URGENCIES, Recipient, Role
 from broker.paths import schemas_dir
 from broker.policy.profiles import profile_for
 from broker.policy.reference import Reference, reference
@@ -188,6 +188,15 @@ class Rules:
             return self.rules[event_type]
         except KeyError:
             raise PolicyError(f"no routing rule for message type {event_type}") from None
+
+    def urgent_lane(self, event_type: str, urgency: str) -> bool:
+        """Whether a message travels the urgent lane: IMMEDIATE and URGENT ones, and every
+        message of a missing episode whatever its urgency, so that a found report is never
+        behind bulk work, and never ahead of its sender's missing report (one partition)."""
+        if urgency in URGENT_LANE_URGENCIES:
+            return True
+        rule = self.rules.get(event_type)
+        return rule is not None and bool(rule.episode)
 
     # --- the parties of a new placement -------------------------------------------------------
 

@@ -67,6 +67,9 @@ class Out:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]] = field(default_factory=list)
+    #: For a copy to an inbox: whether it travels the urgent lane (None: not a laned topic,
+    #: the producer's partitioner places it by key).
+    urgent: bool | None = None
 
 
 @dataclass
@@ -168,7 +171,13 @@ class RouterCore:
         sealed = self.sealer.seal(ROUTE_GAP_NOTICE, notice_header.message_id, body, [])
         value = self.envelopes.encode(notice_header, sealed.body)
         headers = self.signer.sign_batch([value])[0]
-        return Out(self.topics.inbox(header.sender), header.case_ref.encode(), value, headers)
+        return Out(
+            self.topics.inbox(header.sender),
+            header.case_ref.encode(),
+            value,
+            headers,
+            self.rules.urgent_lane(header.event_type, header.urgency),
+        )
 
     def _placement_outs(self, placement: Placement, before: Placement | None) -> list[Out]:
         """The registry record, and a copy for each party to the case (its own view): the parties
@@ -341,9 +350,16 @@ class RouterCore:
                 )
             )
         )
+        urgent = self.rules.urgent_lane(header.event_type, header.urgency)
         for r in decision.deliver:
             outs.append(
-                Out(self.topics.inbox(r.agency), header.case_ref.encode(), rec.value, headers)
+                Out(
+                    self.topics.inbox(r.agency),
+                    header.case_ref.encode(),
+                    rec.value,
+                    headers,
+                    urgent,
+                )
             )
             outs.append(
                 self._log(

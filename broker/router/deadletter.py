@@ -220,7 +220,10 @@ async def replay(
     producer = kafka.producer(settings)
     await producer.start()
     try:
-        await producer.send_and_wait(d.topic, d.value, key=d.key, headers=d.original_headers)
+        # Back to the partition it came from: its lane, and its case's bulk partition.
+        await producer.send_and_wait(
+            d.topic, d.value, key=d.key, headers=d.original_headers, partition=d.partition
+        )
         entry = LogEntry(
             message_id=d.message_id,
             status=Status.REPLAYED,

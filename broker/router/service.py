@@ -27,6 +27,7 @@ from broker.crypto.sealing import BodyForms, Sealer
 from broker.directory import Directory, DirectoryCodec, apply
 from broker.health import stop_on_signals
 from broker.kafka import clients as kafka
+from broker.kafka import lanes
 from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
@@ -42,6 +43,8 @@ from broker.schema.catalogue import Catalogue
 log = get_logger("router")
 #: Producers initialised at once when partitions are assigned (each is one InitProducerId).
 WARM_CONCURRENCY = 32
+#: Records of a bulk partition routed in one transaction; urgent lanes are routed between chunks.
+BULK_CHUNK = 200
 #: How long a stop waits for each client to close.
 CLOSE_TIMEOUT_S = 10.0
 
@@ -330,9 +333,17 @@ class RouterService:
                     for out in outcome.outputs:
                         if not await self._writable(out.topic):
                             continue
+                        partition = None
+                        if out.urgent is not None:  # an inbox copy: its lane
+                            n = len(await producer.partitions_for(out.topic))
+                            partition = lanes.partition_for(out.key, n, out.urgent)
                         futures.append(
                             await producer.send(
-                                out.topic, out.value, key=out.key, headers=out.headers
+                                out.topic,
+                                out.value,
+                                key=out.key,
+                                headers=out.headers,
+                                partition=partition,
                             )
                         )
                 await asyncio.gather(*futures)
@@ -366,21 +377,60 @@ class RouterService:
             elif outcome.status == "rejected":
                 DEAD.labels(outcome.reason or "unknown").inc()
 
-    async def _route_batch(self, tp: TopicPartition, records: list[Any], generation: int) -> None:
+    def _is_lane(self, tp: TopicPartition) -> bool:
+        partitions = self.consumer.partitions_for_topic(tp.topic) or ()
+        return lanes.is_lane(tp.partition, len(partitions))
+
+    async def _route_fetched(self, batch: dict[TopicPartition, list[Any]], generation: int) -> None:
+        """Route what one fetch returned: urgent lanes first, then bulk partitions in chunks of
+        ``BULK_CHUNK`` records, one transaction each, with whatever reached an urgent lane
+        meanwhile routed between chunks. An IMMEDIATE report waits for one chunk at most."""
+        fetched = [(tp, records) for tp, records in batch.items() if records]
+        fetched.sort(key=lambda item: not self._is_lane(item[0]))
+        for tp, records in fetched:
+            if self._is_lane(tp):
+                await self._route_batch(tp, records, generation)
+                continue
+            for start in range(0, len(records), BULK_CHUNK):
+                if start:
+                    await self._route_waiting_lanes()
+                if not await self._route_batch(tp, records[start : start + BULK_CHUNK], generation):
+                    break  # not routed: the partition was rewound, the rest is read again
+
+    async def _route_waiting_lanes(self) -> None:
+        """Route what the urgent lanes hold already (fetched meanwhile), waiting for nothing."""
+        assigned = [tp for tp in self.assigned if self._is_lane(tp)]
+        if not assigned:
+            return
+        generation = self.generation
+        waiting = await self.consumer.getmany(*assigned, timeout_ms=0)
+        for tp, records in waiting.items():
+            if records:
+                await self._route_batch(tp, records, generation)
+
+    async def _route_batch(self, tp: TopicPartition, records: list[Any], generation: int) -> bool:
+        """Route ``records`` of ``tp`` in one transaction; False when they were not routed (they
+        will be read again)."""
         async with self.lock:
-            if generation != self.generation or tp not in self.assigned:
-                # A rebalance came between fetch and now: these records are stale. Partitions
-                # still ours were rewound to their committed offsets and will be read again.
-                return
+            if tp not in self.assigned:
+                return False  # no longer ours: its new owner reads it from the committed offset
+            if generation != self.generation:
+                # A rebalance came while these were fetched. They may be stale, or they may be
+                # the first records read after the rebalance's rewind: either way the consumer's
+                # position is now past them, so put it back to what was committed, or they would
+                # not be read again until the next rebalance.
+                await self._rewind(tp)
+                return False
             if tp not in self.producers:
                 # First batch of a partition new to this process: fence the previous owner
                 # (InitProducerId completes or aborts its transaction), then read from the
                 # committed offset, which is stable only now. This batch is dropped and re-read.
                 await self._new_producer(tp)
                 await self._rewind(tp)
-                return
+                return False
             try:
                 await self._route_partition(tp, records)
+                return True
             except Exception as exc:
                 # The transaction did not commit. The producer may be unusable (fenced, out of
                 # sequence, closed): replace it, which aborts the transaction for good, then read
@@ -396,6 +446,7 @@ class RouterService:
                     await self._new_producer(tp)
                 finally:
                     await self._rewind(tp)
+                return False
 
     async def run(self) -> None:
         """Route until stopped; a stop finishes the transaction in progress, then closes."""
@@ -406,9 +457,7 @@ class RouterService:
                 await self._warm()
                 generation = self.generation
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=2000)
-                for tp, records in batch.items():
-                    if records:
-                        await self._route_batch(tp, records, generation)
+                await self._route_fetched(batch, generation)
         finally:
             await self.close()
 

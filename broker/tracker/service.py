@@ -31,6 +31,7 @@ from broker.directory import Directory, DirectoryCodec, apply
 from broker.envelope import EnvelopeCodec
 from broker.errors import CbxError
 from broker.kafka import clients as kafka
+from broker.kafka import lanes
 from broker.kafka.follow import PROMPT_FETCH_WAIT_MS, TopicFollower
 from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
@@ -134,6 +135,8 @@ class TrackerService:
         assert self._signer is not None
         fingerprint = self.forms.latest[OBLIGATION_OVERDUE].plain.fingerprint
         topic = self.settings.topics.outbound(TRACKER)
+        # Reminders are URGENT: the urgent lane, past any bulk work.
+        lane = lanes.lane_of(len(await self._producer.partitions_for(topic)))
         futures = []
         for clock in self.obligations.overdue(now):
             try:
@@ -156,7 +159,7 @@ class TrackerService:
             value, headers, recipients = composed
             futures.append(
                 await self._producer.send(
-                    topic, value, key=clock.case_ref.encode(), headers=headers
+                    topic, value, key=clock.case_ref.encode(), headers=headers, partition=lane
                 )
             )
             log.error(

@@ -19,19 +19,26 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tex
 
 
 def setup(json_out: JsonOpt = False) -> None:
-    """Create the shared topics and the router, tracker and operator principals."""
+    """Create the shared topics and the router, tracker and operator principals; on an existing
+    exchange, also give every agency's topics what this version adds (run it after an upgrade)."""
     from broker.kafka.cluster import resolve_settings
 
+    async def both() -> tuple[list[provision.Provisioned], list[str]]:
+        settings = resolve_settings()
+        return await provision.setup(settings), await provision.upgrade_topics(settings)
+
     try:
-        done = asyncio.run(provision.setup(resolve_settings()))
+        done, grown = asyncio.run(both())
     except CbxError as exc:
         fail(str(exc))
     if json_out:
         rows = [{"principal": d.principal, "role": d.role, "acls": len(d.grants)} for d in done]
-        print_json(rows)
+        print_json({"principals": rows, "topics_upgraded": grown})
     else:
         for d in done:
             console.print(f"{d.principal}: role {d.role}, {len(d.grants)} ACLs", highlight=False)
+        for name in grown:
+            console.print(f"{name}: urgent lane added", highlight=False)
 
 
 @app.command()

@@ -25,6 +25,7 @@ from broker.directory import Directory, DirectoryCodec, apply
 from broker.envelope import Header, Outgoing, Protector, SharingDecision
 from broker.errors import AmbiguousCaseError, CaseOwnerError, PolicyError, UnknownCaseError
 from broker.kafka import clients as kafka
+from broker.kafka import lanes
 from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
@@ -256,17 +257,31 @@ class Connector:
         self.protector.sign(batch)
         topic = self.topics.outbound(self.agency)
         async with kafka.access(self.settings):
-            await self._send(topic, batch)
+            n = len(await self._producer.partitions_for(topic))
+            await self._send(topic, batch, partition=lambda o: self._partition(o, n))
         self.stats.published += len(batch)
         return batch
 
+    def _partition(self, out: Outgoing, partitions: int) -> int:
+        """Its lane: IMMEDIATE, URGENT and missing-episode messages go first, past bulk work."""
+        urgent = self.rules.urgent_lane(out.header.event_type, out.header.urgency)
+        return lanes.partition_for(out.key, partitions, urgent)
+
     async def _send(
-        self, topic: str, batch: list[Outgoing], key: Callable[[Outgoing], bytes] | None = None
+        self,
+        topic: str,
+        batch: list[Outgoing],
+        key: Callable[[Outgoing], bytes] | None = None,
+        partition: Callable[[Outgoing], int] | None = None,
     ) -> None:
         """Publish signed messages; returns when Kafka has them all."""
         futures = [
             await self._producer.send(
-                topic, o.value, key=key(o) if key else o.key, headers=o.headers
+                topic,
+                o.value,
+                key=key(o) if key else o.key,
+                headers=o.headers,
+                partition=partition(o) if partition else None,
             )
             for o in batch
         ]

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from broker.envelope import Header, Outgoing
 from broker.errors import CbxError, PolicyError, ProtectionError, SignatureError
 from broker.kafka import clients as kafka
+from broker.kafka import lanes
 from broker.kafka.settings import KafkaSettings
 from broker.kafka.topics import Topics
 from broker.logging import get_logger
@@ -36,6 +37,8 @@ from connectors.gateway.delivered import DeliveredStore
 from connectors.gateway.quarantine import Quarantine
 
 log = get_logger("inbox")
+#: Bulk records handed over between two looks at the urgent lane.
+LANE_CHECK_EVERY = 50
 
 
 class SinkRefused(Exception):
@@ -281,14 +284,37 @@ class Inbox:
                 while True:
                     batch = await consumer.getmany(timeout_ms=200, max_records=500)
                     receipts: list[Outgoing] = []
-                    for records in batch.values():
-                        for r in records:
-                            await self.handle(r, sink, receipts)
+                    await self._deliver(consumer, batch, sink, receipts)
                     await self._finish(consumer, receipts, bool(batch))
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
             self._consumer = None
+
+    async def _deliver(
+        self,
+        consumer: Any,
+        batch: dict[Any, list[Any]],
+        sink: Sink | None,
+        receipts: list[Outgoing],
+    ) -> None:
+        """Hand a fetch to the agency's system, the urgent lane first; between every
+        ``LANE_CHECK_EVERY`` bulk records, whatever reached the lane meanwhile goes first."""
+
+        def lane(tp: Any) -> bool:
+            return lanes.is_lane(tp.partition, len(consumer.partitions_for_topic(tp.topic) or ()))
+
+        for tp, records in sorted(batch.items(), key=lambda item: not lane(item[0])):
+            urgent = lane(tp)
+            for i, r in enumerate(records):
+                if not urgent and i and i % LANE_CHECK_EVERY == 0:
+                    lane_tps = [t for t in consumer.assignment() if lane(t)]
+                    if lane_tps:
+                        waiting = await consumer.getmany(*lane_tps, timeout_ms=0)
+                        for more in waiting.values():
+                            for m in more:
+                                await self.handle(m, sink, receipts)
+                await self.handle(r, sink, receipts)
 
     async def _finish(self, consumer: Any, receipts: list[Outgoing], commit: bool) -> None:
         """Send a batch's receipts, then commit it; transient failures are retried with backoff."""

@@ -1,0 +1,173 @@
+"""Lanes by urgency: IMMEDIATE and URGENT messages, and every message of a missing episode, travel
+the last partition of the outbound and inbox topics, which the router and connectors read first."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from agencies import SHARING, body_of
+from aiokafka.errors import GroupCoordinatorNotAvailableError
+from aiokafka.partitioner import DefaultPartitioner
+from exchange import exchange
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.admin import provision
+from broker.kafka import clients as kafka
+from broker.kafka import lanes
+from broker.kafka.settings import KafkaSettings
+from broker.kafka.topics import TopicSpec
+from broker.policy.routing import Rules
+from connectors.gateway.inbox import LANE_CHECK_EVERY
+
+KENT, LANCS = "la-e10000016", "la-e10000017"
+KENT_POLICE, LANCS_POLICE = "pf-e23000032", "pf-e23000003"
+KENT_ICB, LANCS_ICB = "icb-e54000032", "icb-e54000048"
+PROVIDER = "cp-sc482913"
+PARTIES = [KENT, LANCS, KENT_POLICE, LANCS_POLICE, KENT_ICB, LANCS_ICB, PROVIDER]
+RULES = Rules.load()
+
+
+@given(st.binary(min_size=1, max_size=40), st.integers(min_value=2, max_value=48))
+def test_bulk_records_keep_the_partition_they_had_before_the_lane(key: bytes, n: int) -> None:
+    """A topic of n-1 partitions that gains the lane keeps every key where Kafka put it."""
+    bulk = list(range(n - 1))
+    assert lanes.partition_for(key, n, urgent=False) == DefaultPartitioner()(key, bulk, bulk)
+    assert lanes.partition_for(key, n, urgent=True) == n - 1
+    assert lanes.is_lane(n - 1, n)
+    assert not any(lanes.is_lane(p, n) for p in bulk)
+
+
+def test_a_topic_of_one_partition_has_no_lane() -> None:
+    assert lanes.partition_for(b"case", 1, urgent=True) == 0
+    assert lanes.partition_for(b"case", 1, urgent=False) == 0
+    assert not lanes.is_lane(0, 1)
+    with pytest.raises(ValueError, match="at least one partition"):
+        lanes.partition_for(b"case", 0, urgent=True)
+
+
+@pytest.mark.parametrize(
+    ("event_type", "urgency", "urgent"),
+    [
+        ("PlacementNotified", "IMMEDIATE", True),  # an emergency placement
+        ("PlacementNotified", "URGENT", True),
+        ("PlacementNotified", "PRIORITY", False),
+        ("PlacementNotified", "ROUTINE", False),
+        # A missing episode travels the lane whatever its urgency, so a found report is never
+        # behind bulk work, nor ahead of its sender's missing report.
+        ("ChildMissingReported", "ROUTINE", True),
+        ("MissingRiskGraded", "PRIORITY", True),
+        ("ChildFound", "ROUTINE", True),
+        ("StrategyDiscussionHeld", "ROUTINE", True),
+        ("HealthAssessmentRequested", "ROUTINE", False),
+        ("NoSuchType", "ROUTINE", False),
+    ],
+)
+def test_which_messages_travel_the_urgent_lane(event_type: str, urgency: str, urgent: bool) -> None:
+    assert RULES.urgent_lane(event_type, urgency) is urgent
+
+
+@pytest.mark.kafka
+async def test_an_existing_exchange_gains_its_lanes_and_no_case_moves(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    """`cbx setup` on an exchange made before lanes adds one partition to every outbound and
+    inbox topic; records keyed by case go on to the partition they went to before."""
+    topics = kafka_ns.topics
+    old_layout = [TopicSpec(s.name, 3, s.config) for s in topics.agency(KENT)]
+    await kafka.ensure_topics(kafka_ns, [TopicSpec(topics.outbound("svc-tracker"), 1)])
+    await kafka.ensure_topics(kafka_ns, [*topics.core(), *old_layout])
+    keys = [f"KCC-LAC-{i:06d}".encode() for i in range(60)]
+    producer = kafka.producer(kafka_ns)  # Kafka's own partitioning, as before lanes
+    await producer.start()
+    try:
+        before = {
+            k: (await producer.send_and_wait(topics.outbound(KENT), b"x", key=k)).partition
+            for k in keys
+        }
+    finally:
+        await producer.stop()
+    assert set(before.values()) == {0, 1, 2}
+
+    grown = await provision.upgrade_topics(kafka_ns)
+    assert set(grown) >= {topics.outbound(KENT), topics.inbox(KENT)}
+    assert topics.status(KENT) not in grown
+    assert topics.cases(KENT) not in grown
+    assert await kafka.partitions(kafka_ns, topics.outbound(KENT)) == [0, 1, 2, 3]
+    assert await kafka.partitions(kafka_ns, topics.inbox(KENT)) == [0, 1, 2, 3]
+    assert await kafka.partitions(kafka_ns, topics.status(KENT)) == [0, 1, 2]
+    assert await kafka.partitions(kafka_ns, topics.outbound("svc-tracker")) == [0, 1]
+    for k, p in before.items():
+        assert lanes.partition_for(k, 4, urgent=False) == p
+    assert await provision.upgrade_topics(kafka_ns) == []  # once is enough
+
+
+@pytest.mark.kafka
+async def test_an_emergency_placement_overtakes_a_nightly_export(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    """A council's export of placements is waiting for the router when the same council sends
+    an emergency placement (IMMEDIATE). It is routed before most of the export, onto the host
+    council's urgent lane, and the host council's system gets it before nearly all the export."""
+    backlog = 1200
+    delivered: list[str] = []
+
+    async def sink(d: Any) -> None:
+        delivered.append(str(d.header.message_id))
+
+    async with exchange(kafka_ns, tmp_path, start_router=False) as ex:
+        await ex.agencies(PARTIES)
+        kent = ex.connectors[KENT]
+        body = body_of("PlacementNotified", host_authority=LANCS, provider=PROVIDER)
+        for start in range(0, backlog, 200):
+            await kent.publish(
+                [
+                    kent.prepare(
+                        "PlacementNotified", body, case_ref=f"KCC-EXP-{i:06d}", sharing=SHARING
+                    )
+                    for i in range(start, start + 200)
+                ]
+            )
+        emergency = await kent.send(
+            "PlacementNotified",
+            body,
+            case_ref="KCC-EMG-000001",
+            sharing=SHARING,
+            urgency="IMMEDIATE",
+        )
+        urgent_id = str(emergency.header.message_id)
+        ex.router.start()
+
+        async def all_routed() -> bool:
+            try:
+                done, total = await ex.router_progress()
+            except GroupCoordinatorNotAvailableError:  # the router's group is not there yet
+                return False
+            return total > 0 and done >= total
+
+        await ex.wait_for(all_routed, within_s=180, what="the export and the emergency routed")
+        inbox = await ex.inbox(LANCS)
+        assert len(inbox) == backlog + 1
+        (urgent_rec,) = [r for h, r in inbox if str(h.message_id) == urgent_id]
+        assert urgent_rec.partition == 3, "the emergency is on the host council's urgent lane"
+        assert {r.partition for h, r in inbox if str(h.message_id) != urgent_id} <= {0, 1, 2}
+        # Routed before most of the export (inbox copies carry the router's send time).
+        ahead = sum(1 for _, r in inbox if r.timestamp < urgent_rec.timestamp)
+        assert ahead < backlog // 2, f"{ahead} of {backlog} export records routed before it"
+
+        lancs = ex.connectors[LANCS]
+        lancs.start_inbox(sink)
+
+        async def handed_over() -> bool:
+            return len(delivered) >= backlog + 1
+
+        await ex.wait_for(handed_over, within_s=120, what="the host council's inbox handed over")
+        position = delivered.index(urgent_id)
+        # Within the connector's first looks at its lane (the lane's first fetch can come a
+        # moment after the bulk partitions'), not after the export.
+        assert position <= 2 * LANE_CHECK_EVERY, f"handed over after {position} export records"
+        assert len(set(delivered)) == backlog + 1, "nothing lost or handed over twice"
+        assert all(uuid.UUID(m) for m in delivered)
