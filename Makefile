@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cbx-installed
 
-.PHONY: setup kafka-jars demo test fuzz lint typecheck schemas-check format bench clean
+.PHONY: setup kafka-jars demo test fuzz faults lint typecheck schemas-check format bench clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ schemas-check: setup
 test: kafka-jars lint typecheck schemas-check
 	$(BIN)/pytest
 
+# The fault suite on a three-broker cluster at length: 10,000 messages a stream, a broker down for
+# a minute (make test runs it with 600 messages).
+faults: kafka-jars
+	CBX_FAULTS_FULL=1 $(BIN)/pytest -s -p no:cacheprovider tests/test_faults.py
+
 # The property-based fuzz run through HTTP ingest, the router and every recipient, at length
 # (make test runs 500 cases of it). CBX_FUZZ_CASES and CBX_FUZZ_SEED change the run.
 fuzz: kafka-jars
@@ -47,6 +52,7 @@ bench: kafka-jars
 	$(BIN)/python -m benchmarks.bench_e2e
 	$(BIN)/python -m benchmarks.bench_console
 	$(BIN)/python -m benchmarks.bench_cold
+	$(BIN)/python -m benchmarks.bench_urgent
 
 format: setup
 	$(BIN)/ruff format .

@@ -21,6 +21,7 @@ VARIABLES: dict[str, str] = {
     "CBX_SASL_MECHANISM": "SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN",
     "CBX_SASL_USERNAME": "the principal to connect as",
     "CBX_SASL_PASSWORD": "its password",
+    "CBX_SASL_PASSWORD_FILE": "a file holding the password instead (a mounted secret)",
     "CBX_SSL_CAFILE": "CA bundle that signs the brokers' certificates",
     "CBX_SSL_CERTFILE": "client certificate, for mutual TLS",
     "CBX_SSL_KEYFILE": "its private key",
@@ -28,6 +29,7 @@ VARIABLES: dict[str, str] = {
     "CBX_KAFKA_HEAP": "heap of the embedded broker's JVM (768m)",
     "CBX_KAFKA_STARTUP_TIMEOUT": "seconds to wait for the embedded broker to start (120)",
     "CBX_KEYSTORE_PASSPHRASE": "passphrase that encrypts agency and service keystores",
+    "CBX_KEYSTORE_PASSPHRASE_FILE": "a file holding the passphrase instead (a mounted secret)",
     "CBX_WEBHOOK_URL": "default webhook of a connector whose profile delivers by webhook",
     "CBX_DEADLINES": "a YAML file of acknowledgement windows instead of the shipped deadlines.yaml",
     "CBX_LOG_FORMAT": "json or console (json when stderr is not a terminal)",
@@ -54,3 +56,19 @@ def raw(name: str, env: Mapping[str, str] | None = None) -> str | None:
     if name not in VARIABLES:
         raise KeyError(f"{name} is not a declared cbx environment variable (broker/env.py)")
     return (os.environ if env is None else env).get(name)
+
+
+def secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """A secret from ``NAME``, or else from the file ``NAME_FILE`` names (a Docker or Kubernetes
+    secret mounted as a file; its final newline is not part of it)."""
+    value = raw(name, env)
+    if value is not None and value != "":
+        return value
+    path = get(f"{name}_FILE", None, env)
+    if path is None:
+        return value
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().removesuffix("\n").removesuffix("\r")
+    except OSError as exc:
+        raise OSError(f"{name}_FILE names {path}, which cannot be read: {exc.strerror}") from None

@@ -92,9 +92,15 @@ def document(catalogue: Catalogue, topics: Topics | None = None) -> dict[str, An
     """The AsyncAPI 3.0.0 document for the namespace of ``topics`` (``cbx`` by default)."""
     t = topics or Topics()
     case_key = "The case id (<placing authority>/<reference>): one case, one partition, in order."
+    laned_key = (
+        "The case id (<placing authority>/<reference>). On outbound and inbox topics the last "
+        "partition is the urgent lane: IMMEDIATE and URGENT messages and every message of a "
+        "missing episode go there; any other goes to murmur2(key) modulo the number of the "
+        "other partitions. One case, one partition per lane, in order."
+    )
     messages = {
         "Envelope": _avro_message(
-            catalogue, ENVELOPE, "A message between agencies", case_key, SIGNATURE_HEADERS
+            catalogue, ENVELOPE, "A message between agencies", laned_key, SIGNATURE_HEADERS
         ),
         "Receipt": _avro_message(
             catalogue,

@@ -86,3 +86,25 @@ def test_an_undeclared_variable_is_a_programming_error() -> None:
     assert env.get("CBX_HOME", env={"CBX_HOME": "  "}) is None
     assert env.get("CBX_LOG_LEVEL", "INFO", env={}) == "INFO"
     assert env.raw("CBX_SASL_PASSWORD", env={"CBX_SASL_PASSWORD": " pw "}) == " pw "
+
+
+def test_secrets_come_from_mounted_files(tmp_path: Path) -> None:
+    """A password or passphrase may be a file (a Docker or Kubernetes secret), never only an
+    environment literal; the variable itself still wins."""
+    secret = tmp_path / "password"
+    secret.write_text(" s3cret with spaces \n")
+    given = {
+        "CBX_BOOTSTRAP_SERVERS": "broker:9093",
+        "CBX_SECURITY_PROTOCOL": "SASL_SSL",
+        "CBX_SASL_MECHANISM": "SCRAM-SHA-512",
+        "CBX_SASL_USERNAME": "la-e10000016",
+        "CBX_SASL_PASSWORD_FILE": str(secret),
+    }
+    settings = KafkaSettings.from_env(given)
+    assert settings is not None
+    assert settings.sasl_password == " s3cret with spaces "
+    assert env.secret("CBX_SASL_PASSWORD", {**given, "CBX_SASL_PASSWORD": "set"}) == "set"
+    assert env.secret("CBX_KEYSTORE_PASSPHRASE", {}) is None
+    missing = {**given, "CBX_SASL_PASSWORD_FILE": str(tmp_path / "nowhere")}
+    with pytest.raises(OSError, match=r"CBX_SASL_PASSWORD_FILE names .*nowhere"):
+        KafkaSettings.from_env(missing)

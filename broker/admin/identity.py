@@ -10,7 +10,7 @@ from broker.kafka.settings import KafkaSettings
 
 
 def passphrase_from_env() -> bytes | None:
-    value = env.get("CBX_KEYSTORE_PASSPHRASE")
+    value = env.secret("CBX_KEYSTORE_PASSPHRASE")
     return value.encode() if value else None
 
 

@@ -88,24 +88,41 @@ def admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(**settings.aiokafka_kwargs())
 
 
+#: Replicas of every topic on a cluster of at least this many brokers, with min ISR 2: a write
+#: is acknowledged when two brokers have it, and one broker may be lost without stopping writes.
+REPLICAS = 3
+
+
+async def replication_for(client: AIOKafkaAdminClient) -> tuple[int, dict[str, str]]:
+    """Replication factor and topic settings that follow the cluster: 3 and min ISR 2 on three
+    brokers or more, else one replica per broker (development)."""
+    brokers = len((await client.describe_cluster()).get("brokers", []))
+    if brokers >= REPLICAS:
+        return REPLICAS, {"min.insync.replicas": "2"}
+    return max(1, brokers), {}
+
+
 async def ensure_topics(
-    settings: KafkaSettings, specs: Iterable[TopicSpec], replication: int = 1
+    settings: KafkaSettings, specs: Iterable[TopicSpec], replication: int | None = None
 ) -> list[str]:
     """Create the topics that do not exist yet, and give an existing one the partitions its
     spec adds (an urgent lane, say); nothing else about an existing topic changes. Returns the
-    names of the topics that gained partitions."""
+    names of the topics that gained partitions. Replication follows the cluster unless given."""
     specs = list(specs)
     client = admin(settings)
     await client.start()
     try:
         existing = set(await client.list_topics())
         grown = await _grow(client, [s for s in specs if s.name in existing])
+        extra: dict[str, str] = {}
+        if replication is None and any(s.name not in existing for s in specs):
+            replication, extra = await replication_for(client)
         new = [
             NewTopic(
                 name=s.name,
                 num_partitions=s.partitions,
-                replication_factor=replication,
-                topic_configs=s.config,
+                replication_factor=replication or 1,
+                topic_configs={**extra, **s.config},
             )
             for s in specs
             if s.name not in existing

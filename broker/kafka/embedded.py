@@ -1,16 +1,20 @@
-"""The embedded development broker: a single-node Apache Kafka (KRaft) run from Maven Central jars.
+"""The embedded development broker: Apache Kafka (KRaft) run from Maven Central jars, as one
+node, or as a cluster of three (``cbx kafka start --brokers 3``).
 
 Layout (``CBX_CACHE_DIR`` defaults to ~/.cache/cbx, ``CBX_HOME`` to ~/.local/share/cbx)::
 
     $CBX_CACHE_DIR/kafka/<version>/libs/*.jar   resolved by deploy/local-kafka/pom.xml
-    $CBX_HOME/kafka/state.json                  address, pid, data folder of the running broker
-    $CBX_HOME/kafka/data/                       server.properties, KRaft log dirs, server.log
+    $CBX_HOME/kafka/state.json                  addresses, pids, data folder of what runs
+    $CBX_HOME/kafka/data/                       one node: server.properties, KRaft log dirs
+    $CBX_HOME/kafka/data/node-<id>/             a cluster: the same, per node
 
-The broker keeps its ports across restarts: a KRaft controller formatted with ``--standalone``
-records its own endpoint in the metadata log, so a restart on other ports would not find its quorum.
+A node keeps its ports across restarts: a KRaft controller formatted with ``--standalone``
+records its own endpoint in the metadata log, and a cluster's static voters name their
+controllers' ports, so a restart on other ports would not find its quorum. Each node of a cluster
+is a broker and a controller; the three controllers are the quorum's voters.
 
-One module of about 490 lines, on purpose: install, format, configure, start, status and stop all
-work on the one layout above, and splitting them would spread its paths over several files.
+One module, on purpose: install, format, configure, start, status and stop all work on the one
+layout above, and splitting them would spread its paths over several files.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import socket
 import subprocess
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from broker import env
@@ -61,6 +65,12 @@ class BrokerState:
     started_at: float
     tls_bootstrap: str = ""
     ca_file: str = ""
+    #: Nodes of a cluster (one broker and controller each), and their pids in node order.
+    brokers: int = 1
+    pids: tuple[int, ...] = ()
+
+    def node_pids(self) -> tuple[int, ...]:
+        return self.pids or (self.pid,)
 
     def settings(self, tls: bool = False) -> KafkaSettings:
         """Client settings for this broker, as its administrator (super user).
@@ -240,17 +250,33 @@ MECHANISM = "SCRAM-SHA-512"
 
 
 def _server_properties(
-    data: Path, broker_port: int, controller_port: int, tls_port: int, admin_password: str
+    data: Path,
+    broker_port: int,
+    controller_port: int,
+    tls_port: int,
+    admin_password: str,
+    *,
+    node_id: int = 1,
+    voters: str = "",
+    pki_dir: Path | None = None,
 ) -> str:
-    pki = ensure_dev_pki(data / "tls")
+    """One node's configuration. ``voters`` (``1@host:port,...``) makes it one of a cluster's
+    controllers, with replication 3 and min ISR 2 for internal topics; without, a lone node."""
+    pki = ensure_dev_pki(pki_dir or data / "tls")
+    replicas, min_isr = ("3", "2") if voters else ("1", "1")
+    quorum = (
+        {"controller.quorum.voters": voters}
+        if voters
+        else {"controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}"}
+    )
     jaas = (
         "org.apache.kafka.common.security.scram.ScramLoginModule required "
         f'username="{ADMIN}" password="{admin_password}";'
     )
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
+        "node.id": str(node_id),
+        **quorum,
         "listeners": (
             f"SASL_PLAINTEXT://127.0.0.1:{broker_port},SASL_SSL://127.0.0.1:{tls_port},"
             f"CONTROLLER://127.0.0.1:{controller_port}"
@@ -279,15 +305,17 @@ def _server_properties(
         "allow.everyone.if.no.acl.found": "false",
         "log.dirs": str(data / "kraft-logs"),
         "num.partitions": "1",
-        "default.replication.factor": "1",
-        "min.insync.replicas": "1",
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": replicas,
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": replicas,
         "offsets.topic.num.partitions": "4",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": replicas,
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": "4",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": replicas,
+        "share.coordinator.state.topic.min.isr": min_isr,
+        # A replica that fell behind may not become leader: acknowledged writes are never lost.
+        "unclean.leader.election.enable": "false",
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "false",
         "log.retention.hours": "168",
@@ -299,8 +327,10 @@ def _server_properties(
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
-def _java_cmd(java: str, libs: Path, data: Path, main: str, *args: str) -> list[str]:
-    heap = env.get("CBX_KAFKA_HEAP", "768m")
+def _java_cmd(
+    java: str, libs: Path, data: Path, main: str, *args: str, heap_default: str = "768m"
+) -> list[str]:
+    heap = env.get("CBX_KAFKA_HEAP", heap_default) or heap_default
     return [
         java,
         f"-Xms{min(256, int(heap.rstrip('m')) if heap.endswith('m') else 256)}m",
@@ -322,28 +352,45 @@ def _java_cmd(java: str, libs: Path, data: Path, main: str, *args: str) -> list[
 
 def read_state() -> BrokerState | None:
     try:
-        return BrokerState(**json.loads(state_file().read_text()))
-    except (OSError, ValueError, TypeError):
+        fields = json.loads(state_file().read_text())
+        fields["pids"] = tuple(fields.get("pids", ()))
+        return BrokerState(**fields)
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
 
 
 def status() -> BrokerState | None:
-    """The running embedded broker, or None (a stale state file is removed)."""
+    """The running embedded broker or cluster (some of its nodes may be down), or None (a stale
+    state file is removed)."""
     state = read_state()
     if state is None:
         return None
-    if _is_kafka_process(state.pid) and _accepts_connections(state.bootstrap):
+    alive = [pid for pid in state.node_pids() if _is_kafka_process(pid)]
+    if alive and any(_accepts_connections(b) for b in state.bootstrap.split(",")):
         return state
-    if not _is_kafka_process(state.pid):
+    if not alive:
         state_file().unlink(missing_ok=True)
     return None
 
 
-def start(version: str = KAFKA_VERSION) -> BrokerState:
-    """Start the embedded broker, or return the one already running."""
+def start(version: str = KAFKA_VERSION, brokers: int | None = None) -> BrokerState:
+    """Start the embedded broker (``brokers`` 3: a cluster of three nodes), or return what runs
+    already (None: whatever runs, else one broker)."""
     running = status()
     if running is not None:
+        if brokers is not None and running.brokers != brokers:
+            raise EmbeddedKafkaError(
+                f"an embedded Kafka of {running.brokers} broker(s) is running: "
+                "stop it first (cbx kafka stop)"
+            )
         return running
+    if brokers not in (None, 1):
+        return _start_cluster(version, brokers or 1)
+    if (data_dir() / "node-1").exists():
+        raise EmbeddedKafkaError(
+            "the embedded Kafka data here is a cluster's: start it with --brokers 3, "
+            "or run `cbx kafka stop --purge` to start afresh"
+        )
     java = find_java()
     libs = install(version)
     data = data_dir()
@@ -419,21 +466,7 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
                 "\n".join((fmt.stdout + fmt.stderr).splitlines()[-30:]),
             )
 
-    out = os.fdopen(
-        os.open(data / "kafka.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
-    )
-    try:
-        proc = subprocess.Popen(
-            _java_cmd(java, libs, data, "kafka.Kafka", str(props_file)),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=data,
-            umask=0o077,
-        )
-    finally:
-        out.close()
+    proc = _launch(java, libs, data)
     state = BrokerState(
         bootstrap=f"127.0.0.1:{broker_port}",
         controller=f"127.0.0.1:{controller_port}",
@@ -462,6 +495,232 @@ def start(version: str = KAFKA_VERSION) -> BrokerState:
     )
 
 
+def _launch(
+    java: str, libs: Path, node: Path, heap_default: str = "768m"
+) -> subprocess.Popen[bytes]:
+    """Start the node configured in ``node`` (its own session: a test's signals stay its own)."""
+    out = os.fdopen(
+        os.open(node / "kafka.out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab"
+    )
+    try:
+        return subprocess.Popen(
+            _java_cmd(
+                java,
+                libs,
+                node,
+                "kafka.Kafka",
+                str(node / "server.properties"),
+                heap_default=heap_default,
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=node,
+            umask=0o077,
+        )
+    finally:
+        out.close()
+
+
+# --- A cluster of three nodes ---------------------------------------------------------------------
+
+#: Heap of each node of a cluster (``CBX_KAFKA_HEAP`` overrides): three fit beside the tests.
+CLUSTER_HEAP = "512m"
+
+
+def _node_dir(node_id: int) -> Path:
+    return data_dir() / f"node-{node_id}"
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _started_since(log: Path, offset: int) -> bool:
+    """The node logged that it started after ``offset`` of its log (an earlier start's line, in
+    a log a restart appends to, does not count)."""
+    try:
+        with log.open("rb") as f:
+            f.seek(offset if offset <= _log_size(log) else 0)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return False
+    return "Kafka Server started" in text or "started (kafka.server.KafkaRaftServer)" in text
+
+
+def _wait_started(
+    procs: dict[int, subprocess.Popen[bytes]], offsets: dict[int, int], bootstraps: dict[int, str]
+) -> None:
+    deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+    waiting = set(procs)
+    while waiting and time.monotonic() < deadline:
+        for node_id in sorted(waiting):
+            proc, log = procs[node_id], _node_dir(node_id) / "server.log"
+            if proc.poll() is not None:
+                for other in procs.values():
+                    _terminate(other.pid)
+                raise EmbeddedKafkaError(
+                    f"Kafka node {node_id} exited during start-up (exit code {proc.returncode})",
+                    _log_tail(log) or _log_tail(_node_dir(node_id) / "kafka.out"),
+                )
+            if _accepts_connections(bootstraps[node_id]) and _started_since(log, offsets[node_id]):
+                waiting.discard(node_id)
+        time.sleep(0.25)
+    if waiting:
+        for proc in procs.values():
+            _terminate(proc.pid)
+        node_id = min(waiting)
+        raise EmbeddedKafkaError(
+            f"Kafka node {node_id} did not accept clients within {_STARTUP_TIMEOUT_S:.0f}s",
+            _log_tail(_node_dir(node_id) / "server.log"),
+        )
+
+
+def _start_cluster(version: str, brokers: int) -> BrokerState:
+    if brokers != 3:
+        raise EmbeddedKafkaError(
+            f"--brokers {brokers}: the embedded Kafka runs 1 broker, or 3 (a quorum of three "
+            "controllers, replication 3, min ISR 2)"
+        )
+    java = find_java()
+    libs = install(version)
+    data = data_dir()
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for folder in (kafka_dir(), data):
+        folder.chmod(0o700)
+    if (data / "kraft-logs").exists():
+        raise EmbeddedKafkaError(
+            "the embedded Kafka data here is a single broker's: start it without --brokers, "
+            "or run `cbx kafka stop --purge` to start afresh"
+        )
+    ids = list(range(1, brokers + 1))
+    ports_file = data / "ports.json"
+    formatted = all((_node_dir(i) / "kraft-logs" / "meta.properties").exists() for i in ids)
+    if formatted and ports_file.exists():
+        ports = [dict(p) for p in json.loads(ports_file.read_text())["nodes"]]
+        password = admin_password(data)
+        busy = [p for n in ports for p in n.values() if not _port_free(int(p))]
+        if busy:
+            raise EmbeddedKafkaError(
+                f"ports {busy} of the existing embedded cluster are taken by another process; "
+                "free them or run `cbx kafka stop --purge` to start afresh"
+            )
+    else:
+        for i in ids:
+            shutil.rmtree(_node_dir(i), ignore_errors=True)
+        taken: set[int] = set()
+        while len(taken) < 3 * brokers:
+            taken.add(_free_port())
+        free = sorted(taken)
+        ports = [
+            {"broker": free[3 * k], "controller": free[3 * k + 1], "tls": free[3 * k + 2]}
+            for k in range(brokers)
+        ]
+        password = _write_admin_password(data)
+    voters = ",".join(f"{i}@127.0.0.1:{p['controller']}" for i, p in zip(ids, ports, strict=True))
+    for i, p in zip(ids, ports, strict=True):
+        node = _node_dir(i)
+        node.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(
+            node / "server.properties",
+            _server_properties(
+                node,
+                int(p["broker"]),
+                int(p["controller"]),
+                int(p["tls"]),
+                password,
+                node_id=i,
+                voters=voters,
+                pki_dir=data / "tls",
+            ),
+        )
+    write_private_json(ports_file, {"nodes": ports})
+    if not formatted:
+        cluster_id = _kafka_cluster_id()
+        for i in ids:
+            fmt = subprocess.run(
+                _java_cmd(
+                    java,
+                    libs,
+                    _node_dir(i),
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--cluster-id",
+                    cluster_id,
+                    "--config",
+                    str(_node_dir(i) / "server.properties"),
+                    "--add-scram",
+                    f"{MECHANISM}=[name={ADMIN},password={password}]",
+                ),
+                capture_output=True,
+                text=True,
+                check=False,
+                umask=0o077,
+            )
+            if fmt.returncode != 0:
+                raise EmbeddedKafkaError(
+                    f"formatting KRaft storage of node {i} failed",
+                    "\n".join((fmt.stdout + fmt.stderr).splitlines()[-30:]),
+                )
+    offsets = {i: _log_size(_node_dir(i) / "server.log") for i in ids}
+    procs = {i: _launch(java, libs, _node_dir(i), CLUSTER_HEAP) for i in ids}
+    bootstraps = {i: f"127.0.0.1:{p['broker']}" for i, p in zip(ids, ports, strict=True)}
+    _wait_started(procs, offsets, bootstraps)
+    state = BrokerState(
+        bootstrap=",".join(bootstraps[i] for i in ids),
+        controller=voters,
+        pid=procs[1].pid,
+        data_dir=str(data),
+        version=version,
+        started_at=time.time(),
+        tls_bootstrap=",".join(f"127.0.0.1:{p['tls']}" for p in ports),
+        ca_file=str(data / "tls" / "ca.pem"),
+        brokers=brokers,
+        pids=tuple(procs[i].pid for i in ids),
+    )
+    write_private_json(state_file(), asdict(state))
+    return state
+
+
+def kill_node(node_id: int, sig: int = signal.SIGKILL) -> int:
+    """Send ``sig`` to one node of the running cluster and, for SIGKILL, wait for it to die;
+    its pid."""
+    state = read_state()
+    if state is None or state.brokers < node_id:
+        raise EmbeddedKafkaError(f"no embedded cluster node {node_id} is running")
+    pid = state.node_pids()[node_id - 1]
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    if sig == signal.SIGKILL:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _is_kafka_process(pid):
+            time.sleep(0.05)
+    return pid
+
+
+def start_node(node_id: int) -> BrokerState:
+    """Start one node of the cluster again (after a kill or a stop); returns when it is up."""
+    state = read_state()
+    if state is None or state.brokers < node_id:
+        raise EmbeddedKafkaError(f"no embedded cluster with a node {node_id}")
+    pids = list(state.node_pids())
+    if _is_kafka_process(pids[node_id - 1]):
+        return state
+    node = _node_dir(node_id)
+    offset = _log_size(node / "server.log")
+    proc = _launch(find_java(), install(state.version), node, CLUSTER_HEAP)
+    bootstrap = state.bootstrap.split(",")[node_id - 1]
+    _wait_started({node_id: proc}, {node_id: offset}, {node_id: bootstrap})
+    pids[node_id - 1] = proc.pid
+    state = replace(state, pid=pids[0], pids=tuple(pids))
+    write_private_json(state_file(), asdict(state))
+    return state
+
+
 def _broker_ready(state: BrokerState) -> bool:
     """A client can fetch cluster metadata (the listener is up and the broker is unfenced)."""
     log = _log_tail(state.log_file, 400)
@@ -486,10 +745,16 @@ def _terminate(pid: int, timeout: float = _STOP_TIMEOUT_S) -> None:
 def stop(*, purge: bool = False) -> BrokerState | None:
     """Stop the embedded broker (clean shutdown, SIGKILL after 30 s); ``purge`` deletes its data."""
     state = read_state()
-    if state is not None and _is_kafka_process(state.pid):
-        _terminate(state.pid)
-        if _is_kafka_process(state.pid):
-            raise EmbeddedKafkaError(f"Kafka broker pid {state.pid} did not stop")
+    if state is not None:
+        alive = [pid for pid in state.node_pids() if _is_kafka_process(pid)]
+        for pid in alive:  # all at once: a cluster's last nodes shut down together
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in alive:
+            _terminate(pid)
+        left = [pid for pid in alive if _is_kafka_process(pid)]
+        if left:
+            raise EmbeddedKafkaError(f"Kafka broker pid(s) {left} did not stop")
     state_file().unlink(missing_ok=True)
     if purge:
         shutil.rmtree(data_dir(), ignore_errors=True)

@@ -66,7 +66,7 @@ class KafkaSettings:
             security_protocol=(get("CBX_SECURITY_PROTOCOL") or "PLAINTEXT").upper(),
             sasl_mechanism=get("CBX_SASL_MECHANISM"),
             sasl_username=get("CBX_SASL_USERNAME"),
-            sasl_password=cbx_env.raw("CBX_SASL_PASSWORD", env),
+            sasl_password=cbx_env.secret("CBX_SASL_PASSWORD", env),
             ssl_cafile=get("CBX_SSL_CAFILE"),
             ssl_certfile=get("CBX_SSL_CERTFILE"),
             ssl_keyfile=get("CBX_SSL_KEYFILE"),

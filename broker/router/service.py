@@ -203,10 +203,11 @@ class RouterService:
         # may be in a rebalance whose callbacks wait for this lock. Nothing is routed meanwhile
         # (batches are routed by this same task), and what was fetched before is stale by the
         # generation; a partition moved meanwhile is rewound by its new assignment instead.
-        made = []
+        made, failed = [], 0
         for tp, result in zip(missing, results, strict=True):
             if isinstance(result, BaseException):
-                # Made again on the partition's first batch, as before.
+                # Made again on the next round (or the partition's first batch).
+                failed += 1
                 log.warning(
                     "producer_warm_up_failed",
                     partition=f"{tp.topic}/{tp.partition}",
@@ -214,21 +215,14 @@ class RouterService:
                 )
             elif tp in self.assigned:
                 made.append(tp)
-        # Together: a seek waits for the consumer's fetch in flight, once for all of them.
-        rewound = await asyncio.gather(*(self._rewind(tp) for tp in made), return_exceptions=True)
-        for tp, result in zip(made, rewound, strict=True):
-            if isinstance(result, BaseException):
-                # Its position is not known to be the committed offset: drop the producer, so
-                # the partition's first batch makes it again, rewinds and reads again.
-                log.warning(
-                    "partition_rewind_failed",
-                    partition=f"{tp.topic}/{tp.partition}",
-                    error_class=type(result).__name__,
-                )
-                producer = self.producers.pop(tp, None)
-                if producer is not None:
-                    with contextlib.suppress(Exception):
-                        await producer.stop()
+        # Together: a seek waits for the consumer's fetch in flight, once for all of them. A
+        # rewind that fails drops the producer, so the next round does both again.
+        await asyncio.gather(*(self._rewind(tp) for tp in made))
+        if failed:
+            # The cluster cannot make them now (brokers down): try again in a moment, without
+            # saying ready; the router itself carries on and recovers when the brokers return.
+            await asyncio.sleep(1.0)
+            return
         self.ready.set()
         log.info(
             "producers_ready",
@@ -252,7 +246,10 @@ class RouterService:
 
         The group's committed offset can lag a transaction this process committed a moment ago
         (its markers are written after EndTxn returns, and aiokafka cannot ask for stable
-        offsets), so what this process itself committed wins when it is further on.
+        offsets), so what this process itself committed wins when it is further on. When the
+        committed offset cannot be read (brokers down), the partition loses its producer: the
+        next round makes it again and rewinds again, and nothing of the partition is routed
+        meanwhile.
         """
         try:
             committed = await self.consumer.committed(tp)
@@ -266,6 +263,34 @@ class RouterService:
         except IllegalStateError:
             # The assignment changed again while we were here; the next rebalance handles it.
             log.info("partition_moved_during_assignment", partition=f"{tp.topic}/{tp.partition}")
+        except Exception as exc:
+            log.warning(
+                "partition_rewind_failed",
+                partition=f"{tp.topic}/{tp.partition}",
+                error_class=type(exc).__name__,
+            )
+            await self._drop_producer(tp)
+
+    async def _drop_producer(self, tp: TopicPartition) -> None:
+        producer = self.producers.pop(tp, None)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), CLOSE_TIMEOUT_S)
+
+    async def _renew(self, tp: TopicPartition) -> None:
+        """Make ``tp``'s producer (again), which fences any earlier one and ends its open
+        transaction, then read ``tp`` from what was committed. Without brokers to do it, ``tp``
+        is left without a producer and is tried again on the next round."""
+        try:
+            await self._new_producer(tp)
+        except Exception as exc:
+            log.warning(
+                "producer_not_made",
+                partition=f"{tp.topic}/{tp.partition}",
+                error_class=type(exc).__name__,
+            )
+            await self._drop_producer(tp)
+        await self._rewind(tp)
 
     async def release(self, tps: list[TopicPartition]) -> None:
         # Under the lock: a transaction in progress finishes before its partition is given up.
@@ -425,8 +450,7 @@ class RouterService:
                 # First batch of a partition new to this process: fence the previous owner
                 # (InitProducerId completes or aborts its transaction), then read from the
                 # committed offset, which is stable only now. This batch is dropped and re-read.
-                await self._new_producer(tp)
-                await self._rewind(tp)
+                await self._renew(tp)
                 return False
             try:
                 await self._route_partition(tp, records)
@@ -442,10 +466,7 @@ class RouterService:
                     error_class=type(exc).__name__,
                 )
                 await asyncio.sleep(0.5)
-                try:
-                    await self._new_producer(tp)
-                finally:
-                    await self._rewind(tp)
+                await self._renew(tp)
                 return False
 
     async def run(self) -> None:
