@@ -9,11 +9,13 @@ On a cluster without SASL (a developer's plain broker) principals and ACLs are s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from broker import directory as directory_mod
 from broker import model
 from broker.admin.identity import own_keys
 from broker.crypto import keys as keystore
+from broker.errors import ConfigurationError
 from broker.kafka import clients as kafka
 from broker.kafka import principals, topics
 from broker.kafka.acls import AccessControl, Grant, grants
@@ -45,13 +47,34 @@ class Provisioned:
     topics: list[str]
 
 
-async def setup(admin: KafkaSettings) -> list[Provisioned]:
-    """The shared topics, and the router, tracker and operator principals with their keys."""
+async def setup(admin: KafkaSettings, passwords: Path | None = None) -> list[Provisioned]:
+    """The shared topics, and the router, tracker and operator principals with their keys.
+    ``passwords``: a folder of ``<principal>.password`` files (the deployment's secrets) to
+    set instead of generated passwords."""
     await kafka.ensure_topics(admin, admin.topics.core())
     done = []
     for principal, (role, name) in SERVICES.items():
-        done.append(await _service(admin, principal, role, name))
+        done.append(await _service(admin, principal, role, name, password_in(passwords, principal)))
     return done
+
+
+def password_in(folder: Path | None, principal: str) -> str | None:
+    """The password of ``principal`` in a folder of ``<principal>.password`` files, if any."""
+    if folder is None:
+        return None
+    path = folder / f"{principal}.password"
+    return read_password(path) if path.exists() else None
+
+
+def read_password(path: Path) -> str:
+    """A password from a secret file (its final newline is not part of it)."""
+    try:
+        password = path.read_text(encoding="utf-8").removesuffix("\n")
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot be read ({exc.strerror})") from None
+    if len(password) < 16:
+        raise ConfigurationError(f"{path}: a password of fewer than 16 characters is refused")
+    return password
 
 
 async def upgrade_topics(admin: KafkaSettings) -> list[str]:
@@ -77,12 +100,14 @@ async def upgrade_topics(admin: KafkaSettings) -> list[str]:
     return await kafka.ensure_topics(admin, specs)
 
 
-async def _service(admin: KafkaSettings, principal: str, role: str, name: str) -> Provisioned:
+async def _service(
+    admin: KafkaSettings, principal: str, role: str, name: str, password: str | None = None
+) -> Provisioned:
     entries = grants(role, admin.topic_prefix)
     if secured(admin):
         # A service's password survives being set up again (say for another namespace), so its
         # running processes keep their connections.
-        AccessControl(admin).provision(principal, role, keep_password=True)
+        AccessControl(admin).provision(principal, role, keep_password=True, password=password)
     if principal in KEYLESS:
         entry = directory_mod.AgencyEntry(agency=principal, name=name, kind="SERVICE")
     else:
@@ -107,14 +132,14 @@ async def ensure_service(admin: KafkaSettings, principal: str, *, grant: bool = 
         await _service(admin, principal, role, name)
 
 
-async def add_agency(admin: KafkaSettings, agency: str) -> Provisioned:
+async def add_agency(admin: KafkaSettings, agency: str, password: str | None = None) -> Provisioned:
     """An agency's principal and credentials, its two topics, and the ACLs of its role."""
     topics.check_agency_id(agency)
     specs = [*admin.topics.core(), *admin.topics.agency(agency)]
     await kafka.ensure_topics(admin, specs)
     entries = grants("agency", admin.topic_prefix, agency)
     if secured(admin):
-        AccessControl(admin).provision(agency, "agency", agency)
+        AccessControl(admin).provision(agency, "agency", agency, password=password)
     log.info("agency_added", agency=agency, acls=len(entries))
     return Provisioned(agency, "agency", entries, [s.name for s in admin.topics.agency(agency)])
 

@@ -212,15 +212,22 @@ class AccessControl:
         )
 
     def provision(
-        self, principal: str, role: str, agency: str = "", *, keep_password: bool = False
+        self,
+        principal: str,
+        role: str,
+        agency: str = "",
+        *,
+        keep_password: bool = False,
+        password: str | None = None,
     ) -> str:
         """Create (or reset) ``principal``'s password, grant its role, keep the credentials.
 
         ``keep_password`` sets the stored password again instead of a new one, so processes
         already connected as the principal (another console, a command) are not locked out.
+        ``password`` is one the deployment chose (from its secret store).
         """
         stored = principals.load(principal) if keep_password else None
-        password = stored or secrets.token_urlsafe(24)
+        password = password or stored or secrets.token_urlsafe(24)
         self.set_password(principal, password)
         self.grant(principal, grants(role, self.settings.topic_prefix, agency))
         principals.save(principal, password)

@@ -17,6 +17,7 @@ from cbx.cli import (
     deadletter_cmd,
     deliveries_cmd,
     demo_cmd,
+    deploy_cmd,
     kafka_cmd,
     keys_cmd,
     router_cmd,
@@ -62,6 +63,7 @@ app.add_typer(connector_cmd.app, name="connector")
 app.add_typer(case_cmd.app, name="case")
 app.add_typer(console_cmd.app, name="console")
 app.add_typer(demo_cmd.scenario_app, name="scenario")
+app.add_typer(deploy_cmd.app, name="deploy")
 app.command("setup")(agency_cmd.setup)
 app.command("tracker")(deliveries_cmd.tracker)
 app.command("deliveries")(deliveries_cmd.deliveries)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,14 +19,24 @@ app = typer.Typer(help="Add, remove and show agencies on the exchange (administr
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-def setup(json_out: JsonOpt = False) -> None:
+def setup(
+    passwords_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder of <principal>.password files: the services' passwords from the "
+            "deployment's secrets, instead of generated ones."
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Create the shared topics and the router, tracker and operator principals; on an existing
     exchange, also give every agency's topics what this version adds (run it after an upgrade)."""
     from broker.kafka.cluster import resolve_settings
 
     async def both() -> tuple[list[provision.Provisioned], list[str]]:
         settings = resolve_settings()
-        return await provision.setup(settings), await provision.upgrade_topics(settings)
+        done = await provision.setup(settings, passwords_dir)
+        return done, await provision.upgrade_topics(settings)
 
     try:
         done, grown = asyncio.run(both())
@@ -44,13 +55,18 @@ def setup(json_out: JsonOpt = False) -> None:
 @app.command()
 def add(
     agency: Annotated[str, typer.Argument(help="Agency id, for example la-e10000016.")],
+    password_file: Annotated[
+        Path | None,
+        typer.Option(help="Its password, from the deployment's secrets (else one is generated)."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create the agency's principal and credentials, its topics, and its ACLs."""
     from broker.kafka.cluster import resolve_settings
 
     try:
-        done = asyncio.run(provision.add_agency(resolve_settings(), agency))
+        password = provision.read_password(password_file) if password_file else None
+        done = asyncio.run(provision.add_agency(resolve_settings(), agency, password))
     except CbxError as exc:
         fail(str(exc))
     path = principals.credentials_path(agency)
