@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bench_e2e import sharing
+from benchmarks.raw import RawRelay
 from broker import model
 from broker.admin import provision
-from broker.kafka import clients as kafka
 from broker.kafka import embedded as local_kafka
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
-from broker.kafka.topics import TopicSpec
 
 RESULTS = Path(__file__).parent / "results"
 PLA, HLA, HOF, HF = "la-e10000016", "la-e10000017", "pf-e23000032", "pf-e23000003"
@@ -186,61 +185,24 @@ async def measure_cbx(settings: KafkaSettings, n: int, tmp: Path) -> dict[str, A
 async def measure_raw(settings: KafkaSettings, n: int) -> dict[str, Any]:
     """The same shape in raw aiokafka: produce; consume-transform-produce in a transaction to
     three topics; three consumers. Everything started cold."""
-    from aiokafka import AIOKafkaConsumer
-
-    prefix = f"coldraw{uuid.uuid4().hex[:8]}"
-    source = f"{prefix}.in"
-    outs = [f"{prefix}.out{i}" for i in range(3)]
-    await kafka.ensure_topics(settings, [TopicSpec(t, 3) for t in [source, *outs]])
-    payload = os.urandom(1500)
-    arrived: dict[bytes, set[str]] = {}
     events: dict[bytes, asyncio.Event] = {}
-    stop = asyncio.Event()
+
+    def arrived(key: bytes) -> None:
+        if key in events:
+            events[key].set()
+
+    relay = RawRelay(settings, "coldraw", arrived)
+    await relay.create_topics()
     t0 = time.perf_counter()
-    relay_in = kafka.consumer(settings, source, group_id=f"{prefix}-relay")
-    relay_out = kafka.transactional_producer(settings, f"{prefix}-relay", linger_ms=2)
-    await relay_in.start()
-    await relay_out.start()
-    readers: list[AIOKafkaConsumer] = []
-    for t in outs:
-        c = kafka.consumer(settings, t, group_id=f"{prefix}-{t}")
-        await c.start()
-        readers.append(c)
-    producer = kafka.producer(settings)
-    await producer.start()
+    await relay.start()
     ready_s = time.perf_counter() - t0
-
-    async def relay() -> None:
-        while not stop.is_set():
-            batch = await relay_in.getmany(timeout_ms=100)
-            for tp, records in batch.items():
-                async with relay_out.transaction():
-                    for r in records:
-                        for t in outs:
-                            await relay_out.send(t, r.value, key=r.key)
-                    await relay_out.send_offsets_to_transaction(
-                        {tp: records[-1].offset + 1}, f"{prefix}-relay"
-                    )
-
-    async def read(c: AIOKafkaConsumer, topic: str) -> None:
-        while not stop.is_set():
-            batch = await c.getmany(timeout_ms=100)
-            for records in batch.values():
-                for r in records:
-                    got = arrived.setdefault(r.key, set())
-                    got.add(topic)
-                    if len(got) == 3 and r.key in events:
-                        events[r.key].set()
-
-    tasks = [asyncio.create_task(relay())] + [
-        asyncio.create_task(read(c, t)) for c, t in zip(readers, outs, strict=True)
-    ]
+    payload = os.urandom(1500)
 
     async def one() -> float:
         key = uuid.uuid4().bytes
         events[key] = asyncio.Event()
         started = time.perf_counter()
-        await (await producer.send(source, payload, key=key))
+        await relay.send(key, payload)
         await asyncio.wait_for(events[key].wait(), 60)
         return time.perf_counter() - started
 
@@ -248,14 +210,7 @@ async def measure_raw(settings: KafkaSettings, n: int) -> dict[str, Any]:
         first = await one()
         steady = [await one() for _ in range(n)]
     finally:
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for c in [relay_in, *readers]:
-            await c.stop()
-        await relay_out.stop()
-        await producer.stop()
+        await relay.stop()
     return {
         "ready_s": round(ready_s, 3),
         "first_ms": ms(first),

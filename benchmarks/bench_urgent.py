@@ -11,8 +11,8 @@ Every agency runs as it would in production, in a process of its own:
 * Middlesbrough Council posts ``--bulk``/2 placements to its connector's HTTP edge
   (``--concurrency`` requests at a time); the children are placed in Kent;
 * the recipients of the urgent reports (Kent County Council, Kent Police, Lancashire County Council
-  and the children's home) read their inboxes, which the bulk fills too, and note when each report
-  is handed to their system;
+  and the children's home), each in its own process, read their inboxes, which the bulk fills too,
+  and note when each report is handed to their system;
 * Lancashire Constabulary posts an IMMEDIATE ChildMissingReported to its HTTP edge once a second,
   before the load (idle), while it flows, and after.
 
@@ -41,13 +41,13 @@ from typing import Any
 
 from benchmarks.bench_cold import missing, summary
 from benchmarks.bench_e2e import sharing
+from benchmarks.raw import RawRelay
 from broker import model
 from broker.admin import provision
 from broker.kafka import clients as kafka
 from broker.kafka import embedded as local_kafka
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
-from broker.kafka.topics import TopicSpec
 
 RESULTS = Path(__file__).parent / "results"
 KENT, LANCS = "la-e10000016", "la-e10000017"
@@ -187,38 +187,28 @@ async def role_http(n: int, concurrency: int, state: Path) -> dict[str, Any]:
     return {"published": n - len(refused), "refused": len(refused), "seconds": round(seconds, 2)}
 
 
-async def role_recipients(state: Path, out: Path) -> dict[str, Any]:
-    """Read the four recipients' inboxes, noting when each urgent report is handed over, until
+async def role_recipient(agency: str, state: Path) -> dict[str, Any]:
+    """Read one recipient's inbox, noting when each urgent report is handed over, until
     SIGTERM."""
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    counts: dict[str, int] = dict.fromkeys(RECIPIENTS, 0)
-    notes = out.open("a", buffering=1)
-    conns = []
-    for agency in RECIPIENTS:
-        conn = await connector_for(agency, state)
+    count = 0
+    notes = (state / f"arrivals-{agency}.jsonl").open("a", buffering=1)
 
-        def take(agency: str = agency) -> Any:
-            async def sink(d: Any) -> None:
-                counts[agency] += 1
-                urgent = d.header.event_type == "ChildMissingReported"
-                if urgent or d.header.case_ref.endswith(WARM_UP):
-                    notes.write(
-                        json.dumps(
-                            {"id": str(d.header.message_id), "agency": agency, "t": time.time()}
-                        )
-                        + "\n"
-                    )
+    async def sink(d: Any) -> None:
+        nonlocal count
+        count += 1
+        urgent = d.header.event_type == "ChildMissingReported"
+        if urgent or d.header.case_ref.endswith(WARM_UP):
+            line = {"id": str(d.header.message_id), "agency": agency, "t": time.time()}
+            notes.write(json.dumps(line) + "\n")
 
-            return sink
-
-        conn.start_inbox(take())
-        conns.append(conn)
+    conn = await connector_for(agency, state)
+    conn.start_inbox(sink)
     await stop.wait()
-    for conn in conns:
-        await conn.stop()
+    await conn.stop()
     notes.close()
-    return {"handed_over": counts}
+    return {"handed_over": count}
 
 
 def role_main(args: argparse.Namespace) -> None:
@@ -228,11 +218,14 @@ def role_main(args: argparse.Namespace) -> None:
     state = Path(args.state)
     if args.role == "filedrop":
         result = asyncio.run(role_filedrop(args.bulk, state))
+        name = args.role
     elif args.role == "http":
         result = asyncio.run(role_http(args.bulk, args.concurrency, state))
+        name = args.role
     else:
-        result = asyncio.run(role_recipients(state, state / "arrivals.jsonl"))
-    (state / f"{args.role}.json").write_text(json.dumps(result))
+        result = asyncio.run(role_recipient(args.agency, state))
+        name = f"recipient-{args.agency}"
+    (state / f"{name}.json").write_text(json.dumps(result))
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -248,13 +241,29 @@ def spawn(settings: KafkaSettings, agency: str, home: Path, *args: str) -> subpr
     log = open(home / f"{agency}-{args[0]}.log", "ab")  # noqa: SIM115 - the child's
     proc = subprocess.Popen([sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
+    CHILDREN.append(proc)
     return proc
 
 
-def role_args(role: str, home: Path, bulk: int, concurrency: int) -> list[str]:
+#: Every process this run started: none outlives it, whatever happens.
+CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def stop_children() -> None:
+    for proc in CHILDREN:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in CHILDREN:
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def role_args(role: str, home: Path, bulk: int, concurrency: int, agency: str = "") -> list[str]:
     return [
         "-m", "benchmarks.bench_urgent", "--role", role, "--state", str(home),
-        "--bulk", str(bulk), "--concurrency", str(concurrency),
+        "--bulk", str(bulk), "--concurrency", str(concurrency), "--agency", agency,
     ]  # fmt: skip
 
 
@@ -276,7 +285,9 @@ async def measure_cbx(settings: KafkaSettings, bulk: int, concurrency: int, home
         await provision.publish_agency_keys(ns, own_keys(agency))
     # The placements the urgent reports are about: Kent's children in Lancashire.
     procs = [spawn(ns, model.ROUTER, home, "-m", "cbx.cli", "router")]
-    procs.append(spawn(ns, KENT, home, *role_args("recipients", home, bulk, concurrency)))
+    readers = [
+        spawn(ns, a, home, *role_args("recipient", home, bulk, concurrency, a)) for a in RECIPIENTS
+    ]
     force = await connector_for(LANCS_POLICE, home, ns)
     kent = await connector_for(KENT, home / "kent-sender", ns)
     cases, placements = [], []
@@ -294,7 +305,6 @@ async def measure_cbx(settings: KafkaSettings, bulk: int, concurrency: int, home
         await force.sync()
         await asyncio.sleep(0.05)
     url, server, task = await serve_app(create_app(force, IdempotencyStore(home / "force.jsonl")))
-    arrivals = home / "arrivals.jsonl"
     posted: dict[str, tuple[float, str]] = {}  # id -> (wall time of the POST, phase)
 
     async def post(client: httpx.AsyncClient, phase: str) -> None:
@@ -311,8 +321,8 @@ async def measure_cbx(settings: KafkaSettings, bulk: int, concurrency: int, home
 
     def arrived() -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
-        if arrivals.exists():
-            for line in arrivals.read_text().splitlines():
+        for path in home.glob("arrivals-*.jsonl"):
+            for line in path.read_text().splitlines():
                 a = json.loads(line)
                 out.setdefault(a["id"], {})[a["agency"]] = a["t"]
         return out
@@ -359,11 +369,12 @@ async def measure_cbx(settings: KafkaSettings, bulk: int, concurrency: int, home
                 await asyncio.sleep(1)
             await all_arrived(list(posted), 300)
     finally:
-        procs[1].send_signal(signal.SIGTERM)  # the recipients
+        for p in readers:
+            p.send_signal(signal.SIGTERM)
         server.should_exit = True
         await task
         await force.stop()
-        for p in procs[1:] + load:
+        for p in readers + load:
             p.wait(120) if p.poll() is None else None
         procs[0].send_signal(signal.SIGTERM)
         procs[0].wait(60)
@@ -392,7 +403,9 @@ async def measure_cbx(settings: KafkaSettings, bulk: int, concurrency: int, home
             to_router.setdefault(phase, []).append(max(0.0, routed_at[mid] - t))
     roles = {r: json.loads((home / f"{r}.json").read_text()) for r in ("filedrop", "http")}
     published = sum(int(r["published"]) for r in roles.values())
-    recipients = json.loads((home / "recipients.json").read_text())
+    handed_over = {
+        a: json.loads((home / f"recipient-{a}.json").read_text())["handed_over"] for a in RECIPIENTS
+    }
     return {
         "urgent": {phase: {**summary(v), "reports": len(v)} for phase, v in phases.items()},
         "urgent_posted_to_routed": {phase: summary(v) for phase, v in to_router.items()},
@@ -405,7 +418,7 @@ async def measure_cbx(settings: KafkaSettings, bulk: int, concurrency: int, home
             "file_drop": roles["filedrop"],
             "http": roles["http"],
         },
-        "handed_over": recipients["handed_over"],
+        "handed_over": handed_over,
     }
 
 
@@ -434,65 +447,27 @@ async def router_progress(ns: KafkaSettings) -> tuple[int, int]:
 async def measure_raw(settings: KafkaSettings, bulk: int) -> dict[str, Any]:
     """The same load through raw aiokafka: no lanes, so the one-a-second records share the
     topic with the bulk (what a plain Kafka pipeline does)."""
-    from aiokafka import AIOKafkaConsumer
-
-    prefix = f"urgentraw{uuid.uuid4().hex[:8]}"
-    source = f"{prefix}.in"
-    outs = [f"{prefix}.out{i}" for i in range(3)]
-    await kafka.ensure_topics(settings, [TopicSpec(t, 3) for t in [source, *outs]])
-    payload = os.urandom(1500)
-    arrived: dict[bytes, set[str]] = {}
-    done_at: dict[bytes, float] = {}
-    stop = asyncio.Event()
-    relay_in = kafka.consumer(settings, source, group_id=f"{prefix}-relay", max_poll_records=500)
-    relay_out = kafka.transactional_producer(settings, f"{prefix}-relay", linger_ms=2)
-    await relay_in.start()
-    await relay_out.start()
-    readers: list[AIOKafkaConsumer] = []
-    for t in outs:
-        c = kafka.consumer(settings, t, group_id=f"{prefix}-{t}")
-        await c.start()
-        readers.append(c)
-    producer = kafka.producer(settings)
-    await producer.start()
     marks: dict[bytes, float] = {}
+    done_at: dict[bytes, float] = {}
 
-    async def relay() -> None:
-        while not stop.is_set():
-            batch = await relay_in.getmany(timeout_ms=100)
-            for tp, records in batch.items():
-                async with relay_out.transaction():
-                    for r in records:
-                        for t in outs:
-                            await relay_out.send(t, r.value, key=r.key)
-                    await relay_out.send_offsets_to_transaction(
-                        {tp: records[-1].offset + 1}, f"{prefix}-relay"
-                    )
+    def arrived(key: bytes) -> None:
+        if key in marks:
+            done_at[key] = time.perf_counter()
 
-    async def read(c: AIOKafkaConsumer, topic: str) -> None:
-        while not stop.is_set():
-            batch = await c.getmany(timeout_ms=100)
-            for records in batch.values():
-                for r in records:
-                    if r.key in marks:
-                        got = arrived.setdefault(r.key, set())
-                        got.add(topic)
-                        if len(got) == 3:
-                            done_at[r.key] = time.perf_counter()
+    relay = RawRelay(settings, "urgentraw", arrived)
+    await relay.start()
+    payload = os.urandom(1500)
 
     async def flood() -> None:
         for i in range(bulk):
-            await producer.send(source, payload, key=f"bulk-{i}".encode())
-        await producer.flush()
+            await relay.send(f"bulk-{i}".encode(), payload)
+        await relay.producer.flush()
 
     async def tick(phase: str) -> None:
         key = f"{phase}-{uuid.uuid4()}".encode()
         marks[key] = time.perf_counter()
-        await producer.send(source, payload, key=key)
+        await relay.send(key, payload)
 
-    tasks = [asyncio.create_task(relay())] + [
-        asyncio.create_task(read(c, t)) for c, t in zip(readers, outs, strict=True)
-    ]
     try:
         for _ in range(5):
             await tick("idle")
@@ -510,14 +485,7 @@ async def measure_raw(settings: KafkaSettings, bulk: int) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.1)
     finally:
-        stop.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for c in [relay_in, *readers]:
-            await c.stop()
-        await relay_out.stop()
-        await producer.stop()
+        await relay.stop()
     phases: dict[str, list[float]] = {}
     for key, sent_at in marks.items():
         if key in done_at:
@@ -534,7 +502,10 @@ async def run(bulk: int, concurrency: int) -> dict[str, Any]:
     settings = external or local_kafka.start().settings()
     try:
         with tempfile.TemporaryDirectory(prefix="cbx-bench-urgent-") as tmp:
-            cbx = await measure_cbx(settings, bulk, concurrency, Path(tmp))
+            try:
+                cbx = await measure_cbx(settings, bulk, concurrency, Path(tmp))
+            finally:
+                stop_children()
         raw = await measure_raw(settings, bulk)
     finally:
         if started_here:
@@ -556,10 +527,9 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, default=50_000, help="ROUTINE records in the load.")
     parser.add_argument("--concurrency", type=int, default=16, help="HTTP posts at a time.")
     parser.add_argument("--out", default="urgent.json", help="File name under results/.")
-    parser.add_argument(
-        "--role", choices=["filedrop", "http", "recipients"], help=argparse.SUPPRESS
-    )
+    parser.add_argument("--role", choices=["filedrop", "http", "recipient"], help=argparse.SUPPRESS)
     parser.add_argument("--state", help=argparse.SUPPRESS)
+    parser.add_argument("--agency", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
         role_main(args)

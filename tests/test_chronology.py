@@ -5,10 +5,12 @@ message once; and the index and chronology are rebuilt from Kafka after the fold
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +199,23 @@ def test_index_and_chronology_are_rebuilt_after_the_folder_is_deleted(
     assert [{k: v for k, v in e.items() if k != "recipients"} for e in again["events"]] == strip
 
 
+@contextlib.asynccontextmanager
+async def kent_edge(
+    played: Played, tmp_path: Path, tokens: TokenStore
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Kent's connector, started on the played exchange, and a client of its HTTP edge."""
+    c = played.connector(KENT, tmp_path / "kent")
+    await c.start()
+    try:
+        app = create_app(c, IdempotencyStore(tmp_path / "idem.jsonl"), tokens=tokens)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://connector"
+        ) as client:
+            yield client
+    finally:
+        await c.stop()
+
+
 def test_the_http_chronology_in_each_format_and_only_with_its_scope(
     played: Played, tmp_path: Path
 ) -> None:
@@ -205,30 +224,20 @@ def test_the_http_chronology_in_each_format_and_only_with_its_scope(
     status_only, _ = tokens.add([Scope.READ])
 
     async def go() -> dict[str, httpx.Response]:
-        c = played.connector(KENT, tmp_path / "kent")
-        await c.start()
-        try:
-            app = create_app(c, IdempotencyStore(tmp_path / "idem.jsonl"), tokens=tokens)
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://connector"
-            ) as client:
-                url = f"/v1/cases/{played.case_ref}/chronology"
-                auth = {"Authorization": f"Bearer {reader}"}
-                return {
-                    "json": await client.get(url, headers=auth),
-                    "csv": await client.get(url + "?format=csv", headers=auth),
-                    "html": await client.get(url + "?format=html", headers=auth),
-                    "bad": await client.get(url + "?format=pdf", headers=auth),
-                    "scope": await client.get(
-                        url, headers={"Authorization": f"Bearer {status_only}"}
-                    ),
-                    "none": await client.get(url),
-                    "other": await client.get(
-                        "/v1/cases/la-e10000017/NOT-OURS/chronology", headers=auth
-                    ),
-                }
-        finally:
-            await c.stop()
+        async with kent_edge(played, tmp_path, tokens) as client:
+            url = f"/v1/cases/{played.case_ref}/chronology"
+            auth = {"Authorization": f"Bearer {reader}"}
+            return {
+                "json": await client.get(url, headers=auth),
+                "csv": await client.get(url + "?format=csv", headers=auth),
+                "html": await client.get(url + "?format=html", headers=auth),
+                "bad": await client.get(url + "?format=pdf", headers=auth),
+                "scope": await client.get(url, headers={"Authorization": f"Bearer {status_only}"}),
+                "none": await client.get(url),
+                "other": await client.get(
+                    "/v1/cases/la-e10000017/NOT-OURS/chronology", headers=auth
+                ),
+            }
 
     got = asyncio.run(go())
     assert got["json"].status_code == 200
@@ -285,26 +294,18 @@ def test_hostile_chronology_requests_get_clear_answers_and_the_next_one_works(
     auth = {"Authorization": f"Bearer {reader}"}
 
     async def go() -> list[httpx.Response]:
-        c = played.connector(KENT, tmp_path / "kent")
-        await c.start()
-        try:
-            app = create_app(c, IdempotencyStore(tmp_path / "idem.jsonl"), tokens=tokens)
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://connector"
-            ) as client:
-                hostile = [
-                    "/v1/cases/" + "A" * 20_000 + "/chronology",  # a huge reference
-                    "/v1/cases/la-e10000016%2F..%2F..%2Fetc/chronology",  # a path trick
-                    "/v1/cases/la-e10000017/KCC-LAC-1' OR '1'='1/chronology",  # SQL in the ref
-                    f"/v1/cases/{played.case_ref}/chronology?format=" + "x" * 5000,
-                ]
-                answers = [await client.get(u, headers=auth) for u in hostile]
-                answers.append(
-                    await client.get(f"/v1/cases/{played.case_ref}/chronology", headers=auth)
-                )
-                return answers
-        finally:
-            await c.stop()
+        async with kent_edge(played, tmp_path, tokens) as client:
+            hostile = [
+                "/v1/cases/" + "A" * 20_000 + "/chronology",  # a huge reference
+                "/v1/cases/la-e10000016%2F..%2F..%2Fetc/chronology",  # a path trick
+                "/v1/cases/la-e10000017/KCC-LAC-1' OR '1'='1/chronology",  # SQL in the ref
+                f"/v1/cases/{played.case_ref}/chronology?format=" + "x" * 5000,
+            ]
+            answers = [await client.get(u, headers=auth) for u in hostile]
+            answers.append(
+                await client.get(f"/v1/cases/{played.case_ref}/chronology", headers=auth)
+            )
+            return answers
 
     *refused, good = asyncio.run(go())
     assert [r.status_code for r in refused] == [404, 404, 404, 400]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -22,9 +23,11 @@ from typing import Any
 
 import pytest
 from agencies import SHARING, body_of
+from aiokafka import TopicPartition
 from exchange import Exchange, exchange
 
 from broker import model
+from broker.crypto import keys as keystore
 from broker.delivery_log import Status
 from broker.errors import EmbeddedKafkaError
 from broker.kafka import clients as kafka
@@ -267,27 +270,72 @@ async def test_rolling_restart_while_a_stream_flows(cluster: Cluster, tmp_path: 
 
 async def test_two_brokers_down_then_back(cluster: Cluster, tmp_path: Path) -> None:
     """One broker down: writes go on with two in sync. Two down: a send fails clearly (not
-    enough replicas in sync) rather than being acknowledged and lost. Both return: the router
-    and connectors carry on by themselves, without a restart."""
+    enough replicas in sync) rather than being acknowledged and lost. Both return: the router,
+    the tracker and the connectors (sending, and reading their inboxes) carry on by themselves,
+    without a restart, and every copy ends DELIVERED."""
     settings = cluster.settings()
-    async with exchange(settings, tmp_path) as ex, placing(ex) as sent:
-        kent = ex.connectors[KENT]
-        body = body_of("PlacementNotified", host_authority=LANCS)
-        await stream(ex, sent, BATCH)
-        cluster.kill(3)
-        if FULL:
-            await asyncio.sleep(60)
-        await stream(ex, sent, 2 * BATCH if FULL else BATCH)  # two in sync: writes continue
-        cluster.kill(2)
-        refused = kent.prepare("PlacementNotified", body, case_ref="KCC-F-DOWN", sharing=SHARING)
-        with pytest.raises(Exception) as failed:  # noqa: PT011 - whichever error aiokafka gives
-            await asyncio.wait_for(kent.publish([refused]), 45)
-        print(f"\nwith one broker of three: the send failed with {type(failed.value).__name__}")
-        cluster.start(2)
-        cluster.start(3)
-        await stream(ex, sent, BATCH)
-        assert ex.router.alive(), "the router carried on by itself"
-        await assert_exactly_once(ex, sent, "two brokers down, then back")
+    async with exchange(settings, tmp_path) as ex:
+        for agency in PARTIES:
+            await ex.agency(agency, inbox=agency in RECIPIENTS)
+        await ex.sync_all()
+        tracker = spawn_tracker(settings, tmp_path)
+        sent: list[str] = []
+        try:
+            kent = ex.connectors[KENT]
+            body = body_of("PlacementNotified", host_authority=LANCS)
+            await stream(ex, sent, BATCH)
+            cluster.kill(3)
+            if FULL:
+                await asyncio.sleep(60)
+            await stream(ex, sent, 2 * BATCH if FULL else BATCH)  # two in sync: writes go on
+            cluster.kill(2)
+            refused = kent.prepare(
+                "PlacementNotified", body, case_ref="KCC-F-DOWN", sharing=SHARING
+            )
+            with pytest.raises(Exception) as failed:  # noqa: PT011 - whichever aiokafka gives
+                await asyncio.wait_for(kent.publish([refused]), 45)
+            print(f"\nwith one broker of three: the send failed with {type(failed.value).__name__}")
+            await asyncio.sleep(5)  # the services meet the outage too
+            cluster.start(2)
+            cluster.start(3)
+            await stream(ex, sent, BATCH)
+            assert ex.router.alive(), "the router carried on by itself"
+            assert tracker.poll() is None, "the tracker carried on by itself"
+            for agency in RECIPIENTS:
+                assert ex.connectors[agency].inbox.running, f"{agency}'s inbox carried on"
+            await assert_exactly_once(ex, sent, "two brokers down, then back")
+            await assert_all_delivered(ex, sent)
+        finally:
+            tracker.terminate()
+            tracker.wait(60)
+
+
+def spawn_tracker(settings: KafkaSettings, home: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        **principals.settings_for(settings, model.TRACKER).to_env(),
+        "CBX_HOME": str(home),
+        "CBX_LOG_FORMAT": "json",
+    }
+    with (home / "tracker.log").open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cbx.cli", "tracker"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def assert_all_delivered(ex: Exchange, sent: list[str]) -> None:
+    """The tracker folded every recipient's DELIVERED receipt into the delivery log."""
+    wanted = set(sent)
+
+    async def all_delivered() -> bool:
+        log = [e for e in await ex.log() if e.status == Status.DELIVERED]
+        done = {(e.message_id, e.recipient) for e in log if e.message_id in wanted}
+        return len(done) >= len(wanted) * len(RECIPIENTS)
+
+    await ex.wait_for(all_delivered, within_s=300, what="every copy DELIVERED")
 
 
 async def test_router_tracker_and_a_broker_killed_together(
@@ -309,23 +357,7 @@ async def test_router_tracker_and_a_broker_killed_together(
         for agency in PARTIES:
             await ex.agency(agency, inbox=agency in RECIPIENTS, sink=sink(agency))
         await ex.sync_all()
-        env = {
-            **os.environ,
-            **principals.settings_for(settings, model.TRACKER).to_env(),
-            "CBX_HOME": str(tmp_path),
-            "CBX_LOG_FORMAT": "json",
-        }
-
-        def tracker() -> subprocess.Popen[bytes]:
-            with (tmp_path / "tracker.log").open("ab") as out:
-                return subprocess.Popen(
-                    [sys.executable, "-m", "cbx.cli", "tracker"],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-
-        procs = [tracker()]
+        procs = [spawn_tracker(settings, tmp_path)]
         sent: list[str] = []
         half = MESSAGES // BATCH // 2
 
@@ -338,21 +370,131 @@ async def test_router_tracker_and_a_broker_killed_together(
                 print(f"\nkilled the router, the tracker and node {node} together")
                 cluster.start(node)
                 ex.router.start()
-                procs[0] = tracker()
+                procs[0] = spawn_tracker(settings, tmp_path)
 
         try:
             await stream(ex, sent, MESSAGES, fault)
             await assert_exactly_once(ex, sent, "router, tracker and a broker killed")
 
-            async def all_delivered() -> bool:
-                log = [e for e in await ex.log() if e.status == Status.DELIVERED]
-                done = {(e.message_id, e.recipient) for e in log if e.message_id in set(sent)}
-                return len(done) >= len(sent) * len(RECIPIENTS)
-
-            await ex.wait_for(all_delivered, within_s=300, what="every copy DELIVERED")
+            await assert_all_delivered(ex, sent)
             assert len(delivered) == len(sent) * len(RECIPIENTS)
             assert max(delivered.values()) == 1, "an agency's system was handed a copy twice"
             print(f"{len(delivered)} copies handed to the recipients' systems, each once")
         finally:
             procs[0].terminate()
             procs[0].wait(60)
+
+
+def export_row(i: int) -> str:
+    """One line of Kent's nightly export (JSON lines), as its systems write it."""
+    return json.dumps(
+        {
+            "event_type": "PlacementNotified",
+            "case_ref": f"KCC-X-{i:06d}",
+            "urgency": "ROUTINE",
+            "sharing": {
+                "purpose": SHARING.purpose,
+                "lawful_basis": list(SHARING.lawful_basis),
+                "consent": SHARING.consent,
+                "consent_not_sought_reason": SHARING.consent_not_sought_reason,
+                "decision_maker_role": SHARING.decision_maker_role,
+            },
+            "event": {
+                "placement_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"kent/{i}")),
+                "legal_status": "C2",
+                "placement_type": "CHILDRENS_HOME",
+                "start_date": "2026-11-30",
+                "host_authority": LANCS,
+                "provider": PROVIDER,
+                "approved_by_role": "Director of Children's Services",
+                "identity": {
+                    "given_names": "Sam",
+                    "family_name": f"X{i}",
+                    "date_of_birth": "2012-01-01",
+                },
+                "address": {"lines": ["1 Row"], "town": "Preston", "postcode": "PR1 1AA"},
+            },
+        }
+    )
+
+
+async def test_a_connector_killed_with_a_broker_mid_file(cluster: Cluster, tmp_path: Path) -> None:
+    """Kent's connector, a process of its own, takes a nightly export from its drop folder; it,
+    the router and a broker are SIGKILLed together half way; all three start again. Every row
+    reaches every recipient once: the rows already sent are not sent again, and one sent again
+    because the kill came between Kafka's acknowledgement and the connector's record of it is
+    routed once (its message id comes from its content)."""
+    settings = cluster.settings()
+    async with exchange(settings, tmp_path) as ex:
+        await ex.agencies(PARTIES)
+        keystore.save(ex.connectors[KENT].keys, keystore.keystore_path(KENT, tmp_path / "keys"))
+        drop = tmp_path / "kent-drop"
+        drop.mkdir()
+        (drop / "placements.jsonl.part").write_text(
+            "\n".join(export_row(i) for i in range(MESSAGES)) + "\n"
+        )
+        (drop / "placements.jsonl.part").rename(drop / "placements.jsonl")
+        env = {
+            **os.environ,
+            **principals.settings_for(settings, KENT).to_env(),
+            "CBX_HOME": str(tmp_path),
+            "CBX_LOG_FORMAT": "json",
+        }
+
+        def connector() -> subprocess.Popen[bytes]:
+            with (tmp_path / "kent-connector.log").open("ab") as out:
+                return subprocess.Popen(
+                    [sys.executable, "-m", "cbx.cli", "connector", "run", "--agency", KENT,
+                     "--no-http", "--drop", str(drop)],
+                    env=env, stdout=out, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+
+        proc = connector()
+        outbound = settings.topics.outbound(KENT)
+        try:
+            for _ in range(600):
+                if await outbound_records(settings, outbound) >= MESSAGES // 3:
+                    break
+                await asyncio.sleep(0.05)
+            sent_before = await outbound_records(settings, outbound)
+            node = await leader_of(settings, outbound, 0)
+            proc.kill()
+            ex.router.kill()
+            cluster.kill(node)
+            print(f"\nkilled Kent's connector, the router and node {node} after {sent_before} rows")
+            cluster.start(node)
+            ex.router.start()
+            proc.wait(30)
+            proc = connector()
+
+            async def all_there() -> bool:
+                refs = [str(h.case_ref) for h, _ in await ex.inbox(LANCS)]
+                return len({r for r in refs if "KCC-X-" in r}) >= MESSAGES
+
+            await ex.wait_for(all_there, within_s=600, what="every row at Lancashire")
+            for agency in RECIPIENTS:
+                refs = Counter(
+                    str(h.case_ref)
+                    for h, _ in await ex.inbox(agency)
+                    if "KCC-X-" in str(h.case_ref)
+                )
+                assert len(refs) == MESSAGES, f"{agency}: {MESSAGES - len(refs)} rows missing"
+                assert max(refs.values()) == 1, f"{agency}: a row delivered twice"
+            written = await outbound_records(settings, outbound)
+            print(
+                f"{MESSAGES} rows reached each of {len(RECIPIENTS)} recipients once; "
+                f"{written - MESSAGES} sent again after the kill and routed once"
+            )
+        finally:
+            proc.terminate()
+            proc.wait(60)
+
+
+async def outbound_records(settings: KafkaSettings, topic: str) -> int:
+    c = kafka.consumer(settings, group_id=None)
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await kafka.partitions(settings, topic)]
+        return sum((await c.end_offsets(tps)).values())
+    finally:
+        await c.stop()

@@ -440,31 +440,7 @@ def start(version: str = KAFKA_VERSION, brokers: int | None = None) -> BrokerSta
         write_private_json(
             ports_file, {"broker": broker_port, "controller": controller_port, "tls": tls_port}
         )
-        fmt = subprocess.run(
-            _java_cmd(
-                java,
-                libs,
-                data,
-                "kafka.tools.StorageTool",
-                "format",
-                "--standalone",
-                "--cluster-id",
-                _kafka_cluster_id(),
-                "--config",
-                str(props_file),
-                "--add-scram",
-                f"{MECHANISM}=[name={ADMIN},password={password}]",
-            ),
-            capture_output=True,
-            text=True,
-            check=False,
-            umask=0o077,
-        )
-        if fmt.returncode != 0:
-            raise EmbeddedKafkaError(
-                "formatting KRaft storage failed",
-                "\n".join((fmt.stdout + fmt.stderr).splitlines()[-30:]),
-            )
+        _format(java, libs, data, _kafka_cluster_id(), password, standalone=True)
 
     proc = _launch(java, libs, data)
     state = BrokerState(
@@ -493,6 +469,39 @@ def start(version: str = KAFKA_VERSION, brokers: int | None = None) -> BrokerSta
         f"the Kafka broker did not accept clients within {_STARTUP_TIMEOUT_S:.0f}s",
         _log_tail(state.log_file) or _log_tail(data / "kafka.out"),
     )
+
+
+def _format(
+    java: str, libs: Path, node: Path, cluster_id: str, password: str, *, standalone: bool
+) -> None:
+    """Format the KRaft storage of the node configured in ``node``, with the admin's SCRAM
+    credential. ``standalone``: a lone controller that records its own endpoint; else one of the
+    static voters its configuration names."""
+    fmt = subprocess.run(
+        _java_cmd(
+            java,
+            libs,
+            node,
+            "kafka.tools.StorageTool",
+            "format",
+            *(["--standalone"] if standalone else []),
+            "--cluster-id",
+            cluster_id,
+            "--config",
+            str(node / "server.properties"),
+            "--add-scram",
+            f"{MECHANISM}=[name={ADMIN},password={password}]",
+        ),
+        capture_output=True,
+        text=True,
+        check=False,
+        umask=0o077,
+    )
+    if fmt.returncode != 0:
+        raise EmbeddedKafkaError(
+            f"formatting KRaft storage in {node} failed",
+            "\n".join((fmt.stdout + fmt.stderr).splitlines()[-30:]),
+        )
 
 
 def _launch(
@@ -642,30 +651,7 @@ def _start_cluster(version: str, brokers: int) -> BrokerState:
     if not formatted:
         cluster_id = _kafka_cluster_id()
         for i in ids:
-            fmt = subprocess.run(
-                _java_cmd(
-                    java,
-                    libs,
-                    _node_dir(i),
-                    "kafka.tools.StorageTool",
-                    "format",
-                    "--cluster-id",
-                    cluster_id,
-                    "--config",
-                    str(_node_dir(i) / "server.properties"),
-                    "--add-scram",
-                    f"{MECHANISM}=[name={ADMIN},password={password}]",
-                ),
-                capture_output=True,
-                text=True,
-                check=False,
-                umask=0o077,
-            )
-            if fmt.returncode != 0:
-                raise EmbeddedKafkaError(
-                    f"formatting KRaft storage of node {i} failed",
-                    "\n".join((fmt.stdout + fmt.stderr).splitlines()[-30:]),
-                )
+            _format(java, libs, _node_dir(i), cluster_id, password, standalone=False)
     offsets = {i: _log_size(_node_dir(i) / "server.log") for i in ids}
     procs = {i: _launch(java, libs, _node_dir(i), CLUSTER_HEAP) for i in ids}
     bootstraps = {i: f"127.0.0.1:{p['broker']}" for i, p in zip(ids, ports, strict=True)}

@@ -44,7 +44,7 @@ log = get_logger("router")
 #: Producers initialised at once when partitions are assigned (each is one InitProducerId).
 WARM_CONCURRENCY = 32
 #: Records of a bulk partition routed in one transaction; urgent lanes are routed between chunks.
-BULK_CHUNK = 200
+BULK_CHUNK = 50
 #: How long a stop waits for each client to close.
 CLOSE_TIMEOUT_S = 10.0
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+
 from broker.envelope import Header, Outgoing
 from broker.errors import CbxError, PolicyError, ProtectionError, SignatureError
 from broker.kafka import clients as kafka
@@ -38,7 +40,10 @@ from connectors.gateway.quarantine import Quarantine
 
 log = get_logger("inbox")
 #: Bulk records handed over between two looks at the urgent lane.
-LANE_CHECK_EVERY = 50
+LANE_CHECK_EVERY = 10
+#: The longest the broker may hold an inbox fetch that finds nothing new (aiokafka's default is
+#: 500 ms); each empty fetch at idle is one request: ten a second per connector.
+INBOX_FETCH_WAIT_MS = 100
 
 
 class SinkRefused(Exception):
@@ -276,6 +281,10 @@ class Inbox:
             c.settings,
             c.topics.inbox(c.agency),
             group_id=group or c.topics.agency_group(c.agency, "inbox"),
+            # The router writes inboxes in transactions, and a read_committed fetch is answered
+            # when its wait runs out, not when a commit makes records visible: the wait bounds
+            # how long an urgent message sits in the lane before it is fetched.
+            fetch_max_wait_ms=INBOX_FETCH_WAIT_MS,
         )
         self._consumer = consumer
         try:
@@ -329,8 +338,14 @@ class Inbox:
                 if commit:
                     await consumer.commit()
                 return
-            except (CbxError, OSError) as exc:
+            except (CbxError, OSError, KafkaError) as exc:
+                # Brokers down or failing over: wait and try again (the batch is not committed
+                # until its receipts are out). Anything else stops the inbox, loudly.
                 if isinstance(exc, CbxError) and not exc.retriable:
+                    raise
+                if isinstance(exc, KafkaError) and not (
+                    exc.retriable or isinstance(exc, KafkaTimeoutError)
+                ):
                     raise
                 attempt += 1
                 delay = min(self.retry_max_s, self.retry_base_s * 2 ** min(attempt, 10))
