@@ -220,6 +220,20 @@ def _principal(settings: KafkaSettings) -> str:
     return settings.sasl_username or "ANONYMOUS"
 
 
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says Kafka cannot do it now (brokers down, a leader moving, a timeout),
+    so the same step may succeed later."""
+    from aiokafka import errors as ke
+
+    if isinstance(exc, CbxError):
+        return exc.retriable
+    if isinstance(exc, ke.KafkaError):
+        return bool(exc.retriable) or isinstance(
+            exc, (ke.KafkaTimeoutError, ke.KafkaConnectionError, ke.NodeNotReadyError)
+        )
+    return isinstance(exc, (TimeoutError, ConnectionError))
+
+
 def explain(exc: BaseException, settings: KafkaSettings) -> CbxError | None:
     """A cbx error naming the principal and the resource for Kafka's authorization errors."""
     from aiokafka import errors as ke

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from broker.admin.identity import ensure_identity
@@ -173,16 +173,40 @@ class TrackerService:
         await asyncio.gather(*futures)
         return len(futures)
 
+    async def _patiently(self, what: str, step: Callable[[], Awaitable[Any]]) -> Any:
+        """``step()``, again and again while Kafka cannot do it (brokers down, a leader moving):
+        the tracker waits an outage out rather than drop a receipt or exit. Anything else is
+        raised."""
+        attempt = 0
+        while True:
+            try:
+                return await step()
+            except Exception as exc:
+                if not kafka.transient(exc) or self.stop_event.is_set():
+                    raise
+                attempt += 1
+                log.warning(
+                    "tracker_waiting_for_kafka",
+                    step=what,
+                    attempt=attempt,
+                    error_class=type(exc).__name__,
+                )
+                await asyncio.sleep(min(10.0, 0.5 * 2 ** min(attempt, 5)))
+
     async def _write(self, entries: list[LogEntry]) -> None:
-        futures = [
-            await self._producer.send(
-                self.settings.topics.delivery_log,
-                self.logs.encode(e),
-                key=e.message_id.encode() if e.message_id else None,
-            )
-            for e in entries
-        ]
-        await asyncio.gather(*futures)
+        async def send() -> None:
+            futures = [
+                await self._producer.send(
+                    self.settings.topics.delivery_log,
+                    self.logs.encode(e),
+                    key=e.message_id.encode() if e.message_id else None,
+                )
+                for e in entries
+            ]
+            await asyncio.gather(*futures)
+
+        # Sent again whole after a failure: an entry written twice reads as once in every view.
+        await self._patiently("delivery-log write", send)
         for e in entries:  # seen at once; the follower will bring the same entries back
             self.view.apply(e)
 
@@ -225,7 +249,7 @@ class TrackerService:
                             entries.append(self._receipt_entry(r.value, list(r.headers)))
                         except NotARecipientError:
                             # The ROUTED entries may still be on their way to this view.
-                            await self._log_follower.sync()
+                            await self._patiently("delivery-log catch-up", self._log_follower.sync)
                             entries.append(self._receipt_entry(r.value, list(r.headers)))
                     except Exception as exc:  # one receipt's failure is its own: log, go on
                         log.warning(
@@ -237,7 +261,7 @@ class TrackerService:
             if entries:
                 await self._write(entries)
             if batch:
-                await self._consumer.commit()
+                await self._patiently("receipts commit", self._consumer.commit)
 
     async def check_deadlines(self, now: dt.datetime | None = None) -> int:
         """Escalate what is overdue; returns how many recipients were escalated."""
@@ -314,18 +338,25 @@ class TrackerService:
                     for agency in _told(entry):
                         if topics.is_agency_id(agency) and not agency.startswith(SERVICE_PREFIX):
                             pending.append((topics.status(agency), r))
-            known = await self._known_status_topics({t for t, _ in pending})
-            futures = [
-                await self._producer.send(t, r.value, key=r.key) for t, r in pending if t in known
-            ]
-            await asyncio.gather(*futures)
+
+            async def copy(pending: list[tuple[str, Any]] = pending) -> None:
+                known = await self._known_status_topics({t for t, _ in pending})
+                futures = [
+                    await self._producer.send(t, r.value, key=r.key)
+                    for t, r in pending
+                    if t in known
+                ]
+                await asyncio.gather(*futures)
+
+            await self._patiently("status copies", copy)
             if batch:
-                await self._mirror_consumer.commit()
+                await self._patiently("status commit", self._mirror_consumer.commit)
 
     async def _deadlines(self) -> None:
         while not self.stop_event.is_set():
-            await self.check_deadlines()
-            await self.check_obligations()
+            await self._patiently("escalations", self.check_deadlines)
+            # A reminder sent again after a failure has the same message id: routed once.
+            await self._patiently("reminders", self.check_obligations)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop_event.wait(), self.check_every_s)
 
