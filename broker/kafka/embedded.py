@@ -391,14 +391,7 @@ def start(version: str = KAFKA_VERSION, brokers: int | None = None) -> BrokerSta
             "the embedded Kafka data here is a cluster's: start it with --brokers 3, "
             "or run `cbx kafka stop --purge` to start afresh"
         )
-    java = find_java()
-    libs = install(version)
-    data = data_dir()
-    data.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # Headers at rest (case references, parties) are for the broker's user alone: the folders 0700
-    # and, through the JVM's umask, every log segment it writes 0600.
-    for folder in (kafka_dir(), data):
-        folder.chmod(0o700)
+    java, libs, data = _prepare(version)
     props_file = data / "server.properties"
     ports_file = data / "ports.json"
     formatted = (data / "kraft-logs" / "meta.properties").exists()
@@ -469,6 +462,19 @@ def start(version: str = KAFKA_VERSION, brokers: int | None = None) -> BrokerSta
         f"the Kafka broker did not accept clients within {_STARTUP_TIMEOUT_S:.0f}s",
         _log_tail(state.log_file) or _log_tail(data / "kafka.out"),
     )
+
+
+def _prepare(version: str) -> tuple[str, Path, Path]:
+    """Java, the jars, and the data folder ready for a start."""
+    java = find_java()
+    libs = install(version)
+    data = data_dir()
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Headers at rest (case references, parties) are for the broker's user alone: the folders 0700
+    # and, through the JVM's umask, every log segment it writes 0600.
+    for folder in (kafka_dir(), data):
+        folder.chmod(0o700)
+    return java, libs, data
 
 
 def _format(
@@ -595,12 +601,7 @@ def _start_cluster(version: str, brokers: int) -> BrokerState:
             f"--brokers {brokers}: the embedded Kafka runs 1 broker, or 3 (a quorum of three "
             "controllers, replication 3, min ISR 2)"
         )
-    java = find_java()
-    libs = install(version)
-    data = data_dir()
-    data.mkdir(parents=True, exist_ok=True, mode=0o700)
-    for folder in (kafka_dir(), data):
-        folder.chmod(0o700)
+    java, libs, data = _prepare(version)
     if (data / "kraft-logs").exists():
         raise EmbeddedKafkaError(
             "the embedded Kafka data here is a single broker's: start it without --brokers, "

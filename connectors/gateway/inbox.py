@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError
 
 from broker.envelope import Header, Outgoing
 from broker.errors import CbxError, PolicyError, ProtectionError, SignatureError
@@ -341,11 +341,7 @@ class Inbox:
             except (CbxError, OSError, KafkaError) as exc:
                 # Brokers down or failing over: wait and try again (the batch is not committed
                 # until its receipts are out). Anything else stops the inbox, loudly.
-                if isinstance(exc, CbxError) and not exc.retriable:
-                    raise
-                if isinstance(exc, KafkaError) and not (
-                    exc.retriable or isinstance(exc, KafkaTimeoutError)
-                ):
+                if not (kafka.transient(exc) or isinstance(exc, OSError)):
                     raise
                 attempt += 1
                 delay = min(self.retry_max_s, self.retry_base_s * 2 ** min(attempt, 10))
