@@ -67,8 +67,26 @@ def secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
     path = get(f"{name}_FILE", None, env)
     if path is None:
         return value
+    return read_secret_file(path, f"{name}_FILE names {path}")
+
+
+#: A secret file longer than this is refused (a password, a passphrase: never megabytes).
+MAX_SECRET_BYTES = 4096
+
+
+def read_secret_file(path: str, what: str) -> str:
+    """The text of a secret file, without its final newline. ``what`` starts every error: a
+    file that cannot be read, is over ``MAX_SECRET_BYTES`` (``/dev/zero`` included) or is not
+    UTF-8 is refused, saying which."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().removesuffix("\n").removesuffix("\r")
+        with open(path, "rb") as f:
+            data = f.read(MAX_SECRET_BYTES + 1)
     except OSError as exc:
-        raise OSError(f"{name}_FILE names {path}, which cannot be read: {exc.strerror}") from None
+        raise OSError(f"{what}, which cannot be read: {exc.strerror}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise OSError(f"{what}, which is over {MAX_SECRET_BYTES} bytes: not a secret file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OSError(f"{what}, which is not UTF-8 text") from None
+    return text.removesuffix("\n").removesuffix("\r")

@@ -108,3 +108,37 @@ def test_secrets_come_from_mounted_files(tmp_path: Path) -> None:
     missing = {**given, "CBX_SASL_PASSWORD_FILE": str(tmp_path / "nowhere")}
     with pytest.raises(OSError, match=r"CBX_SASL_PASSWORD_FILE names .*nowhere"):
         KafkaSettings.from_env(missing)
+
+
+def test_a_secret_file_that_is_no_secret_is_refused_clearly(tmp_path: Path) -> None:
+    """/dev/zero, a huge file or binary bytes named as a secret file: a clear refusal naming the
+    variable, never a read without end."""
+    from broker.admin import provision
+
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"x" * 5_000_000)
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00password")
+    for path, why in [
+        ("/dev/zero", "over 4096 bytes"),
+        (huge, "over 4096 bytes"),
+        (binary, "UTF-8"),
+    ]:
+        given = {"CBX_KEYSTORE_PASSPHRASE_FILE": str(path)}
+        with pytest.raises(OSError, match=f"CBX_KEYSTORE_PASSPHRASE_FILE names .*{why}"):
+            env.secret("CBX_KEYSTORE_PASSPHRASE", given)
+        with pytest.raises(ConfigurationError, match=why):
+            provision.read_password(Path(path))
+    short = tmp_path / "short.password"
+    short.write_text("tooshort\n")
+    with pytest.raises(ConfigurationError, match="fewer than 16"):
+        provision.read_password(short)
+
+
+def test_a_huge_agency_id_is_refused_without_being_echoed_whole() -> None:
+    from broker.kafka.topics import check_agency_id
+
+    with pytest.raises(ConfigurationError) as refused:
+        check_agency_id("la-" + "e" * 5000)
+    assert "(5003 chars)" in str(refused.value)
+    assert len(str(refused.value)) < 300

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker import directory as directory_mod
-from broker import model
+from broker import env, model
 from broker.admin.identity import own_keys
 from broker.crypto import keys as keystore
 from broker.errors import ConfigurationError
@@ -69,9 +69,9 @@ def password_in(folder: Path | None, principal: str) -> str | None:
 def read_password(path: Path) -> str:
     """A password from a secret file (its final newline is not part of it)."""
     try:
-        password = path.read_text(encoding="utf-8").removesuffix("\n")
+        password = env.read_secret_file(str(path), str(path))
     except OSError as exc:
-        raise ConfigurationError(f"{path}: cannot be read ({exc.strerror})") from None
+        raise ConfigurationError(str(exc)) from None
     if len(password) < 16:
         raise ConfigurationError(f"{path}: a password of fewer than 16 characters is refused")
     return password

@@ -34,8 +34,9 @@ class TopicSpec:
 def check_agency_id(agency: str) -> str:
     """Return ``agency`` if it is a well-formed agency id (``la-e10000016``), else raise."""
     if not _AGENCY_ID.match(agency):
+        shown = repr(agency) if len(agency) <= 60 else f"{agency[:40]!r}... ({len(agency)} chars)"
         raise ConfigurationError(
-            f"agency id {agency!r} is not of the form <kind>-<code> in lower case "
+            f"agency id {shown} is not of the form <kind>-<code> in lower case "
             "(for example la-e10000016, pf-e23000032, icb-e54000032)"
         )
     return agency
