@@ -30,6 +30,7 @@ from broker.errors import CbxError, PolicyError, ProtectionError, SignatureError
 from broker.kafka import clients as kafka
 from broker.kafka import lanes
 from broker.kafka.settings import KafkaSettings
+from broker.kafka.stall import STALL_S, StallWatch
 from broker.kafka.topics import Topics
 from broker.logging import get_logger
 from broker.model import ROUTE_GAP_NOTICE, ROUTER, Recipient, Role, Withheld
@@ -130,6 +131,8 @@ class Inbox:
         self.retry_base_s = 0.2
         self.retry_max_s = 10.0
         self._consumer: Any = None
+        #: How long a partition may have records waiting before its consumer is replaced.
+        self.stall_s = STALL_S
 
     @property
     def running(self) -> bool:
@@ -275,9 +278,43 @@ class Inbox:
     # --- the loop -----------------------------------------------------------------------------
 
     async def run(self, sink: Sink | None = None, group: str | None = None) -> None:
-        """Consume the inbox until cancelled (committing after each handled batch)."""
+        """Consume the inbox until cancelled (committing after each handled batch). A consumer
+        that stops fetching a partition with records waiting is replaced (see
+        :mod:`broker.kafka.stall`); one that cannot start while brokers are down is tried again."""
+        attempt = 0
+        while True:
+            consumer = self._new_consumer(group)
+            self._consumer = consumer
+            try:
+                async with kafka.access(self.connector.settings):
+                    await consumer.start()
+                    attempt = 0
+                    stalled = await self._consume(consumer, sink)
+                log.warning(
+                    "inbox_consumer_renewed",
+                    reason="stalled",
+                    partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in stalled),
+                )
+            except (CbxError, KafkaError) as exc:
+                if not kafka.transient(exc):
+                    raise
+                attempt += 1
+                delay = min(self.retry_max_s, self.retry_base_s * 2 ** min(attempt, 10))
+                log.warning(
+                    "inbox_start_retry",
+                    attempt=attempt,
+                    error_class=type(exc).__name__,
+                    retry_in_s=round(delay, 2),
+                )
+                await asyncio.sleep(random.uniform(delay / 2, delay))
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                self._consumer = None
+
+    def _new_consumer(self, group: str | None) -> Any:
         c = self.connector
-        consumer = kafka.consumer(
+        return kafka.consumer(
             c.settings,
             c.topics.inbox(c.agency),
             group_id=group or c.topics.agency_group(c.agency, "inbox"),
@@ -286,19 +323,21 @@ class Inbox:
             # how long an urgent message sits in the lane before it is fetched.
             fetch_max_wait_ms=INBOX_FETCH_WAIT_MS,
         )
-        self._consumer = consumer
-        try:
-            async with kafka.access(c.settings):
-                await consumer.start()
-                while True:
-                    batch = await consumer.getmany(timeout_ms=200, max_records=500)
-                    receipts: list[Outgoing] = []
-                    await self._deliver(consumer, batch, sink, receipts)
-                    await self._finish(consumer, receipts, bool(batch))
-        finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-            self._consumer = None
+
+    async def _consume(self, consumer: Any, sink: Sink | None) -> list[Any]:
+        """Hand over and commit batch after batch; return the stalled partitions when the
+        consumer has stopped fetching some."""
+        watch = StallWatch(self.stall_s)
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=500)
+            receipts: list[Outgoing] = []
+            await self._deliver(consumer, batch, sink, receipts)
+            await self._finish(consumer, receipts, bool(batch))
+            if watch.due():
+                watch.stall_s = self.stall_s
+                stalled = await watch.look(consumer)
+                if stalled:
+                    return stalled
 
     async def _deliver(
         self,
