@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 
 from broker.envelope import Header, Outgoing
 from broker.errors import CbxError, PolicyError, ProtectionError, SignatureError
@@ -296,7 +296,9 @@ class Inbox:
                     partitions=sorted(f"{tp.topic}[{tp.partition}]" for tp in stalled),
                 )
             except (CbxError, KafkaError) as exc:
-                if not kafka.transient(exc):
+                # A commit refused because the group moved on (a session that outlived a long
+                # outage) leaves the batch uncommitted: a new consumer reads it again.
+                if not (kafka.transient(exc) or isinstance(exc, CommitFailedError)):
                     raise
                 attempt += 1
                 delay = min(self.retry_max_s, self.retry_base_s * 2 ** min(attempt, 10))
