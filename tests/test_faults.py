@@ -34,9 +34,10 @@ from broker.kafka import clients as kafka
 from broker.kafka import embedded, principals
 from broker.kafka.settings import KafkaSettings
 
-pytestmark = pytest.mark.kafka
-
 FULL = os.environ.get("CBX_FAULTS_FULL") == "1"
+#: The full form reads a delivery log of some 100,000 entries after each fault: longer than the
+#: suite's default time-out allows.
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(1800 if FULL else 300)]
 MESSAGES = 10_000 if FULL else 600
 BATCH = 100
 KENT, LANCS = "la-e10000016", "la-e10000017"
