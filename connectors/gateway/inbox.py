@@ -301,14 +301,7 @@ class Inbox:
                 if not (kafka.transient(exc) or isinstance(exc, CommitFailedError)):
                     raise
                 attempt += 1
-                delay = min(self.retry_max_s, self.retry_base_s * 2 ** min(attempt, 10))
-                log.warning(
-                    "inbox_start_retry",
-                    attempt=attempt,
-                    error_class=type(exc).__name__,
-                    retry_in_s=round(delay, 2),
-                )
-                await asyncio.sleep(random.uniform(delay / 2, delay))
+                await self._back_off("inbox_start_retry", attempt, exc)
             finally:
                 with contextlib.suppress(Exception):
                     await consumer.stop()
@@ -385,14 +378,15 @@ class Inbox:
                 if not (kafka.transient(exc) or isinstance(exc, OSError)):
                     raise
                 attempt += 1
-                delay = min(self.retry_max_s, self.retry_base_s * 2 ** min(attempt, 10))
-                log.warning(
-                    "inbox_batch_retry",
-                    attempt=attempt,
-                    error_class=type(exc).__name__,
-                    retry_in_s=round(delay, 2),
-                )
-                await asyncio.sleep(random.uniform(delay / 2, delay))
+                await self._back_off("inbox_batch_retry", attempt, exc)
+
+    async def _back_off(self, event: str, attempt: int, exc: BaseException) -> None:
+        """Log a retry and wait before it: exponential, capped, with jitter."""
+        delay = min(self.retry_max_s, self.retry_base_s * 2 ** min(attempt, 10))
+        log.warning(
+            event, attempt=attempt, error_class=type(exc).__name__, retry_in_s=round(delay, 2)
+        )
+        await asyncio.sleep(random.uniform(delay / 2, delay))
 
     def start(self, sink: Sink | None = None) -> asyncio.Task[None]:
         """Run the inbox as a task; if it ever fails, log why and call ``on_fatal``."""
