@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from agencies import SHARING, body_of
 from aiokafka import TopicPartition
-from exchange import Exchange, exchange
+from exchange import LOGS, Exchange, exchange
 
 from broker import model
 from broker.crypto import keys as keystore
@@ -32,6 +32,7 @@ from broker.delivery_log import Status
 from broker.errors import EmbeddedKafkaError
 from broker.kafka import clients as kafka
 from broker.kafka import embedded, principals
+from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
 
 FULL = os.environ.get("CBX_FAULTS_FULL") == "1"
@@ -343,21 +344,35 @@ def spawn_tracker(settings: KafkaSettings, home: Path) -> subprocess.Popen[bytes
 
 
 async def assert_all_delivered(ex: Exchange, sent: list[str]) -> None:
-    """The tracker folded every recipient's DELIVERED receipt into the delivery log."""
+    """The tracker folded every recipient's DELIVERED receipt into the delivery log.
+
+    The log is followed, each entry decoded once, rather than read whole on every look: in the
+    full form it holds some 100,000 entries.
+    """
     wanted = set(sent)
+    done: set[tuple[str, str]] = set()
 
-    async def all_delivered() -> bool:
-        log = [e for e in await ex.log() if e.status == Status.DELIVERED]
-        done = {(e.message_id, e.recipient) for e in log if e.message_id in wanted}
-        return len(done) >= len(wanted) * len(RECIPIENTS)
+    def take(record: Any) -> None:
+        entry = LOGS.decode(record.value)
+        if entry.status == Status.DELIVERED and entry.message_id in wanted:
+            done.add((entry.message_id, entry.recipient))
 
+    follower = TopicFollower(ex.settings, ex.settings.topics.delivery_log, take)
+    await follower.start()
+    started = time.monotonic()
     try:
+
+        async def all_delivered() -> bool:
+            return len(done) >= len(wanted) * len(RECIPIENTS)
+
         await ex.wait_for(all_delivered, within_s=120, what="every copy DELIVERED")
     except AssertionError:
-        log = [e for e in await ex.log() if e.status == Status.DELIVERED]
-        per = Counter(e.recipient for e in log if e.message_id in wanted)
+        per = Counter(recipient for _, recipient in done)
         running = {a: ex.connectors[a].inbox.running for a in RECIPIENTS}
         raise AssertionError(f"DELIVERED per recipient {dict(per)}; inboxes {running}") from None
+    finally:
+        await follower.stop()
+    print(f"{len(done)} copies logged DELIVERED (seen in {time.monotonic() - started:.1f} s)")
 
 
 async def test_router_tracker_and_a_broker_killed_together(
