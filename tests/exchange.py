@@ -7,6 +7,7 @@ other's messages.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -45,14 +46,21 @@ class RouterProcess:
     """``cbx router`` as a child process, with its log kept for failures."""
 
     def __init__(
-        self, settings: KafkaSettings, home: Path, metrics_port: int | None = None
+        self,
+        settings: KafkaSettings,
+        home: Path,
+        metrics_port: int | None = None,
+        name: str = "router",
     ) -> None:
         self.settings = settings
         self.home = home
         self.metrics_port = metrics_port
-        self.log_path = home / "router.log"
+        self.name = name
+        self.log_path = home / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        #: Killed by the test (not exited by itself) and not started since.
+        self.killed = False
 
     def start(self) -> None:
         router = principals.settings_for(self.settings, model.ROUTER)
@@ -69,11 +77,13 @@ class RouterProcess:
         self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.starts += 1
+        self.killed = False
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(30)
+            self.killed = True
 
     def terminate(self, timeout: float = 60) -> int:
         assert self.proc is not None
@@ -94,6 +104,28 @@ class Exchange:
     home: Path
     router: RouterProcess
     connectors: dict[str, Connector] = field(default_factory=dict)
+    #: Further router instances in the same group (``add_router``).
+    more_routers: list[RouterProcess] = field(default_factory=list)
+
+    def add_router(self) -> RouterProcess:
+        """Start another ``cbx router`` in the router's group: the instances share the outbound
+        partitions."""
+        extra = RouterProcess(self.settings, self.home, name=f"router-{len(self.more_routers) + 2}")
+        extra.start()
+        self.more_routers.append(extra)
+        return extra
+
+    def owner_of(self, partition: str) -> RouterProcess:
+        """The router instance that last committed a batch of ``partition`` ("topic/n")."""
+        last: tuple[str, RouterProcess] | None = None
+        for router in (self.router, *self.more_routers):
+            for line in router.log_text().splitlines():
+                if '"batch_committed"' in line and f'"partition": "{partition}"' in line:
+                    at = json.loads(line).get("timestamp", "")
+                    if last is None or at >= last[0]:
+                        last = (at, router)
+        assert last is not None, f"no router has committed a batch of {partition}"
+        return last[1]
 
     async def agency(
         self, agency: str, *, publish_keys: bool = True, inbox: bool = False, sink: Any = None
@@ -207,7 +239,7 @@ class Exchange:
             if time.monotonic() > deadline:
                 tail = self.router.log_text()[-6000:]
                 raise AssertionError(f"timed out waiting for {what}\n--- router log ---\n{tail}")
-            if not self.router.alive() and self.router.starts:
+            if not self.router.alive() and self.router.starts and not self.router.killed:
                 raise AssertionError(f"router exited\n{self.router.log_text()[-6000:]}")
             await asyncio.sleep(0.3)
 
@@ -267,8 +299,9 @@ async def exchange(
     finally:
         for c in ex.connectors.values():
             await c.stop()
-        if router.alive():
-            router.terminate()
+        for r in (router, *ex.more_routers):
+            if r.alive():
+                r.terminate()
         if saved is None:
             os.environ.pop("CBX_HOME", None)
         else:

@@ -184,10 +184,17 @@ async def test_a_message_published_twice_is_routed_once(
         await kent.publish([second])
 
         async def both() -> bool:
+            # The two cases sit on different partitions: either may be routed first. Wait for
+            # both and for the router to have read everything, the copy published again too.
             ids = await ex.inbox_ids(LANCS)
-            return str(second.header.message_id) in ids
+            done, end = await ex.router_progress()
+            return (
+                str(out.header.message_id) in ids
+                and str(second.header.message_id) in ids
+                and done >= end
+            )
 
-        await ex.wait_for(both, what="second message routed")
+        await ex.wait_for(both, what="both messages routed, the copy read")
         ids = await ex.inbox_ids(LANCS)
         assert ids[str(out.header.message_id)] == 1
 

@@ -72,6 +72,21 @@ def transactional_producer(
     return producer(settings, transactional_id=transactional_id, **overrides)
 
 
+async def send(producer: AIOKafkaProducer, topic: str, value: Any, **kwargs: Any) -> Any:
+    """``producer.send``, with ``topic`` kept in the producer's metadata for good.
+
+    aiokafka's client refreshes metadata only for the topics it tracks, and it tracks a topic
+    only when the topic was missing from its metadata at the first send. A topic it knew from
+    its first (whole-cluster) metadata is dropped by the next refresh for a tracked one; a batch
+    already queued for it then waits for a leader until it expires, 40 s later, with
+    NotLeaderForPartitionError. A producer that writes several topics, some created after it
+    started (a new agency's inbox), meets exactly that: so every topic is tracked before its
+    first send. Tracking a topic already tracked costs nothing.
+    """
+    await producer.client.add_topic(topic)
+    return await producer.send(topic, value, **kwargs)
+
+
 def consumer(settings: KafkaSettings, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
     """A ``read_committed`` consumer that commits explicitly, from the earliest offset."""
     kwargs: dict[str, Any] = {

@@ -92,6 +92,9 @@ class RouterService:
         self._last_sync = 0.0
         self.placement_follower: TopicFollower | None = None
         self.state = RouterState()
+        self.routed_follower = TopicFollower(settings, settings.topics.routed, self._note_routed)
+        #: Partitions rewound since the routed ids were last caught up with.
+        self._unsynced: set[TopicPartition] = set()
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self.committed_offsets: dict[TopicPartition, int] = {}
         self.lock = asyncio.Lock()
@@ -108,24 +111,27 @@ class RouterService:
 
     # --- start-up -----------------------------------------------------------------------------
 
-    async def _load_state(self) -> None:
-        def routed(r: Any) -> None:
-            if r.key is not None:
-                value = r.value.decode() if r.value else ""
-                # Older markers hold the source position, not an identity: "" (unknown).
-                self.state.routed[r.key.decode()] = "" if "/" in value else value
+    def _note_routed(self, record: Any) -> None:
+        """A routed-id marker, written by this router or another instance."""
+        if record.key is not None:
+            value = record.value.decode() if record.value else ""
+            # Older markers hold the source position, not an identity: "" (unknown).
+            self.state.routed[record.key.decode()] = "" if "/" in value else value
 
+    async def _load_state(self) -> None:
         # Other router instances write here too: the registry keeps the newer record.
         self.placement_follower = placement_follower(
             self.settings, self.catalogue, self.state.registry
         )
         await self.placement_follower.start()
-        n_ids = await kafka.read_to_end(self.settings, self.settings.topics.routed, routed)
+        # Followed, not read once: a partition taken over from another instance must be routed
+        # knowing every id its previous owner routed (see _route_batch).
+        await self.routed_follower.start()
         await self.follower.start()
         log.info(
             "router_state_loaded",
             placements=len(self.state.registry),
-            routed_ids=n_ids,
+            routed_ids=len(self.state.routed),
             agencies=len(self.directory.agencies()),
         )
 
@@ -260,6 +266,7 @@ class RouterService:
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
+            self._unsynced.add(tp)
         except IllegalStateError:
             # The assignment changed again while we were here; the next rebalance handles it.
             log.info("partition_moved_during_assignment", partition=f"{tp.topic}/{tp.partition}")
@@ -360,10 +367,12 @@ class RouterService:
                             continue
                         partition = None
                         if out.urgent is not None:  # an inbox copy: its lane
+                            await producer.client.add_topic(out.topic)
                             n = len(await producer.partitions_for(out.topic))
                             partition = lanes.partition_for(out.key, n, out.urgent)
                         futures.append(
-                            await producer.send(
+                            await kafka.send(
+                                producer,
                                 out.topic,
                                 out.value,
                                 key=out.key,
@@ -453,6 +462,20 @@ class RouterService:
                 await self._renew(tp)
                 return False
             try:
+                if tp in self._unsynced:
+                    behind = set(self._unsynced)
+                    # Read from its committed offset after this process fenced the previous
+                    # owner (or after a failure of its own): everything that owner routed is
+                    # committed or aborted by now, so catch up with its routed ids before
+                    # deciding, or a message it routed and its sender published again would be
+                    # routed a second time.
+                    await self.routed_follower.sync()
+                    self._unsynced -= behind
+                    log.info(
+                        "routed_ids_caught_up",
+                        partitions=len(behind),
+                        routed_ids=len(self.state.routed),
+                    )
                 await self._route_partition(tp, records)
                 return True
             except Exception as exc:
@@ -496,7 +519,7 @@ class RouterService:
             except Exception as exc:  # closing anyway
                 log.info("close_failed", client=what, error_class=type(exc).__name__)
 
-        for follower in (self.follower, self.placement_follower):
+        for follower in (self.follower, self.placement_follower, self.routed_follower):
             if follower is not None:
                 await bounded(f"follower {follower.topic}", follower.stop())
         if self.consumer is not None:

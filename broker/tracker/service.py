@@ -158,8 +158,13 @@ class TrackerService:
                 continue
             value, headers, recipients = composed
             futures.append(
-                await self._producer.send(
-                    topic, value, key=clock.case_ref.encode(), headers=headers, partition=lane
+                await kafka.send(
+                    self._producer,
+                    topic,
+                    value,
+                    key=clock.case_ref.encode(),
+                    headers=headers,
+                    partition=lane,
                 )
             )
             log.error(
@@ -196,7 +201,8 @@ class TrackerService:
     async def _write(self, entries: list[LogEntry]) -> None:
         async def send() -> None:
             futures = [
-                await self._producer.send(
+                await kafka.send(
+                    self._producer,
                     self.settings.topics.delivery_log,
                     self.logs.encode(e),
                     key=e.message_id.encode() if e.message_id else None,
@@ -342,7 +348,7 @@ class TrackerService:
             async def copy(pending: list[tuple[str, Any]] = pending) -> None:
                 known = await self._known_status_topics({t for t, _ in pending})
                 futures = [
-                    await self._producer.send(t, r.value, key=r.key)
+                    await kafka.send(self._producer, t, r.value, key=r.key)
                     for t, r in pending
                     if t in known
                 ]

@@ -1,0 +1,192 @@
+"""Several router instances in one group share the outbound partitions, exactly once.
+
+Each instance keeps one transactional producer per partition it owns, with the partition's own
+transactional id, so the instance that takes a partition over fences the one before it. What the
+previous owner routed, the new owner must know before routing the partition again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+
+import pytest
+from agencies import SHARING, body_of
+from exchange import Exchange, RouterProcess, exchange
+from test_router import (
+    ALL,
+    CASE,
+    KENT,
+    KENT_POLICE,
+    LANCS,
+    LANCS_POLICE,
+    PROVIDER,
+    placement_body,
+)
+
+from broker.kafka import clients as kafka
+from broker.kafka import lanes
+from broker.kafka.settings import KafkaSettings
+
+pytestmark = pytest.mark.kafka
+
+
+async def _both_own_partitions(ex: Exchange, routers: list[RouterProcess]) -> None:
+    async def shared() -> bool:
+        return all('"partitions_assigned"' in r.log_text() for r in routers)
+
+    await ex.wait_for(shared, what="both router instances to own partitions")
+
+
+async def test_a_message_published_again_after_its_partition_moved_is_routed_once(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    """The router that routed a message is killed; its sender publishes it again (a retry after a
+    lost acknowledgement). The instance that takes the partition over started before the message
+    was routed, so only following the routed ids tells it the message is done."""
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await ex.agencies(ALL)
+        second = ex.add_router()
+        await _both_own_partitions(ex, [ex.router, second])
+        kent = ex.connectors[KENT]
+        first = kent.prepare("PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING)
+        await kent.publish([first])
+        mid = str(first.header.message_id)
+
+        async def delivered() -> bool:
+            return mid in await ex.inbox_ids(LANCS)
+
+        await ex.wait_for(delivered, what="the placement routed")
+        n = len(await kafka.partitions(kafka_ns, kafka_ns.topics.outbound(KENT)))
+        partition = lanes.partition_for(first.key, n, urgent=False)
+        owner = ex.owner_of(f"{kafka_ns.topics.outbound(KENT)}/{partition}")
+        owner.kill()
+
+        await kent.publish([first])  # the same message again
+        later = kent.prepare("PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING)
+        await kent.publish([later])
+
+        async def later_routed() -> bool:
+            return str(later.header.message_id) in await ex.inbox_ids(LANCS)
+
+        await ex.wait_for(later_routed, within_s=90, what="the surviving instance to route")
+        ids = await ex.inbox_ids(LANCS)
+        assert ids[mid] == 1, f"routed {ids[mid]} times"
+        assert (await ex.dead_letters()) == []
+
+
+#: Messages in the two-instance crash test: routine placements over every bulk partition of the
+#: placing council and IMMEDIATE missing reports on the host force's urgent lane.
+PLACEMENTS = 6_000
+MISSING = 4_000
+KILLS = 4
+
+
+async def test_two_routers_sigkilled_at_random_points_lose_and_repeat_nothing(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    """The crash test with two router instances: at four random points of a 10,000-message stream
+    one instance, chosen at random, is SIGKILLed and started again; at the last, both are. Its
+    partitions move to the other instance and back, and every message reaches each recipient
+    once."""
+    rng = random.Random(20261128)
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await ex.agencies(ALL)
+        routers = [ex.router, ex.add_router()]
+        await _both_own_partitions(ex, routers)
+        kent, host_force = ex.connectors[KENT], ex.connectors[LANCS_POLICE]
+        await kent.send("PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING)
+        await ex.wait_registered(LANCS_POLICE, CASE)
+        missing_body = body_of("ChildMissingReported")
+        placed: set[str] = set()
+        missing: set[str] = set()
+        kills_done = asyncio.Event()
+        total = PLACEMENTS + MISSING
+
+        async def produce() -> None:
+            step, p_step, m_step = 250, 150, 100
+            for i in range(total // step):
+                if i * step >= total * 0.9:
+                    await kills_done.wait()  # every kill comes mid-stream
+                places = [
+                    kent.prepare(
+                        "PlacementNotified",
+                        placement_body(),
+                        case_ref=f"KCC-LAC-{i:04d}{j:03d}",
+                        sharing=SHARING,
+                    )
+                    for j in range(p_step)
+                ]
+                reports = [
+                    host_force.prepare(
+                        "ChildMissingReported",
+                        missing_body,
+                        case_ref=CASE,
+                        sharing=SHARING,
+                        urgency="IMMEDIATE",
+                    )
+                    for _ in range(m_step)
+                ]
+                await asyncio.gather(kent.publish(places), host_force.publish(reports))
+                placed.update(str(o.header.message_id) for o in places)
+                missing.update(str(o.header.message_id) for o in reports)
+                await asyncio.sleep(0.05)
+
+        kills: list[tuple[int, int, str]] = []
+        bands = [(0.10, 0.25), (0.30, 0.45), (0.50, 0.65), (0.70, 0.85)][:KILLS]
+        kill_at = [int(total * rng.uniform(lo, hi)) for lo, hi in bands]
+
+        async def chaos() -> None:
+            for k, target in enumerate(kill_at):
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    done, _ = await ex.router_progress()
+                    if done >= target:
+                        break
+                    await asyncio.sleep(0.05)
+                victims = routers if k == len(kill_at) - 1 else [rng.choice(routers)]
+                kills.append((target, done, "+".join(r.name for r in victims)))
+                for r in victims:
+                    r.kill()
+                await asyncio.sleep(rng.uniform(0.1, 1.0))
+                for r in victims:
+                    r.start()
+            kills_done.set()
+
+        await asyncio.gather(produce(), chaos())
+        assert len(placed) == PLACEMENTS
+        assert len(missing) == MISSING
+
+        async def drained() -> bool:
+            done, end = await ex.router_progress()
+            return done >= end
+
+        t0 = time.monotonic()
+        await ex.wait_for(drained, within_s=600, what="the routers to reach the end of their input")
+        drain_s = time.monotonic() - t0
+
+        dead = await ex.dead_letters()
+        assert dead == [], {d.reason for d in dead}
+        told_missing = {KENT, KENT_POLICE, LANCS, PROVIDER}
+        for agency in ALL:
+            ids = await ex.inbox_ids(agency)
+            dupes = {i: n for i, n in ids.items() if n != 1}
+            assert dupes == {}, f"{agency} got {len(dupes)} messages more than once"
+            got_missing = missing & set(ids)
+            if agency in told_missing:
+                assert got_missing == missing, f"{agency} lost {len(missing - got_missing)}"
+            else:
+                assert not got_missing, f"{agency} was told of a missing episode"
+            got_placed = placed & set(ids)
+            # A placement reaches a party in full or not at all; the host council is one.
+            assert got_placed in (set(), placed), f"{agency} lost {len(placed - got_placed)}"
+            if agency == LANCS:
+                assert got_placed == placed
+        # Both instances routed; each kill came at its random point, mid-stream.
+        for r in routers:
+            assert '"batch_committed"' in r.log_text(), f"{r.name} routed nothing"
+        assert sum(r.starts for r in routers) == 2 + KILLS + 1
+        assert all(t <= done < total for t, done, _ in kills), kills
+        print(f"\nkills (target, routed, victims): {kills}; drained in {drain_s:.1f}s")
