@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker.admin import provision
-from broker.errors import AccessDeniedError, AuthenticationFailedError
+from broker.errors import AccessDeniedError, AuthenticationFailedError, ConfigurationError
 from broker.kafka import clients as kafka
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
@@ -265,3 +265,14 @@ async def test_every_principal_kind_on_every_shared_topic(secured: KafkaSettings
         await _write(tracker, t.outbound(AGENCIES[0]))
     with pytest.raises(AccessDeniedError):
         await _write(principals.settings_for(secured, AGENCIES[0]), t.outbound("svc-tracker"))
+
+
+async def test_provisioning_returns_once_the_new_credentials_are_accepted(secured) -> None:  # type: ignore[no-untyped-def]
+    """`cbx agency add` returns only when the agency can connect; a password the cluster never
+    accepts is reported, naming the principal, when the wait runs out."""
+    await provision.add_agency(secured, "la-e10000021")
+    agency = principals.settings_for(secured, "la-e10000021")
+    await provision.credentials_accepted(agency, within_s=0)  # at once: already accepted
+    wrong = replace(agency, sasl_password="not-the-password")
+    with pytest.raises(ConfigurationError, match="la-e10000021 within 1 s"):
+        await provision.credentials_accepted(wrong, within_s=1)

@@ -21,6 +21,7 @@ from jsonschema import Draft7Validator
 from broker.admin import provision, strimzi
 from broker.kafka.acls import grants
 from broker.kafka.topics import Topics
+from broker.policy.profiles import agency_topics
 from broker.policy.reference import reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,7 +107,9 @@ def test_strimzi_users_hold_exactly_the_acls_the_access_tests_prove() -> None:
 def test_strimzi_topics_are_the_exchanges_topics_with_replication_three() -> None:
     t = Topics("cbx")
     docs = [d for d in strimzi.resources("cbx", AGENCIES) if d["kind"] == "KafkaTopic"]
-    want = {s.name: s for s in t.core()} | {s.name: s for a in AGENCIES for s in t.agency(a)}
+    want = {s.name: s for s in t.core()} | {
+        s.name: s for a in AGENCIES for s in agency_topics(t, a)
+    }
     got = {d["spec"]["topicName"]: d["spec"] for d in docs}
     assert set(got) == set(want)
     for name, spec in got.items():
@@ -118,6 +121,10 @@ def test_strimzi_topics_are_the_exchanges_topics_with_replication_three() -> Non
     # The urgent lane is there: outbound and inbox have one partition more than status.
     assert got[t.outbound("la-e10000016")]["partitions"] == 4
     assert got[t.status("la-e10000016")]["partitions"] == 3
+    # A children's home has the partitions of its kind: one, and the lane.
+    assert got[t.outbound("cp-sc482913")]["partitions"] == 2
+    assert got[t.inbox("cp-sc482913")]["partitions"] == 2
+    assert got[t.status("cp-sc482913")]["partitions"] == 1
 
 
 def test_cbx_deploy_strimzi_writes_them(tmp_path: Path) -> None:

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from cli import cbx
 
 from broker.errors import ConfigurationError, PolicyError
+from broker.kafka.topics import Topics
 from broker.model import SYSTEM_TYPES
-from broker.policy.profiles import profile_for, profiles
+from broker.policy.profiles import agency_topics, profile_for, profiles
 from broker.policy.routing import Rules
 
 RULES = Rules.load()
@@ -98,3 +100,32 @@ def test_the_kinds_that_read_the_whole_registry_are_the_kinds_the_acls_let_read_
             for g in grants("agency", "cbx", agency)
         )
         assert reads_all == (p.registry == "all"), p.kind
+
+
+def test_partitions_follow_the_kind_and_a_provider_has_one_and_the_lane() -> None:
+    topics = Topics("cbx")
+    sizes = {
+        agency: {spec.name.split(".")[1]: spec.partitions for spec in agency_topics(topics, agency)}
+        for agency in ("la-e10000016", "pf-e23000032", "icb-e54000032", "cp-sc482913", "gp-a81001")
+    }
+    assert sizes["la-e10000016"] == {"outbound": 4, "inbox": 4, "status": 3, "cases": 3}
+    assert sizes["pf-e23000032"] == {"outbound": 4, "inbox": 4, "status": 3, "cases": 3}
+    assert sizes["icb-e54000032"] == {"outbound": 3, "inbox": 3, "status": 2, "cases": 2}
+    for small in ("cp-sc482913", "gp-a81001"):
+        assert sizes[small] == {"outbound": 2, "inbox": 2, "status": 1, "cases": 1}
+    # 3,000 children's homes: 18,000 partitions, not the 42,000 of a council's layout.
+    assert sum(sizes["cp-sc482913"].values()) * 3000 == 18_000
+
+
+@pytest.mark.parametrize("value", [0, 33, "3", True, 1.5])
+def test_a_profile_with_an_impossible_partition_count_is_refused(
+    tmp_path: Path, value: object
+) -> None:
+    from broker.paths import schemas_dir
+
+    data = yaml.safe_load((schemas_dir() / "policy" / "profiles.yaml").read_text())
+    data["profiles"]["provider"]["partitions"] = value
+    path = tmp_path / "profiles.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigurationError, match="profile provider: partitions must be a whole"):
+        profiles(path)

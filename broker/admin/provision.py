@@ -8,8 +8,12 @@ On a cluster without SASL (a developer's plain broker) principals and ACLs are s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from aiokafka.errors import KafkaConnectionError
 
 from broker import directory as directory_mod
 from broker import env, model
@@ -21,7 +25,7 @@ from broker.kafka import principals, topics
 from broker.kafka.acls import AccessControl, Grant, grants
 from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
-from broker.policy.profiles import directory_kind
+from broker.policy.profiles import agency_topics, directory_kind
 from broker.policy.reference import reference
 
 log = get_logger("provision")
@@ -96,8 +100,40 @@ async def upgrade_topics(admin: KafkaSettings) -> list[str]:
     )
     specs = [*admin.topics.core()]
     for agency in agencies:
-        specs += admin.topics.agency(agency)
+        specs += agency_topics(admin.topics, agency)
     return await kafka.ensure_topics(admin, specs)
+
+
+#: How long provisioning waits for the brokers to accept a principal's new password.
+CREDENTIALS_WAIT_S = 30.0
+
+
+async def credentials_accepted(
+    settings: KafkaSettings, within_s: float = CREDENTIALS_WAIT_S
+) -> None:
+    """Return once the cluster accepts ``settings``' principal and password.
+
+    The controller has the new SCRAM credentials when it answers, but each broker applies them
+    from the metadata log a moment later (longer on a loaded machine), and a connector started
+    straight after ``cbx agency add`` was refused as having invalid credentials. So provisioning
+    returns only when a connection with them succeeds.
+    """
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        client = kafka.admin(settings)
+        try:
+            await client.start()
+            return
+        except KafkaConnectionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise ConfigurationError(
+                    f"the cluster did not accept the new credentials of {settings.sasl_username} "
+                    f"within {within_s:.0f} s"
+                ) from None
+            await asyncio.sleep(0.2)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.close()
 
 
 async def _service(
@@ -135,13 +171,16 @@ async def ensure_service(admin: KafkaSettings, principal: str, *, grant: bool = 
 async def add_agency(admin: KafkaSettings, agency: str, password: str | None = None) -> Provisioned:
     """An agency's principal and credentials, its two topics, and the ACLs of its role."""
     topics.check_agency_id(agency)
-    specs = [*admin.topics.core(), *admin.topics.agency(agency)]
-    await kafka.ensure_topics(admin, specs)
+    own = agency_topics(admin.topics, agency)
+    await kafka.ensure_topics(admin, [*admin.topics.core(), *own])
     entries = grants("agency", admin.topic_prefix, agency)
     if secured(admin):
         AccessControl(admin).provision(agency, "agency", agency, password=password)
+        await credentials_accepted(principals.settings_for(admin, agency))
     log.info("agency_added", agency=agency, acls=len(entries))
-    return Provisioned(agency, "agency", entries, [s.name for s in admin.topics.agency(agency)])
+    return Provisioned(
+        agency, "agency", entries, [s.name for s in agency_topics(admin.topics, agency)]
+    )
 
 
 async def remove_agency(admin: KafkaSettings, agency: str) -> None:

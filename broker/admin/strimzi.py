@@ -17,6 +17,7 @@ from broker.admin.provision import SERVICES
 from broker.kafka.acls import Grant, grants
 from broker.kafka.clients import REPLICAS
 from broker.kafka.topics import Topics, TopicSpec, check_agency_id
+from broker.policy.profiles import agency_topics
 
 API = "kafka.strimzi.io/v1"
 _RESOURCE = {"topic": "topic", "group": "group", "transactional_id": "transactionalId"}
@@ -164,7 +165,7 @@ def resources(
     out = kafka(cluster, namespace, kafka_version, storage_gi)
     specs = [*topics.core()]
     for a in agencies:
-        specs += topics.agency(a)
+        specs += agency_topics(topics, a)
     out += [topic(s, cluster, namespace) for s in specs]
     for principal, (role, _name) in SERVICES.items():
         out.append(user(principal, role, prefix, cluster, namespace))

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from broker.errors import ConfigurationError, NotPermittedError
+from broker.kafka.topics import Topics, TopicSpec
 from broker.model import SERVICE_PREFIX, SYSTEM_TYPES, Role
 from broker.paths import schemas_dir
 
@@ -37,6 +38,9 @@ class Profile:
     sink: str
     #: The official code an id of this kind must carry: (regular expression, what it means).
     id_format: tuple[str, str] | None = None
+    #: Bulk partitions of each of the agency's topics (outbound and inbox have the urgent lane
+    #: besides): what its volume needs, and no more, since partitions cost every broker.
+    partitions: int = 3
 
     def check_id(self, agency: str) -> None:
         """Refuse an id whose code is not the official code of this kind."""
@@ -66,6 +70,13 @@ def profiles(path: Path | None = None) -> dict[str, Profile]:
         where = f"{path.name}: profile {kind}"
         if p.get("sink") not in SINKS:
             raise ConfigurationError(f"{where}: sink must be one of {', '.join(SINKS)}")
+        partitions = p.get("partitions", 3)
+        if (
+            not isinstance(partitions, int)
+            or isinstance(partitions, bool)
+            or not 1 <= partitions <= 32
+        ):
+            raise ConfigurationError(f"{where}: partitions must be a whole number from 1 to 32")
         try:
             roles = frozenset(Role(r) for r in p["roles"])
         except ValueError as exc:
@@ -83,8 +94,15 @@ def profiles(path: Path | None = None) -> dict[str, Profile]:
             id_format=(
                 (p["id_format"]["pattern"], p["id_format"]["means"]) if "id_format" in p else None
             ),
+            partitions=partitions,
         )
     return out
+
+
+def agency_topics(topics: Topics, agency: str) -> list[TopicSpec]:
+    """An agency's topics, with the partitions its kind is given (``partitions`` in
+    profiles.yaml)."""
+    return topics.agency(agency, profile_for(agency).partitions)
 
 
 def profile_for(agency: str) -> Profile:
