@@ -36,6 +36,8 @@ VARIABLES: dict[str, str] = {
     "CBX_LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR (INFO)",
     "CBX_CONSOLE_DATABASE_URL": "the console's view: sqlite:///PATH (under $CBX_HOME/console)",
     "CBX_CONSOLE_ACCOUNTS": "the console's accounts file ($CBX_HOME/console/accounts.json)",
+    "CBX_ENDED_CASE_DAYS": "days an ended placement's case stays in the registry (90)",
+    "CBX_REGISTRY_SWEEP_S": "seconds between the router's sweeps for ended cases to remove (3600)",
 }
 
 

@@ -156,6 +156,14 @@ class Placement:
         ]
         return max(ended, key=lambda p: p.until or at) if ended else None
 
+    def everyone(self) -> set[str]:
+        """Every agency that has been a party to the case, or heard of its open episode: the
+        holders of a copy in their own view."""
+        out = {p.agency for p in self.spans}
+        if self.episode is not None:
+            out |= {r.agency for r in self.episode.heard}
+        return out
+
     def agencies(self) -> set[str]:
         """Agencies that are parties now, or heard of the open episode."""
         out = {p.agency for p in self.spans if p.current}
@@ -343,6 +351,24 @@ class PlacementRegistry:
         self._by_reference.setdefault(reference, set()).add(placement.case_ref)
         return True
 
+    def remove(self, case_ref: str, at: dt.datetime) -> bool:
+        """Forget a case (its tombstone was read) if its placement has ended and its record is
+        no newer than ``at``, the tombstone's time: a case placed again stays."""
+        old = self._cases.get(case_ref)
+        if old is None or old.active or old.updated_at > at:
+            return False
+        del self._cases[case_ref]
+        _, reference = split_case_id(case_ref)
+        left = self._by_reference.get(reference, set())
+        left.discard(case_ref)
+        if not left:
+            self._by_reference.pop(reference, None)
+        return True
+
+    def ended_before(self, cutoff: dt.datetime) -> list[Placement]:
+        """Cases whose placement ended and which have not changed since before ``cutoff``."""
+        return [p for p in self._cases.values() if not p.active and p.updated_at < cutoff]
+
     def __len__(self) -> int:
         return len(self._cases)
 
@@ -362,6 +388,9 @@ def placement_follower(
         if r.value is not None:
             rec = codec.decode(r.value, store.writer_for, version.parsed)
             registry.put(Placement.from_record(rec))
+        elif r.key is not None:  # a tombstone: the case ended long enough ago to leave
+            at = dt.datetime.fromtimestamp(r.timestamp / 1000, dt.UTC)
+            registry.remove(r.key.decode(), at)
 
     # Prompt: a connector waits on it before routing a message about a case it has just heard of.
     return TopicFollower(

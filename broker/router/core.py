@@ -179,7 +179,7 @@ class RouterCore:
             self.rules.urgent_lane(header.event_type, header.urgency),
         )
 
-    def _placement_outs(self, placement: Placement, before: Placement | None) -> list[Out]:
+    def placement_outs(self, placement: Placement, before: Placement | None) -> list[Out]:
         """The registry record, and a copy for each party to the case (its own view): the parties
         now, and those the change ended (their last record says until when they were parties)."""
         v = self.placements
@@ -405,7 +405,7 @@ class RouterCore:
         if placement is not None:
             placement.case_ref = header.case_ref
             placement.source_message_id = header.message_id
-            outs.extend(self._placement_outs(placement, case))
+            outs.extend(self.placement_outs(placement, case))
         # One marker, keyed by message id: a routed record read again (after a crash or a
         # rebalance) carries the same message id. Dead letters, which may have none, are marked
         # by their source instead.

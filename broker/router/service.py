@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import signal
 import time
 from collections.abc import Iterable
@@ -22,6 +23,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import IllegalStateError
 from prometheus_client import Counter, Histogram, start_http_server
 
+from broker import env
 from broker.admin.identity import ensure_identity
 from broker.crypto.sealing import BodyForms, Sealer
 from broker.directory import Directory, DirectoryCodec, apply
@@ -47,6 +49,8 @@ WARM_CONCURRENCY = 32
 BULK_CHUNK = 50
 #: How long a stop waits for each client to close.
 CLOSE_TIMEOUT_S = 10.0
+#: Ended cases removed per sweep step; routing goes on between steps.
+SWEEP_CHUNK = 500
 
 MESSAGES = Counter(
     "cbx_router_messages_total", "Messages read by the router, by outcome", ["outcome"]
@@ -108,6 +112,10 @@ class RouterService:
         #: Set once every partition first assigned has its producer (the first message after a
         #: start pays no warm-up).
         self.ready = asyncio.Event()
+        self.ended_case_kept = dt.timedelta(days=float(env.get("CBX_ENDED_CASE_DAYS", "90")))
+        self.sweep_every_s = float(env.get("CBX_REGISTRY_SWEEP_S", "3600"))
+        self._next_sweep = 0.0
+        self._sweeper: AIOKafkaProducer | None = None
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -341,6 +349,58 @@ class RouterService:
         await self.follower.sync()
         return True
 
+    # --- ended cases leave the registry ----------------------------------------------------------
+
+    async def _sweep(self) -> int:
+        """Remove from the registry the cases whose placement ended more than
+        ``CBX_ENDED_CASE_DAYS`` ago: a tombstone on ``cbx.placements`` and on the view of every
+        agency that held a copy, which compaction then drops, so no process reads them at start
+        any more. At most ``SWEEP_CHUNK`` a step; the next step follows at once when more are due.
+
+        A case placed again while its tombstones were written is active again: followers keep
+        it, and its record is written again after them so compaction keeps it too. Several
+        router instances may sweep the same case: a tombstone twice is one.
+        """
+        assert self.core is not None
+        assert self.placement_follower is not None
+        cutoff = dt.datetime.now(dt.UTC) - self.ended_case_kept
+        due = self.state.registry.ended_before(cutoff)
+        if not due:
+            self._next_sweep = time.monotonic() + self.sweep_every_s
+            return 0
+        chunk = due[:SWEEP_CHUNK]
+        if self._sweeper is None:
+            self._sweeper = kafka.producer(self.settings)
+            await self._sweeper.start()
+        futures = []
+        for case in chunk:
+            key = case.case_ref.encode()
+            views = [self.settings.topics.cases(a) for a in sorted(case.everyone())]
+            for topic in [self.settings.topics.placements, *views]:
+                if await self._writable(topic):
+                    futures.append(await kafka.send(self._sweeper, topic, None, key=key))
+        await asyncio.gather(*futures)
+        await self.placement_follower.sync()
+        again = []
+        for case in chunk:
+            # Still here once its tombstones were read: placed again meanwhile (followers keep
+            # an active case). Its record goes after the tombstones, for compaction to keep.
+            current = self.state.registry.get(case.case_ref)
+            if current is not None and current.case_ref == case.case_ref:
+                again += self.core.placement_outs(current, case)
+        for out in again:
+            await (await kafka.send(self._sweeper, out.topic, out.value, key=out.key))
+        log.info(
+            "ended_cases_removed",
+            cases=len(chunk),
+            tombstones=len(futures),
+            placed_again=len({o.key for o in again}),
+            remaining=len(due) - len(chunk),
+        )
+        if len(due) == len(chunk):
+            self._next_sweep = time.monotonic() + self.sweep_every_s
+        return len(chunk)
+
     # --- the loop ------------------------------------------------------------------------------
 
     async def _route_partition(self, tp: TopicPartition, records: list[Any]) -> None:
@@ -499,6 +559,12 @@ class RouterService:
         try:
             while not self.stop_event.is_set():
                 await self._warm()
+                if self.ready.is_set() and time.monotonic() >= self._next_sweep:
+                    try:
+                        await self._sweep()
+                    except Exception as exc:  # the registry keeps them; tried again later
+                        self._next_sweep = time.monotonic() + min(60.0, self.sweep_every_s)
+                        log.warning("sweep_failed", error_class=type(exc).__name__)
                 generation = self.generation
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=2000)
                 await self._route_fetched(batch, generation)
@@ -526,6 +592,8 @@ class RouterService:
             await bounded("consumer", self.consumer.stop())
         for tp, producer in list(self.producers.items()):
             await bounded(f"producer {tp.topic}/{tp.partition}", producer.stop())
+        if self._sweeper is not None:
+            await bounded("sweeper", self._sweeper.stop())
         self.producers.clear()
         log.info("router_stopped")
 
