@@ -53,6 +53,7 @@ bench: kafka-jars
 	$(BIN)/python -m benchmarks.bench_console
 	$(BIN)/python -m benchmarks.bench_cold
 	$(BIN)/python -m benchmarks.bench_urgent
+	$(BIN)/python -m benchmarks.bench_registry
 
 format: setup
 	$(BIN)/ruff format .

@@ -45,6 +45,11 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def _uuid(value: Any) -> uuid.UUID:
+    """A UUID as the decoder gives it (fastavro makes one of a uuid logical type) or as text."""
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
 @dataclass(frozen=True)
 class Party:
     """One agency in one role in a case, for a period (``since`` None: from the beginning)."""
@@ -81,7 +86,7 @@ class Party:
             role=Role(r["role"]),
             since=_utc(r.get("since")),
             until=_utc(r.get("until")),
-            source_message_id=uuid.UUID(str(source)) if source else None,
+            source_message_id=_uuid(source) if source else None,
             ended_by=r.get("ended_by"),
         )
 
@@ -256,7 +261,7 @@ class Placement:
             case_ref=r["case_ref"],
             spans=spans,
             active=r["status"] == "ACTIVE",
-            source_message_id=uuid.UUID(str(r["source_message_id"])),
+            source_message_id=_uuid(r["source_message_id"]),
             updated_at=r["updated_at"],
             episode=Episode.from_record(episode) if episode else None,
         )
