@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from agencies import SHARING, body_of
-from exchange import exchange
+from exchange import Exchange, RouterProcess, exchange
 from test_router import (
     ALL,
     CASE,
@@ -27,6 +28,53 @@ pytestmark = pytest.mark.kafka
 
 MESSAGES = 10_000
 KILLS = 4
+
+
+def kill_points(rng: random.Random, total: int) -> list[int]:
+    """A random point of the stream in each of ``KILLS`` bands, so every kill lands while
+    messages are in flight, at a point nobody chose."""
+    bands = [(0.10, 0.25), (0.30, 0.45), (0.50, 0.65), (0.70, 0.85)][:KILLS]
+    return [int(total * rng.uniform(lo, hi)) for lo, hi in bands]
+
+
+async def kill_at_points(
+    ex: Exchange,
+    rng: random.Random,
+    total: int,
+    victims: Callable[[int], list[RouterProcess]],
+    produced: Callable[[], int],
+) -> list[tuple[int, int, int, str]]:
+    """At each kill point (once the routers have committed that many records), SIGKILL
+    ``victims(k)`` and start them again after a random pause; for each, the point, the records
+    routed and the messages produced when it came, and who was killed."""
+    kills = []
+    for k, target in enumerate(kill_points(rng, total)):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done, _ = await ex.router_progress()
+            if done >= target:
+                break
+            await asyncio.sleep(0.05)
+        chosen = victims(k)
+        kills.append((target, done, produced(), "+".join(r.name for r in chosen)))
+        for r in chosen:
+            r.kill()
+        await asyncio.sleep(rng.uniform(0.1, 1.0))
+        for r in chosen:
+            r.start()
+    return kills
+
+
+async def drain(ex: Exchange) -> float:
+    """Seconds until the routers have committed everything on the outbound topics."""
+
+    async def drained() -> bool:
+        done, total = await ex.router_progress()
+        return done >= total
+
+    started = time.monotonic()
+    await ex.wait_for(drained, within_s=600, what="the router to reach the end of its input")
+    return time.monotonic() - started
 
 
 async def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
@@ -68,35 +116,17 @@ async def test_sigkill_at_random_points_loses_nothing_and_duplicates_nothing(
 
         progress_at_kill: list[tuple[int, int, int]] = []
 
-        # Kill points: a random fraction of the stream in each of four bands, so every kill
-        # lands while messages are in flight, at a point nobody chose.
-        bands = [(0.10, 0.25), (0.30, 0.45), (0.50, 0.65), (0.70, 0.85)][:KILLS]
-        kill_at = [int(MESSAGES * rng.uniform(lo, hi)) for lo, hi in bands]
-
         async def chaos() -> None:
-            for target in kill_at:
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    done, _ = await ex.router_progress()
-                    if done >= target:
-                        break
-                    await asyncio.sleep(0.05)
-                progress_at_kill.append((target, done, len(sent)))
-                ex.router.kill()
-                await asyncio.sleep(rng.uniform(0.1, 1.0))
-                ex.router.start()
+            kills = await kill_at_points(
+                ex, rng, MESSAGES, lambda k: [ex.router], lambda: len(sent)
+            )
+            progress_at_kill.extend(k[:3] for k in kills)
             kills_done.set()
 
         await asyncio.gather(produce(), chaos())
         assert len(sent) == MESSAGES
 
-        async def drained() -> bool:
-            done, total = await ex.router_progress()
-            return done >= total
-
-        t0 = time.monotonic()
-        await ex.wait_for(drained, within_s=600, what="the router to reach the end of its input")
-        drain_s = time.monotonic() - t0
+        drain_s = await drain(ex)
 
         dead = await ex.dead_letters()
         assert dead == [], {d.reason for d in dead}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,7 @@ from test_router import (
     PROVIDER,
     placement_body,
 )
+from test_router_crash import KILLS, drain, kill_at_points
 
 from broker.kafka import clients as kafka
 from broker.kafka import lanes
@@ -81,7 +81,6 @@ async def test_a_message_published_again_after_its_partition_moved_is_routed_onc
 #: placing council and IMMEDIATE missing reports on the host force's urgent lane.
 PLACEMENTS = 6_000
 MISSING = 4_000
-KILLS = 4
 
 
 async def test_two_routers_sigkilled_at_random_points_lose_and_repeat_nothing(
@@ -134,38 +133,22 @@ async def test_two_routers_sigkilled_at_random_points_lose_and_repeat_nothing(
                 missing.update(str(o.header.message_id) for o in reports)
                 await asyncio.sleep(0.05)
 
-        kills: list[tuple[int, int, str]] = []
-        bands = [(0.10, 0.25), (0.30, 0.45), (0.50, 0.65), (0.70, 0.85)][:KILLS]
-        kill_at = [int(total * rng.uniform(lo, hi)) for lo, hi in bands]
+        kills: list[tuple[int, int, int, str]] = []
 
         async def chaos() -> None:
-            for k, target in enumerate(kill_at):
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    done, _ = await ex.router_progress()
-                    if done >= target:
-                        break
-                    await asyncio.sleep(0.05)
-                victims = routers if k == len(kill_at) - 1 else [rng.choice(routers)]
-                kills.append((target, done, "+".join(r.name for r in victims)))
-                for r in victims:
-                    r.kill()
-                await asyncio.sleep(rng.uniform(0.1, 1.0))
-                for r in victims:
-                    r.start()
+            # One instance at random at each point; both at the last.
+            def victims(k: int) -> list[RouterProcess]:
+                return routers if k == KILLS - 1 else [rng.choice(routers)]
+
+            produced = lambda: len(placed) + len(missing)  # noqa: E731
+            kills.extend(await kill_at_points(ex, rng, total, victims, produced))
             kills_done.set()
 
         await asyncio.gather(produce(), chaos())
         assert len(placed) == PLACEMENTS
         assert len(missing) == MISSING
 
-        async def drained() -> bool:
-            done, end = await ex.router_progress()
-            return done >= end
-
-        t0 = time.monotonic()
-        await ex.wait_for(drained, within_s=600, what="the routers to reach the end of their input")
-        drain_s = time.monotonic() - t0
+        drain_s = await drain(ex)
 
         dead = await ex.dead_letters()
         assert dead == [], {d.reason for d in dead}
@@ -188,5 +171,5 @@ async def test_two_routers_sigkilled_at_random_points_lose_and_repeat_nothing(
         for r in routers:
             assert '"batch_committed"' in r.log_text(), f"{r.name} routed nothing"
         assert sum(r.starts for r in routers) == 2 + KILLS + 1
-        assert all(t <= done < total for t, done, _ in kills), kills
-        print(f"\nkills (target, routed, victims): {kills}; drained in {drain_s:.1f}s")
+        assert all(t <= done < total and made < total for t, done, made, _ in kills), kills
+        print(f"\nkills (target, routed, produced, victims): {kills}; drained in {drain_s:.1f}s")
