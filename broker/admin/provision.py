@@ -178,9 +178,7 @@ async def add_agency(admin: KafkaSettings, agency: str, password: str | None = N
         AccessControl(admin).provision(agency, "agency", agency, password=password)
         await credentials_accepted(principals.settings_for(admin, agency))
     log.info("agency_added", agency=agency, acls=len(entries))
-    return Provisioned(
-        agency, "agency", entries, [s.name for s in agency_topics(admin.topics, agency)]
-    )
+    return Provisioned(agency, "agency", entries, [s.name for s in own])
 
 
 async def remove_agency(admin: KafkaSettings, agency: str) -> None:

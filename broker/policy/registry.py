@@ -164,17 +164,16 @@ class Placement:
     def everyone(self) -> set[str]:
         """Every agency that has been a party to the case, or heard of its open episode: the
         holders of a copy in their own view."""
-        out = {p.agency for p in self.spans}
-        if self.episode is not None:
-            out |= {r.agency for r in self.episode.heard}
-        return out
+        return self._with_episode({p.agency for p in self.spans})
 
     def agencies(self) -> set[str]:
         """Agencies that are parties now, or heard of the open episode."""
-        out = {p.agency for p in self.spans if p.current}
+        return self._with_episode({p.agency for p in self.spans if p.current})
+
+    def _with_episode(self, agencies: set[str]) -> set[str]:
         if self.episode is not None:
-            out |= {r.agency for r in self.episode.heard}
-        return out
+            agencies |= {r.agency for r in self.episode.heard}
+        return agencies
 
     # --- lifecycle (each returns a new case; the registry's copy is never changed in place) -----
 

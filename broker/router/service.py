@@ -427,7 +427,6 @@ class RouterService:
                             continue
                         partition = None
                         if out.urgent is not None:  # an inbox copy: its lane
-                            await producer.client.add_topic(out.topic)
                             n = len(await producer.partitions_for(out.topic))
                             partition = lanes.partition_for(out.key, n, out.urgent)
                         futures.append(
