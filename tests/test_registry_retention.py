@@ -13,11 +13,12 @@ from agencies import CATALOGUE, SHARING
 from exchange import exchange
 from test_router import ALL, KENT, KENT_POLICE, LANCS, LANCS_POLICE, PROVIDER, placement_body
 
+from broker.errors import CbxError
 from broker.kafka import clients as kafka
 from broker.kafka.settings import KafkaSettings
 from broker.model import Role
 from broker.policy.registry import Placement, PlacementRegistry, case_id
-from broker.schema.json_to_avro import JsonToAvro
+from broker.schema.json_to_avro import JsonConversionError, JsonToAvro
 
 ENDED = "KCC-LAC-000700"
 ACTIVE = "KCC-LAC-000701"
@@ -48,13 +49,13 @@ def test_a_tombstone_removes_only_an_ended_case_no_newer_than_itself() -> None:
     assert len(reg) == 2
 
 
-def ended_body() -> dict[str, Any]:
+def ended_body(end_date: str | None = None) -> dict[str, Any]:
     """A PlacementEnded body: the child went home."""
     return dict(
         JsonToAvro(CATALOGUE.latest("PlacementEnded").parsed).convert(
             {
                 "placement_id": str(uuid.uuid4()),
-                "end_date": dt.date.today().isoformat(),
+                "end_date": end_date or dt.date.today().isoformat(),
                 "reason": "RETURNED_HOME",
                 "planned": True,
                 "next_address": None,
@@ -89,6 +90,16 @@ async def test_an_ended_case_leaves_every_view_and_can_be_placed_again(
             await kent.send("PlacementNotified", placement_body(), case_ref=ref, sharing=SHARING)
         ended_id, active_id = case_id(KENT, ENDED), case_id(KENT, ACTIVE)
         await ex.wait_registered(LANCS, ended_id)
+        # The host council cannot end Kent's placement: refused before anything is sent, and the
+        # case stays (an active case is never swept).
+        with pytest.raises(CbxError):
+            await ex.connectors[LANCS].send(
+                "PlacementEnded", ended_body(), case_ref=ended_id, sharing=SHARING
+            )
+        # An end date at the edge of the calendar is refused, naming the field; the next valid
+        # end goes through.
+        with pytest.raises(JsonConversionError, match="end_date: outside the supported range"):
+            ended_body("9999-12-31")
         await kent.send("PlacementEnded", ended_body(), case_ref=ENDED, sharing=SHARING)
         topics = kafka_ns.topics
         holders = [KENT, LANCS, KENT_POLICE, LANCS_POLICE, PROVIDER]
