@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from aiokafka import TopicPartition
 from exchange import LOGS, Exchange, exchange
 
 from broker import model
+from broker.admin import provision
 from broker.crypto import keys as keystore
 from broker.delivery_log import Status
 from broker.errors import EmbeddedKafkaError
@@ -189,6 +191,26 @@ async def assert_exactly_once(ex: Exchange, sent: list[str], what: str) -> None:
         f"each once; delivery log {len(log)} entries, none twice "
         f"(checked in {time.monotonic() - started:.1f} s)"
     )
+
+
+async def test_every_broker_takes_a_new_agency_once_provisioning_returns(
+    cluster: Cluster,
+) -> None:
+    """Each broker applies new SCRAM credentials from the metadata log on its own time: `cbx
+    agency add` returns only once every broker of the cluster accepts them, so a connector whose
+    first connection goes to another broker than the bootstrap one is not refused."""
+    settings = cluster.settings()
+    brokers = cluster.state.settings().bootstrap_servers.split(",")
+    assert len(brokers) == 3
+    for agency in PARTIES[:4]:
+        await provision.add_agency(settings, agency)
+        own = principals.settings_for(settings, agency)
+        for broker in brokers:
+            client = kafka.admin(replace(own, bootstrap_servers=broker))
+            try:
+                await client.start()  # authenticates with the agency's password, or raises
+            finally:
+                await client.close()
 
 
 async def test_outbound_leader_killed_mid_stream(cluster: Cluster, tmp_path: Path) -> None:

@@ -13,12 +13,14 @@ import hashlib
 import json
 import os
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from agencies import SHARING, body_of
+from aiokafka import TopicPartition
 from exchange import Exchange, exchange
 from test_http_ingest import SHARING_JSON, serving
 from test_router import (
@@ -38,6 +40,7 @@ from broker import model
 from broker.delivery_log import Status
 from broker.envelope import Outgoing
 from broker.errors import PolicyError
+from broker.kafka import clients as kafka
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
 from broker.tracker.service import TrackerService
@@ -463,6 +466,67 @@ async def test_a_message_delivered_before_a_restart_can_be_acknowledged_after_it
         raw = b"".join(base64.b64decode(k["header"]) for k in kept if "header" in k)
         assert raw
         assert b"Whitcombe" not in raw  # headers only: no field of the message
+
+
+async def test_a_batch_read_again_is_not_handed_to_the_agencys_system_twice(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    """A batch whose commit did not happen is read again: the group moved on while a broker was
+    down, or the process stopped between handing it over and committing. What the agency's system
+    had already, acknowledged or not, is not handed over again (its DELIVERED receipt goes again,
+    which the delivery log reads as once); what it never had is."""
+    rec = Recorder()
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await _case(ex, rec)
+        acked = await ex.report_missing(LANCS_POLICE, CASE)
+        open_ = await ex.report_missing(LANCS_POLICE, CASE)
+        for out in (acked, open_):
+            await _everyone_gets(ex, rec, out, MISSING_RECIPIENTS)
+        kent = ex.connectors[KENT]
+
+        async def on_disk() -> bool:
+            return kent.inbox.delivered.get(str(open_.header.message_id)) is not None
+
+        await ex.wait_for(on_disk, what="the deliveries recorded")
+        await kent.acknowledge(str(acked.header.message_id))
+        await kent.stop()
+        # As if no commit had ever happened: Kent's inbox group goes back to the start.
+        inbox = kent.topics.inbox(KENT)
+        tps = [TopicPartition(inbox, p) for p in await kafka.partitions(kent.settings, inbox)]
+        assert tps
+        rewind = kafka.consumer(kent.settings, group_id=kent.topics.agency_group(KENT, "inbox"))
+        rewind.assign(tps)
+        await rewind.start()
+        try:
+            await rewind.commit({tp: 0 for tp in tps})
+        finally:
+            await rewind.stop()
+
+        handed: Counter[str] = Counter()
+
+        async def count(d: Delivered) -> None:
+            handed[str(d.header.message_id)] += 1
+
+        again = Connector(kent.settings, kent.keys, state_dir=kent.state_dir)
+        await again.start()
+        again.start_inbox(count)
+        try:
+            later = await ex.report_missing(LANCS_POLICE, CASE)
+            later_id = str(later.header.message_id)
+
+            async def read_through() -> bool:
+                return handed[later_id] == 1
+
+            await ex.wait_for(read_through, what="the new report handed over")
+            assert handed[str(acked.header.message_id)] == 0
+            assert handed[str(open_.header.message_id)] == 0
+            assert max(handed.values()) == 1
+            # Still acknowledgeable after the repeat, and the acknowledged one stays closed.
+            await again.acknowledge(str(open_.header.message_id))
+            with pytest.raises(PolicyError, match="acknowledged already"):
+                await again.acknowledge(str(acked.header.message_id))
+        finally:
+            await again.stop()
 
 
 async def test_a_message_sealed_for_fewer_recipients_than_it_names_is_refused_not_delivered(

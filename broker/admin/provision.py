@@ -116,14 +116,19 @@ async def credentials_accepted(
     The controller has the new SCRAM credentials when it answers, but each broker applies them
     from the metadata log a moment later (longer on a loaded machine), and a connector started
     straight after ``cbx agency add`` was refused as having invalid credentials. So provisioning
-    returns only when a connection with them succeeds.
+    returns only when a connection with them succeeds to every broker the cluster lists: on a
+    cluster, the bootstrap broker taking them says nothing of the others.
     """
     deadline = asyncio.get_running_loop().time() + within_s
     while True:
         client = kafka.admin(settings)
         try:
             await client.start()
-            return
+            nodes = client._client.cluster.brokers()
+            refused = [b.nodeId for b in nodes if not await client._client.ready(b.nodeId)]
+            if not refused:
+                return
+            raise KafkaConnectionError(f"brokers {refused} refused the connection")
         except KafkaConnectionError:
             if asyncio.get_running_loop().time() > deadline:
                 raise ConfigurationError(

@@ -8,6 +8,11 @@ is committed), acknowledgements are appended too, and the file is read back at s
 kept until acknowledged or until they are older than ``keep`` (30 days by default: far past any
 acknowledgement deadline); the file is rewritten without the rest when it has grown twice as large
 as what it must keep. Only headers are kept (metadata: no field of any message).
+
+The same file says which messages were handed over at all, acknowledged or not: a batch whose
+commit did not happen (the group moved on while a broker was down, or the process stopped) is read
+again, and its messages must not reach the agency's system twice. An acknowledged message keeps a
+``seen`` line (its id and time, nothing else) for as long as ``keep``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class DeliveredStore:
         self.envelopes = envelopes
         self.keep = keep
         self._headers: dict[str, tuple[str, Header]] = {}  # id -> (delivered at, header)
+        self._seen: dict[str, str] = {}  # id -> delivered at, acknowledged or not
         self._lines = 0
         self._load()
 
@@ -45,16 +51,26 @@ class DeliveredStore:
                 rec = json.loads(line)
                 if "ack" in rec:
                     self._headers.pop(rec["ack"], None)
-                elif rec["at"] >= cutoff:
+                elif rec["at"] < cutoff:
+                    continue
+                elif "seen" in rec:
+                    self._seen[rec["seen"]] = rec["at"]
+                else:
                     header, _ = self.envelopes.decode(base64.b64decode(rec["header"]))
                     self._headers[str(header.message_id)] = (rec["at"], header)
+                    self._seen[str(header.message_id)] = rec["at"]
             except Exception:  # noqa: S112 - a line cut short by a crash: its batch was re-read
                 continue
-        if self._lines > 2 * len(self._headers) + 100:
+        if self._lines > 2 * len(self._seen) + 100:
             self._compact()
 
     def _compact(self) -> None:
         lines = [self._line(at, h) for at, h in self._headers.values()]
+        lines += [
+            json.dumps({"seen": mid, "at": at}) + "\n"
+            for mid, at in self._seen.items()
+            if mid not in self._headers
+        ]
         write_private(self.path, "".join(lines))
         self._lines = len(lines)
 
@@ -79,6 +95,11 @@ class DeliveredStore:
         self._append([self._line(at, h) for h in headers])
         for h in headers:
             self._headers[str(h.message_id)] = (at, h)
+            self._seen[str(h.message_id)] = at
+
+    def handed(self, message_id: str) -> bool:
+        """Whether the message was handed to the agency's system already (acknowledged or not)."""
+        return message_id in self._seen
 
     def get(self, message_id: str) -> Header | None:
         found = self._headers.get(message_id)
