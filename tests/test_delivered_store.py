@@ -52,3 +52,19 @@ def test_what_was_handed_over_is_forgotten_after_keep(tmp_path: Path) -> None:
     later = DeliveredStore(path, ENVELOPES, keep=dt.timedelta(seconds=-1))
     assert not later.handed(str(h.message_id))
     assert later.get(str(h.message_id)) is None
+
+
+def test_an_acknowledgement_before_its_batch_is_recorded_holds(tmp_path: Path) -> None:
+    """The agency's system may acknowledge from inside the sink, before the batch is recorded:
+    the message is then handed but never open, now and after a restart."""
+    path = tmp_path / "delivered.jsonl"
+    store = DeliveredStore(path, ENVELOPES)
+    (h,) = _headers(1)
+    mid = str(h.message_id)
+    store.acknowledged(mid)
+    store.add_many([h])
+    assert store.handed(mid)
+    assert store.get(mid) is None
+    again = DeliveredStore(path, ENVELOPES)
+    assert again.handed(mid)
+    assert again.get(mid) is None

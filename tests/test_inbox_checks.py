@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from agencies import HOME_FORCE, HOST, HOST_FORCE, PLACING, SHARING, body_of, network
 
 from broker.envelope import Header, Outgoing
+from broker.errors import PolicyError
 from broker.kafka.settings import KafkaSettings
 from broker.model import Recipient, Role, Withheld
 from connectors.gateway.connector import Connector
@@ -66,3 +68,56 @@ def _header(recipients: list[Recipient]) -> Header:
     h = header("ChildMissingReported", HOST_FORCE, Role.HOST_FORCE, recipients)
     assert h.sharing == SHARING
     return h
+
+
+async def test_a_message_is_acknowledgeable_once_handed_and_never_handed_twice(
+    tmp_path: Any,
+) -> None:
+    """Handed over, a message may be acknowledged before its batch is recorded (not while the
+    sink is still handing it over); read again, it is not handed over a second time."""
+    net = network()
+    sender = net.protector(HOST_FORCE)
+    to = [Recipient(PLACING, Role.PLACING_AUTHORITY), Recipient(HOST, Role.HOST_AUTHORITY)]
+    out = sender.seal(_header(to), body_of("ChildMissingReported"))
+    sender.sign([out])
+    mid = str(out.header.message_id)
+    kent = Connector(SETTINGS, net.keys[PLACING], state_dir=tmp_path / "kent")
+    kent.directory = net.directory
+    kent.protector.verifier.directory = net.directory
+    sent: list[Outgoing] = []
+
+    async def send_receipts(receipts: list[Outgoing]) -> None:
+        sent.extend(receipts)
+
+    kent.send_receipts = send_receipts  # type: ignore[method-assign]
+    handed: list[str] = []
+    refused: list[str] = []
+
+    async def sink(d: Any) -> None:
+        handed.append(str(d.header.message_id))
+        try:
+            await kent.acknowledge(mid)
+        except PolicyError as exc:
+            refused.append(str(exc))
+
+    receipts: list[Outgoing] = []
+    await kent.inbox.handle(Record(out), sink, receipts)
+    assert handed == [mid]
+    (refusal,) = refused  # the sink was still handing it over
+    assert "was not delivered" in refusal
+    assert kent.inbox.delivered.get(mid) is None  # the batch is not recorded yet
+    ack = await kent.acknowledge(mid)  # ... and yet the system may confirm it
+    assert ack.header.related_message_id == out.header.message_id
+    with pytest.raises(PolicyError, match="acknowledged already"):
+        await kent.acknowledge(mid)
+    # The batch is recorded; the consumer reads it again (its commit did not happen).
+    kent.inbox.delivered.add_many(kent.inbox._batch_delivered)
+    kent.inbox._batch_delivered, kent.inbox._batch_ids = [], set()
+    again: list[Outgoing] = []
+    await kent.inbox.handle(Record(out), sink, again)
+    assert handed == [mid]  # not handed a second time
+    (repeat,) = again  # its DELIVERED receipt goes again; the tracker folds the repeat
+    assert repeat.header.related_message_id == out.header.message_id
+    reopened = Connector(SETTINGS, net.keys[PLACING], state_dir=tmp_path / "kent")
+    assert reopened.inbox.delivered.handed(mid)
+    assert reopened.inbox.delivered.get(mid) is None  # acknowledged before its record: still so

@@ -69,7 +69,7 @@ async def test_records_fetched_across_a_rebalance_are_read_again(committed: int 
     consumer = Positions(committed)
     router.consumer = consumer
     router.assigned = {tp}
-    router.producers[tp] = object()  # type: ignore[assignment]
+    router.producers[router.bucket(tp)] = object()  # type: ignore[assignment]
     fetched_in = router.generation
     await router.acquire([tp])  # the rebalance, while the fetch was in flight
     consumer.seeks.clear()

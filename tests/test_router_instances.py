@@ -1,13 +1,15 @@
 """Several router instances in one group share the outbound partitions, exactly once.
 
-Each instance keeps one transactional producer per partition it owns, with the partition's own
-transactional id, so the instance that takes a partition over fences the one before it. What the
-previous owner routed, the new owner must know before routing the partition again.
+The group hands out whole buckets of partitions; each instance keeps one transactional producer per
+bucket it owns, with the bucket's transactional id, so the instance that takes a bucket over fences
+the one before it. What the previous owner routed, the new owner must know before routing the
+bucket's partitions again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from test_router_crash import KILLS, drain, kill_at_points
 from broker.kafka import clients as kafka
 from broker.kafka import lanes
 from broker.kafka.settings import KafkaSettings
+from broker.router.buckets import bucket_of
 
 pytestmark = pytest.mark.kafka
 
@@ -38,6 +41,58 @@ async def _both_own_partitions(ex: Exchange, routers: list[RouterProcess]) -> No
         return all('"partitions_assigned"' in r.log_text() for r in routers)
 
     await ex.wait_for(shared, what="both router instances to own partitions")
+
+
+def _last(router: RouterProcess, event: str) -> dict[str, object] | None:
+    found = None
+    for line in router.log_text().splitlines():
+        if f'"{event}"' in line:
+            found = json.loads(line)
+    return found
+
+
+async def test_routers_own_whole_buckets_with_one_producer_each(
+    kafka_ns: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four buckets over some thirty outbound partitions: two instances split the buckets, never
+    a bucket, and neither holds more producers than the buckets it owns."""
+    monkeypatch.setenv("CBX_ROUTER_BUCKETS", "4")
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await ex.agencies(ALL)
+        second = ex.add_router()
+        routers = [ex.router, second]
+        every: set[str] = set()
+        for agency in ALL:
+            topic = kafka_ns.topics.outbound(agency)
+            every |= {f"{topic}/{p}" for p in await kafka.partitions(kafka_ns, topic)}
+
+        def buckets_of(parts: list[str]) -> set[int]:
+            out = set()
+            for part in parts:
+                topic, n = part.rsplit("/", 1)
+                out.add(bucket_of(topic, int(n), 4))
+            return out
+
+        async def split() -> bool:
+            owned = []
+            for r in routers:
+                last = _last(r, "partitions_assigned")
+                if last is None:
+                    return False
+                owned.append([str(p) for p in last["partitions"]])  # type: ignore[attr-defined]
+            a, b = owned
+            agencies_covered = every <= set(a) | set(b)
+            return bool(a and b and agencies_covered and not buckets_of(a) & buckets_of(b))
+
+        await ex.wait_for(split, what="the two instances to split the buckets")
+
+        async def warmed() -> bool:
+            return all(_last(r, "producers_ready") is not None for r in routers)
+
+        await ex.wait_for(warmed, what="both instances' producers ready")
+        made = [int(_last(r, "producers_ready")["buckets"]) for r in routers]  # type: ignore[index,call-overload]
+        assert all(1 <= m <= 4 for m in made), made
+        assert len(every) > 4 * 5  # many partitions, few producers
 
 
 async def test_a_message_published_again_after_its_partition_moved_is_routed_once(

@@ -44,3 +44,56 @@ def test_receipts_count_only_from_the_messages_recipients() -> None:
         for status in ("ACKNOWLEDGED", "REJECTED"):
             with pytest.raises(NotARecipientError, match="not a recipient"):
                 tracker._receipt_entry(*receipt(stranger, status))
+
+
+async def test_a_receipt_that_overtakes_its_routed_entries_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The router's transaction marks the recipient's inbox and the delivery log separately, so a
+    receipt may reach the tracker before the ROUTED entries of its message do, even after a
+    catch-up. The tracker catches up again until they come (a stranger's receipt is still
+    refused, once the wait is over), rather than lose the receipt."""
+    from broker.tracker import service
+
+    monkeypatch.setattr(service, "RECEIPT_WAIT_S", 0.5)
+    net = network()
+    tracker = TrackerService(KafkaSettings(bootstrap_servers="127.0.0.1:9"))
+    tracker.directory = net.directory
+    tracker._verifier.directory = net.directory
+    subject = header(
+        "ChildMissingReported",
+        HOST_FORCE,
+        Role.HOST_FORCE,
+        [Recipient(PLACING, Role.PLACING_AUTHORITY)],
+    )
+    mid = str(subject.message_id)
+    now = dt.datetime.now(dt.UTC)
+    syncs = []
+
+    class Follower:
+        async def sync(self) -> None:
+            syncs.append(1)
+            if len(syncs) == 3:  # the delivery log's marker is written at last
+                tracker.view.apply(
+                    LogEntry(mid, Status.ACCEPTED, now, "ChildMissingReported", HOST_FORCE)
+                )
+                tracker.view.apply(LogEntry(mid, Status.ROUTED, now, recipient=PLACING))
+
+    tracker._log_follower = Follower()  # type: ignore[assignment]
+
+    class Record:
+        def __init__(self, agency: str) -> None:
+            prot = net.protector(agency)
+            out = make_receipt(prot, prot.sealer.forms, agency, subject, "DELIVERED")
+            prot.sign([out])
+            self.value, self.headers, self.offset = out.value, list(out.headers), 0
+
+    entries: list[LogEntry] = []
+    waiting = tracker._take_receipts([Record(PLACING), Record(OUTSIDER)], entries)
+    assert len(waiting) == 2
+    assert entries == []
+    await tracker._after_routed(waiting, entries)
+    assert [(e.message_id, e.recipient, e.status) for e in entries] == [
+        (mid, PLACING, Status.DELIVERED)
+    ]
+    assert len(syncs) > 3  # the stranger's receipt was judged only when the wait ran out

@@ -2,10 +2,12 @@
 
 Consume-transform-produce runs in Kafka transactions with ``read_committed`` consumers. aiokafka's
 ``send_offsets_to_transaction`` uses the TxnOffsetCommit version without consumer-group fencing
-(KIP-447), so a producer's transactional id alone must fence a zombie: the router keeps one
-transactional producer per assigned input partition, with the id ``cbx-router.<topic>.<partition>``.
-Whoever owns a partition next initialises the same id, which aborts (or completes) the previous
-owner's open transaction and fences it, and only then reads the committed offset for the partition.
+(KIP-447), so a producer's transactional id alone must fence a zombie. Outbound partitions fall into
+a fixed number of buckets (:mod:`broker.router.buckets`), the group assigns whole buckets, and the
+router keeps one transactional producer per bucket it owns, with the id ``cbx-router.bucket.<n>``.
+Whoever owns a bucket next initialises the same id, which aborts (or completes) the previous owner's
+open transaction and fences it, and only then reads the committed offsets of the bucket's
+partitions. The producers a router holds are bounded by the bucket count, not by the partitions.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from broker.policy.deadlines import Windows
 from broker.policy.registry import placement_follower
 from broker.policy.routing import Rules
 from broker.policy.sharing import SharingPolicy
+from broker.router import buckets as buckets_mod
 from broker.router.core import InRecord, Outcome, RouterCore
 from broker.router.state import RouterState
 from broker.schema.catalogue import Catalogue
@@ -80,9 +83,15 @@ class RouterService:
     """Reads every ``cbx.outbound.*`` topic and routes it through :class:`RouterCore`."""
 
     def __init__(
-        self, settings: KafkaSettings, group: str = "router", windows: Windows | None = None
+        self,
+        settings: KafkaSettings,
+        group: str = "router",
+        windows: Windows | None = None,
+        buckets: int | None = None,
     ) -> None:
         self.windows = windows
+        #: Transactional producers shared by every router of the group, one per bucket.
+        self.buckets = buckets or buckets_mod.configured()
         self.settings = settings
         self.group = settings.topics.group(group)
         self.catalogue = Catalogue.load()
@@ -99,7 +108,7 @@ class RouterService:
         self.routed_follower = TopicFollower(settings, settings.topics.routed, self._note_routed)
         #: Partitions rewound since the routed ids were last caught up with.
         self._unsynced: set[TopicPartition] = set()
-        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self.producers: dict[int, AIOKafkaProducer] = {}  # by bucket
         self.committed_offsets: dict[TopicPartition, int] = {}
         self.lock = asyncio.Lock()
         self.assigned: set[TopicPartition] = set()
@@ -164,6 +173,7 @@ class RouterService:
             max_poll_records=500,
             session_timeout_ms=10000,
             heartbeat_interval_ms=1000,
+            partition_assignment_strategy=(buckets_mod.assignor(self.buckets),),
         )
         self.consumer.subscribe(
             pattern=self.settings.topics.outbound_pattern, listener=_Listener(self)
@@ -172,29 +182,36 @@ class RouterService:
 
     # --- partition ownership -----------------------------------------------------------------
 
-    async def _new_producer(self, tp: TopicPartition) -> None:
-        """(Re)create the transactional producer of ``tp``.
+    def bucket(self, tp: TopicPartition) -> int:
+        return buckets_mod.bucket_of(tp.topic, tp.partition, self.buckets)
 
-        InitProducerId with the partition's transactional id completes or aborts whatever
+    def _in_bucket(self, bucket: int) -> list[TopicPartition]:
+        """The assigned partitions of ``bucket``."""
+        return sorted(t for t in self.assigned if self.bucket(t) == bucket)
+
+    async def _new_producer(self, bucket: int) -> None:
+        """(Re)create the transactional producer of ``bucket``.
+
+        InitProducerId with the bucket's transactional id completes or aborts whatever
         transaction a previous owner (or a failed attempt of ours) left open, and fences it.
         """
-        old = self.producers.pop(tp, None)
+        old = self.producers.pop(bucket, None)
         if old is not None:
             with contextlib.suppress(Exception):
                 await old.stop()
         producer = kafka.transactional_producer(
-            self.settings, f"{self.group}.{tp.topic}.{tp.partition}", linger_ms=2
+            self.settings, f"{self.group}.bucket.{bucket}", linger_ms=2
         )
         await producer.start()
-        self.producers[tp] = producer
+        self.producers[bucket] = producer
 
     async def _warm(self) -> None:
-        """Make the producers of every assigned partition that has none yet, all at once and
+        """Make the producers of every assigned bucket that has none yet, all at once and
         before their first record: the first message after a start or a rebalance then costs what
-        the hundredth does. Each new producer fences the partition's previous owner, so the
-        partition is read again from its committed offset, and anything fetched before that is
-        dropped (the generation moves on)."""
-        missing = sorted(self.assigned - set(self.producers), key=lambda t: (t.topic, t.partition))
+        the hundredth does. Each new producer fences the bucket's previous owner, so the bucket's
+        partitions are read again from their committed offsets, and anything fetched before that
+        is dropped (the generation moves on)."""
+        missing = sorted({self.bucket(t) for t in self.assigned} - set(self.producers))
         if not missing:
             if self.generation > 0:  # assigned (perhaps nothing) and every producer made
                 self.ready.set()
@@ -202,33 +219,32 @@ class RouterService:
         started = time.monotonic()
         limit = asyncio.Semaphore(WARM_CONCURRENCY)
 
-        async def one(tp: TopicPartition) -> None:
+        async def one(bucket: int) -> None:
             async with limit:
-                await self._new_producer(tp)
+                await self._new_producer(bucket)
 
         # Made outside the lock, so a rebalance's callbacks never wait for them (a slow broker
         # would otherwise hold the group past its timeouts). Batches are routed by this same
         # task, so none runs meanwhile; a partition revoked meanwhile keeps its producer, as on
         # any revocation.
-        results = await asyncio.gather(*(one(tp) for tp in missing), return_exceptions=True)
+        results = await asyncio.gather(*(one(b) for b in missing), return_exceptions=True)
         async with self.lock:
             self.generation += 1
         # Rewound outside the lock: reading committed offsets needs the group coordinator, which
         # may be in a rebalance whose callbacks wait for this lock. Nothing is routed meanwhile
         # (batches are routed by this same task), and what was fetched before is stale by the
         # generation; a partition moved meanwhile is rewound by its new assignment instead.
-        made, failed = [], 0
-        for tp, result in zip(missing, results, strict=True):
+        made: list[TopicPartition] = []
+        failed = 0
+        for bucket, result in zip(missing, results, strict=True):
             if isinstance(result, BaseException):
-                # Made again on the next round (or the partition's first batch).
+                # Made again on the next round (or the bucket's first batch).
                 failed += 1
                 log.warning(
-                    "producer_warm_up_failed",
-                    partition=f"{tp.topic}/{tp.partition}",
-                    error_class=type(result).__name__,
+                    "producer_warm_up_failed", bucket=bucket, error_class=type(result).__name__
                 )
-            elif tp in self.assigned:
-                made.append(tp)
+            else:
+                made.extend(self._in_bucket(bucket))
         # Together: a seek waits for the consumer's fetch in flight, once for all of them. A
         # rewind that fails drops the producer, so the next round does both again.
         await asyncio.gather(*(self._rewind(tp) for tp in made))
@@ -240,7 +256,8 @@ class RouterService:
         self.ready.set()
         log.info(
             "producers_ready",
-            partitions=len(missing),
+            buckets=len(missing),
+            partitions=len(made),
             seconds=round(time.monotonic() - started, 3),
         )
 
@@ -251,7 +268,7 @@ class RouterService:
             self.generation += 1
             self.assigned |= set(tps)
             for tp in tps:
-                if tp in self.producers:
+                if self.bucket(tp) in self.producers:
                     await self._rewind(tp)
         log.info("partitions_assigned", partitions=[f"{t.topic}/{t.partition}" for t in tps])
 
@@ -261,9 +278,9 @@ class RouterService:
         The group's committed offset can lag a transaction this process committed a moment ago
         (its markers are written after EndTxn returns, and aiokafka cannot ask for stable
         offsets), so what this process itself committed wins when it is further on. When the
-        committed offset cannot be read (brokers down), the partition loses its producer: the
-        next round makes it again and rewinds again, and nothing of the partition is routed
-        meanwhile.
+        committed offset cannot be read (brokers down), the partition's bucket loses its producer:
+        the next round makes it again and rewinds the bucket again, and nothing of the bucket is
+        routed meanwhile.
         """
         try:
             committed = await self.consumer.committed(tp)
@@ -284,28 +301,25 @@ class RouterService:
                 partition=f"{tp.topic}/{tp.partition}",
                 error_class=type(exc).__name__,
             )
-            await self._drop_producer(tp)
+            await self._drop_producer(self.bucket(tp))
 
-    async def _drop_producer(self, tp: TopicPartition) -> None:
-        producer = self.producers.pop(tp, None)
+    async def _drop_producer(self, bucket: int) -> None:
+        producer = self.producers.pop(bucket, None)
         if producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.stop(), CLOSE_TIMEOUT_S)
 
-    async def _renew(self, tp: TopicPartition) -> None:
-        """Make ``tp``'s producer (again), which fences any earlier one and ends its open
-        transaction, then read ``tp`` from what was committed. Without brokers to do it, ``tp``
-        is left without a producer and is tried again on the next round."""
+    async def _renew(self, bucket: int, rewind: list[TopicPartition]) -> None:
+        """Make ``bucket``'s producer (again), which fences any earlier one and ends its open
+        transaction, then read ``rewind`` from what was committed. Without brokers to do it, the
+        bucket is left without a producer and is tried again on the next round."""
         try:
-            await self._new_producer(tp)
+            await self._new_producer(bucket)
         except Exception as exc:
-            log.warning(
-                "producer_not_made",
-                partition=f"{tp.topic}/{tp.partition}",
-                error_class=type(exc).__name__,
-            )
-            await self._drop_producer(tp)
-        await self._rewind(tp)
+            log.warning("producer_not_made", bucket=bucket, error_class=type(exc).__name__)
+            await self._drop_producer(bucket)
+        for tp in rewind:
+            await self._rewind(tp)
 
     async def release(self, tps: list[TopicPartition]) -> None:
         # Under the lock: a transaction in progress finishes before its partition is given up.
@@ -405,7 +419,7 @@ class RouterService:
 
     async def _route_partition(self, tp: TopicPartition, records: list[Any]) -> None:
         assert self.core is not None
-        producer = self.producers[tp]
+        producer = self.producers[self.bucket(tp)]
         outcomes: list[tuple[Outcome, Any]] = []
         try:
             async with producer.transaction():
@@ -514,11 +528,13 @@ class RouterService:
                 # not be read again until the next rebalance.
                 await self._rewind(tp)
                 return False
-            if tp not in self.producers:
-                # First batch of a partition new to this process: fence the previous owner
-                # (InitProducerId completes or aborts its transaction), then read from the
-                # committed offset, which is stable only now. This batch is dropped and re-read.
-                await self._renew(tp)
+            if self.bucket(tp) not in self.producers:
+                # First batch of a bucket without a producer (its warm-up failed): fence the
+                # previous owner (InitProducerId completes or aborts its transaction), then read
+                # the bucket's partitions from their committed offsets, stable only now. What
+                # was fetched of them before is stale: this batch and the rest are read again.
+                self.generation += 1
+                await self._renew(self.bucket(tp), self._in_bucket(self.bucket(tp)))
                 return False
             try:
                 if tp in self._unsynced:
@@ -548,7 +564,9 @@ class RouterService:
                     error_class=type(exc).__name__,
                 )
                 await asyncio.sleep(0.5)
-                await self._renew(tp)
+                # Only this partition's transaction was open (they run one at a time), so only
+                # it is read again; the bucket's others are committed as far as they were routed.
+                await self._renew(self.bucket(tp), [tp])
                 return False
 
     async def run(self) -> None:
@@ -589,8 +607,8 @@ class RouterService:
                 await bounded(f"follower {follower.topic}", follower.stop())
         if self.consumer is not None:
             await bounded("consumer", self.consumer.stop())
-        for tp, producer in list(self.producers.items()):
-            await bounded(f"producer {tp.topic}/{tp.partition}", producer.stop())
+        for bucket, producer in list(self.producers.items()):
+            await bounded(f"producer of bucket {bucket}", producer.stop())
         if self._sweeper is not None:
             await bounded("sweeper", self._sweeper.stop())
         self.producers.clear()

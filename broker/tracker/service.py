@@ -46,6 +46,8 @@ from broker.tracker.obligations import ObligationWatch
 from broker.tracker.view import DeliveryView
 
 log = get_logger("tracker")
+#: The longest a batch of receipts waits for their messages' ROUTED entries (see _after_routed).
+RECEIPT_WAIT_S = 10.0
 _RECEIPT_STATUS = {
     "DELIVERED": Status.DELIVERED,
     "ACKNOWLEDGED": Status.ACKNOWLEDGED,
@@ -247,27 +249,67 @@ class TrackerService:
     async def _receipts(self) -> None:
         while not self.stop_event.is_set():
             batch = await self._consumer.getmany(timeout_ms=200, max_records=500)
-            entries = []
-            for records in batch.values():
-                for r in records:
-                    try:
-                        try:
-                            entries.append(self._receipt_entry(r.value, list(r.headers)))
-                        except NotARecipientError:
-                            # The ROUTED entries may still be on their way to this view.
-                            await self._patiently("delivery-log catch-up", self._log_follower.sync)
-                            entries.append(self._receipt_entry(r.value, list(r.headers)))
-                    except Exception as exc:  # one receipt's failure is its own: log, go on
-                        log.warning(
-                            "receipt_rejected",
-                            offset=r.offset,
-                            error_class=type(exc).__name__,
-                            error=str(exc) if isinstance(exc, CbxError) else "",
-                        )
+            entries: list[LogEntry] = []
+            waiting = [r for records in batch.values() for r in records]
+            if waiting:
+                waiting = self._take_receipts(waiting, entries)
+            if waiting:
+                await self._after_routed(waiting, entries)
             if entries:
                 await self._write(entries)
             if batch:
                 await self._patiently("receipts commit", self._consumer.commit)
+
+    def _take_receipts(self, records: list[Any], entries: list[LogEntry]) -> list[Any]:
+        """Add the entries of ``records`` to ``entries``; return the receipts from an agency this
+        view does not know yet as a recipient (their ROUTED entries may be on their way)."""
+        waiting = []
+        for r in records:
+            try:
+                entries.append(self._receipt_entry(r.value, list(r.headers)))
+            except NotARecipientError:
+                waiting.append(r)
+            except Exception as exc:  # one receipt's failure is its own: log, go on
+                self._rejected(r, exc)
+        return waiting
+
+    async def _after_routed(self, waiting: list[Any], entries: list[LogEntry]) -> None:
+        """Judge receipts that came before their message's ROUTED entries reached this view.
+
+        The router writes a message's inbox copies and its ROUTED entries in one transaction,
+        but the commit markers reach each partition separately: the recipient may read its copy
+        and answer before the delivery log's marker is written, and a catch-up at that moment
+        stops short of the entries. Such receipts were rejected and lost (the message never
+        showed DELIVERED or ACKNOWLEDGED). So the view catches up again, with a growing pause,
+        for up to ``RECEIPT_WAIT_S`` a batch; only then is a receipt judged not a recipient's.
+        The wait is per batch, not per receipt, so receipts about unknown messages cost one
+        wait at most."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECEIPT_WAIT_S
+        pause = 0.05
+        while True:
+            await self._patiently("delivery-log catch-up", self._log_follower.sync)
+            still = self._take_receipts(waiting, entries)
+            if not still:
+                return
+            if loop.time() >= deadline:
+                for r in still:
+                    try:
+                        self._receipt_entry(r.value, list(r.headers))
+                    except Exception as exc:
+                        self._rejected(r, exc)
+                return
+            waiting = still
+            await asyncio.sleep(pause)
+            pause = min(1.0, pause * 2)
+
+    def _rejected(self, record: Any, exc: BaseException) -> None:
+        log.warning(
+            "receipt_rejected",
+            offset=record.offset,
+            error_class=type(exc).__name__,
+            error=str(exc) if isinstance(exc, CbxError) else "",
+        )
 
     async def check_deadlines(self, now: dt.datetime | None = None) -> int:
         """Escalate what is overdue; returns how many recipients were escalated."""

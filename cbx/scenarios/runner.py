@@ -103,12 +103,11 @@ class Runner:
         # The agency's system confirms at once (in life, a person reads it first).
         while True:
             agency, message_id = await self._acks.get()
-            for _ in range(100):  # the connector records the delivery just after the sink
-                try:
-                    await self.connectors[agency].acknowledge(message_id)
-                    break
-                except PolicyError:
-                    await asyncio.sleep(0.02)
+            try:  # waits, if need be, for the connector to record the delivery
+                await self.connectors[agency].acknowledge(message_id)
+            except PolicyError as exc:
+                self.failures.append(f"{agency} could not acknowledge {message_id}: {exc}")
+                continue
             p = self.by_id.get(message_id)
             if p is not None:
                 p.acknowledged.setdefault(agency, time.perf_counter())

@@ -38,6 +38,8 @@ class DeliveredStore:
         self.keep = keep
         self._headers: dict[str, tuple[str, Header]] = {}  # id -> (delivered at, header)
         self._seen: dict[str, str] = {}  # id -> delivered at, acknowledged or not
+        #: Acknowledged before their batch was recorded (the system answered from the sink).
+        self._acked_first: set[str] = set()
         self._lines = 0
         self._load()
 
@@ -45,12 +47,13 @@ class DeliveredStore:
         if not self.path.exists():
             return
         cutoff = (dt.datetime.now(dt.UTC) - self.keep).isoformat()
+        acks: set[str] = set()
         for line in self.path.read_text().splitlines():
             self._lines += 1
             try:
                 rec = json.loads(line)
                 if "ack" in rec:
-                    self._headers.pop(rec["ack"], None)
+                    acks.add(rec["ack"])
                 elif rec["at"] < cutoff:
                     continue
                 elif "seen" in rec:
@@ -61,6 +64,10 @@ class DeliveredStore:
                     self._seen[str(header.message_id)] = rec["at"]
             except Exception:  # noqa: S112 - a line cut short by a crash: its batch was re-read
                 continue
+        # An acknowledgement may precede its message's line (see ``acknowledged``).
+        for mid in acks:
+            if self._headers.pop(mid, None) is None and mid not in self._seen:
+                self._acked_first.add(mid)
         if self._lines > 2 * len(self._seen) + 100:
             self._compact()
 
@@ -94,8 +101,12 @@ class DeliveredStore:
         at = dt.datetime.now(dt.UTC).isoformat()
         self._append([self._line(at, h) for h in headers])
         for h in headers:
-            self._headers[str(h.message_id)] = (at, h)
-            self._seen[str(h.message_id)] = at
+            mid = str(h.message_id)
+            self._seen[mid] = at
+            if mid in self._acked_first:
+                self._acked_first.discard(mid)
+            else:
+                self._headers[mid] = (at, h)
 
     def handed(self, message_id: str) -> bool:
         """Whether the message was handed to the agency's system already (acknowledged or not)."""
@@ -106,8 +117,11 @@ class DeliveredStore:
         return found[1] if found else None
 
     def acknowledged(self, message_id: str) -> None:
+        """Remember an acknowledgement; it may come before its message is recorded (the agency's
+        system answered while the rest of the batch was being handed over)."""
         self._append([json.dumps({"ack": message_id}) + "\n"])
-        self._headers.pop(message_id, None)
+        if self._headers.pop(message_id, None) is None and message_id not in self._seen:
+            self._acked_first.add(message_id)
 
     def __len__(self) -> int:
         return len(self._headers)

@@ -125,7 +125,9 @@ class Inbox:
             connector.state_dir / "delivered.jsonl", connector.protector.envelopes
         )
         self._batch_delivered: list[Header] = []
+        #: Handed over in the batch in hand, not yet recorded: by id, those not acknowledged.
         self._batch_ids: set[str] = set()
+        self._unrecorded: dict[str, Header] = {}
         self.task: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] | None = None
@@ -191,6 +193,8 @@ class Inbox:
         c.stats.delivered += 1
         self._batch_delivered.append(header)
         self._batch_ids.add(mid)
+        # Acknowledgeable from now on, although the batch is not recorded yet.
+        self._unrecorded[mid] = header
         receipts.append(c.make_receipt(header, "DELIVERED"))
 
     def _missing_keys(self, header: Header, body: dict[str, Any]) -> list[str]:
@@ -274,15 +278,22 @@ class Inbox:
         return out
 
     async def acknowledge(self, message_id: str | uuid.UUID) -> Outgoing:
-        """The agency's system confirms it has seen and acted on a message."""
-        subject = self.delivered.get(str(message_id))
+        """The agency's system confirms it has seen and acted on a message.
+
+        A system may acknowledge as soon as the sink has handed it a message, before the rest
+        of the batch is handed over and recorded: the header is in hand then. While the sink is
+        still handing it over (a webhook answered 503 and is being retried) the system has not
+        taken it, and an acknowledgement is refused."""
+        mid = str(message_id)
+        subject = self.delivered.get(mid) or self._unrecorded.get(mid)
         if subject is None:
             raise PolicyError(
                 f"message {message_id} was not delivered to {self.connector.agency}, "
                 "or was acknowledged already"
             )
         out = await self.connector.receipt(subject, "ACKNOWLEDGED")
-        self.delivered.acknowledged(str(message_id))
+        self.delivered.acknowledged(mid)
+        self._unrecorded.pop(mid, None)
         return out
 
     # --- the loop -----------------------------------------------------------------------------
@@ -376,6 +387,7 @@ class Inbox:
         self.delivered.add_many(self._batch_delivered)
         self._batch_delivered = []
         self._batch_ids = set()
+        self._unrecorded = {}
         attempt = 0
         while True:
             try:
