@@ -121,9 +121,9 @@ def test_strimzi_topics_are_the_exchanges_topics_with_replication_three() -> Non
     # The urgent lane is there: outbound and inbox have one partition more than status.
     assert got[t.outbound("la-e10000016")]["partitions"] == 4
     assert got[t.status("la-e10000016")]["partitions"] == 3
-    # A children's home has the partitions of its kind: one, and the lane.
-    assert got[t.outbound("cp-sc482913")]["partitions"] == 2
-    assert got[t.inbox("cp-sc482913")]["partitions"] == 2
+    # A children's home has the partitions of its kind: one, and no lane.
+    assert got[t.outbound("cp-sc482913")]["partitions"] == 1
+    assert got[t.inbox("cp-sc482913")]["partitions"] == 1
     assert got[t.status("cp-sc482913")]["partitions"] == 1
 
 

@@ -71,6 +71,43 @@ def test_which_messages_travel_the_urgent_lane(event_type: str, urgency: str, ur
 
 
 @pytest.mark.kafka
+async def test_the_router_routes_a_small_agencys_only_partition_before_bulk() -> None:
+    """A children's home has one partition and no lane: its missing report must not wait behind
+    a council's nightly export in the same fetch, so the router takes it first, with the lanes,
+    and the bulk in chunks after."""
+    from aiokafka import TopicPartition
+
+    from broker.router import service as router_service
+
+    router = router_service.RouterService(KafkaSettings(bootstrap_servers="127.0.0.1:9"))
+    sizes = {"cbx.outbound.la-e10000016": 4, "cbx.outbound.cp-sc482913": 1}
+
+    class Consumer:
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return set(range(sizes[topic]))
+
+        async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0) -> dict[Any, Any]:
+            return {}
+
+    router.consumer = Consumer()
+    routed: list[tuple[str, int]] = []
+
+    async def route(tp: TopicPartition, records: list[Any], generation: int) -> bool:
+        routed.append((tp.topic, len(records)))
+        return True
+
+    router._route_batch = route  # type: ignore[method-assign]
+    bulk = TopicPartition("cbx.outbound.la-e10000016", 0)
+    home = TopicPartition("cbx.outbound.cp-sc482913", 0)
+    await router._route_fetched({bulk: ["row"] * 120, home: ["missing"]}, router.generation)
+    assert routed == [
+        ("cbx.outbound.cp-sc482913", 1),
+        ("cbx.outbound.la-e10000016", 50),
+        ("cbx.outbound.la-e10000016", 50),
+        ("cbx.outbound.la-e10000016", 20),
+    ]
+
+
 async def test_an_existing_exchange_gains_its_lanes_and_no_case_moves(
     kafka_ns: KafkaSettings, tmp_path: Path
 ) -> None:

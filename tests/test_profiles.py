@@ -10,6 +10,7 @@ import yaml
 from cli import cbx
 
 from broker.errors import ConfigurationError, PolicyError
+from broker.kafka import lanes
 from broker.kafka.topics import Topics
 from broker.model import SYSTEM_TYPES
 from broker.policy.profiles import agency_topics, profile_for, profiles
@@ -102,7 +103,7 @@ def test_the_kinds_that_read_the_whole_registry_are_the_kinds_the_acls_let_read_
         assert reads_all == (p.registry == "all"), p.kind
 
 
-def test_partitions_follow_the_kind_and_a_provider_has_one_and_the_lane() -> None:
+def test_partitions_follow_the_kind_and_a_provider_has_one_and_no_lane() -> None:
     topics = Topics("cbx")
     sizes = {
         agency: {spec.name.split(".")[1]: spec.partitions for spec in agency_topics(topics, agency)}
@@ -112,9 +113,28 @@ def test_partitions_follow_the_kind_and_a_provider_has_one_and_the_lane() -> Non
     assert sizes["pf-e23000032"] == {"outbound": 4, "inbox": 4, "status": 3, "cases": 3}
     assert sizes["icb-e54000032"] == {"outbound": 3, "inbox": 3, "status": 2, "cases": 2}
     for small in ("cp-sc482913", "gp-a81001"):
-        assert sizes[small] == {"outbound": 2, "inbox": 2, "status": 1, "cases": 1}
-    # 3,000 children's homes: 18,000 partitions, not the 42,000 of a council's layout.
-    assert sum(sizes["cp-sc482913"].values()) * 3000 == 18_000
+        assert sizes[small] == {"outbound": 1, "inbox": 1, "status": 1, "cases": 1}
+    # 3,000 children's homes: 12,000 partitions, not the 42,000 of a council's layout.
+    assert sum(sizes["cp-sc482913"].values()) * 3000 == 12_000
+    # ... and read first: the router and the inbox take a topic of one partition before bulk.
+    assert lanes.read_first(0, 1)
+    assert not lanes.read_first(0, 4)
+    assert lanes.read_first(3, 4)
+
+
+def test_only_an_agency_of_one_partition_may_go_without_the_lane(tmp_path: Path) -> None:
+    from broker.paths import schemas_dir
+
+    data = yaml.safe_load((schemas_dir() / "policy" / "profiles.yaml").read_text())
+    data["profiles"]["council"]["lane"] = False
+    path = tmp_path / "profiles.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigurationError, match="profile council: lane: false is for an agency"):
+        profiles(path)
+    data["profiles"]["council"]["lane"] = "no"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigurationError, match="profile council: lane must be true or false"):
+        profiles(path)
 
 
 @pytest.mark.parametrize("value", [0, 33, "3", True, 1.5])

@@ -155,12 +155,14 @@ class Topics:
             TopicSpec(self.outbound(TRACKER), 1 + URGENT_LANES),
         ]
 
-    def agency(self, agency: str, partitions: int = 3) -> list[TopicSpec]:
+    def agency(self, agency: str, partitions: int = 3, lane: bool = True) -> list[TopicSpec]:
         """An agency's outbound, inbox, status and cases topics. Outbound and inbox have
-        ``partitions`` for bulk work and one more, the urgent lane (:mod:`broker.kafka.lanes`)."""
+        ``partitions`` for bulk work and, with ``lane``, one more: the urgent lane
+        (:mod:`broker.kafka.lanes`)."""
+        lanes = URGENT_LANES if lane else 0
         return [
-            TopicSpec(self.outbound(agency), partitions + URGENT_LANES),
-            TopicSpec(self.inbox(agency), partitions + URGENT_LANES),
+            TopicSpec(self.outbound(agency), partitions + lanes),
+            TopicSpec(self.inbox(agency), partitions + lanes),
             TopicSpec(self.status(agency), partitions),
             TopicSpec(self.cases(agency), partitions, dict(_COMPACTED)),
         ]

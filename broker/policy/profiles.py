@@ -41,6 +41,10 @@ class Profile:
     #: Bulk partitions of each of the agency's topics (outbound and inbox have the urgent lane
     #: besides): what its volume needs, and no more, since partitions cost every broker.
     partitions: int = 3
+    #: Whether outbound and inbox have an urgent lane besides. An agency of one partition that
+    #: sends and receives a few messages a day has no bulk for urgent work to wait behind, and
+    #: the router reads such a topic first, as it reads lanes (see broker/kafka/lanes.py).
+    lane: bool = True
 
     def check_id(self, agency: str) -> None:
         """Refuse an id whose code is not the official code of this kind."""
@@ -77,6 +81,14 @@ def profiles(path: Path | None = None) -> dict[str, Profile]:
             or not 1 <= partitions <= 32
         ):
             raise ConfigurationError(f"{where}: partitions must be a whole number from 1 to 32")
+        lane = p.get("lane", True)
+        if not isinstance(lane, bool):
+            raise ConfigurationError(f"{where}: lane must be true or false")
+        if not lane and partitions != 1:
+            raise ConfigurationError(
+                f"{where}: lane: false is for an agency of one partition; {partitions} bulk "
+                "partitions need the lane, or urgent work waits behind bulk"
+            )
         try:
             roles = frozenset(Role(r) for r in p["roles"])
         except ValueError as exc:
@@ -95,6 +107,7 @@ def profiles(path: Path | None = None) -> dict[str, Profile]:
                 (p["id_format"]["pattern"], p["id_format"]["means"]) if "id_format" in p else None
             ),
             partitions=partitions,
+            lane=lane,
         )
     return out
 
@@ -102,7 +115,8 @@ def profiles(path: Path | None = None) -> dict[str, Profile]:
 def agency_topics(topics: Topics, agency: str) -> list[TopicSpec]:
     """An agency's topics, with the partitions its kind is given (``partitions`` in
     profiles.yaml)."""
-    return topics.agency(agency, profile_for(agency).partitions)
+    profile = profile_for(agency)
+    return topics.agency(agency, profile.partitions, profile.lane)
 
 
 def profile_for(agency: str) -> Profile:

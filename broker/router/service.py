@@ -485,8 +485,9 @@ class RouterService:
                 DEAD.labels(outcome.reason or "unknown").inc()
 
     def _is_lane(self, tp: TopicPartition) -> bool:
+        """Routed first: an urgent lane, or a small agency's only partition."""
         partitions = self.consumer.partitions_for_topic(tp.topic) or ()
-        return lanes.is_lane(tp.partition, len(partitions))
+        return lanes.read_first(tp.partition, len(partitions))
 
     async def _route_fetched(self, batch: dict[TopicPartition, list[Any]], generation: int) -> None:
         """Route what one fetch returned: urgent lanes first, then bulk partitions in chunks of

@@ -366,7 +366,9 @@ class Inbox:
         ``LANE_CHECK_EVERY`` bulk records, whatever reached the lane meanwhile goes first."""
 
         def lane(tp: Any) -> bool:
-            return lanes.is_lane(tp.partition, len(consumer.partitions_for_topic(tp.topic) or ()))
+            return lanes.read_first(
+                tp.partition, len(consumer.partitions_for_topic(tp.topic) or ())
+            )
 
         for tp, records in sorted(batch.items(), key=lambda item: not lane(item[0])):
             urgent = lane(tp)
