@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cbx-installed
 
-.PHONY: setup kafka-jars demo test fuzz faults lint typecheck schemas-check format bench clean
+.PHONY: setup kafka-jars demo test fuzz faults lint typecheck schemas-check format bench bench-national clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,11 @@ bench: kafka-jars
 	$(BIN)/python -m benchmarks.bench_cold
 	$(BIN)/python -m benchmarks.bench_urgent
 	$(BIN)/python -m benchmarks.bench_registry
+
+# Every council, force and ICB and 3,000 providers on one broker, 83,000 placements and a day of
+# traffic with restarts (benchmarks/bench_national.py).
+bench-national: kafka-jars
+	$(BIN)/python -m benchmarks.bench_national
 
 format: setup
 	$(BIN)/ruff format .

@@ -247,7 +247,7 @@ class RouterService:
                 made.extend(self._in_bucket(bucket))
         # Together: a seek waits for the consumer's fetch in flight, once for all of them. A
         # rewind that fails drops the producer, so the next round does both again.
-        await asyncio.gather(*(self._rewind(tp) for tp in made))
+        await self._rewind_all(made)
         if failed:
             # The cluster cannot make them now (brokers down): try again in a moment, without
             # saying ready; the router itself carries on and recovers when the brokers return.
@@ -267,12 +267,32 @@ class RouterService:
         async with self.lock:
             self.generation += 1
             self.assigned |= set(tps)
-            for tp in tps:
-                if self.bucket(tp) in self.producers:
-                    await self._rewind(tp)
+            await self._rewind_all([tp for tp in tps if self.bucket(tp) in self.producers])
         log.info("partitions_assigned", partitions=[f"{t.topic}/{t.partition}" for t in tps])
 
-    async def _rewind(self, tp: TopicPartition) -> None:
+    async def _rewind_all(self, tps: list[TopicPartition]) -> None:
+        """Rewind ``tps`` with one OffsetFetch for all of them: at national size a router owns
+        thousands of partitions, and a request each is thousands of round trips after every
+        start and rebalance. Should it fail, each is rewound on its own (which drops a bucket's
+        producer when its offset cannot be read)."""
+        if not tps:
+            return
+        try:
+            found = await self.consumer._coordinator.fetch_committed_offsets(set(tps))
+        except Exception as exc:
+            log.info("committed_offsets_not_read_together", error_class=type(exc).__name__)
+            await asyncio.gather(*(self._rewind(tp) for tp in tps))
+            return
+
+        def offset(tp: TopicPartition) -> int | None:
+            meta = found.get(tp)
+            return meta.offset if meta is not None and meta.offset >= 0 else None
+
+        await asyncio.gather(*(self._rewind(tp, offset(tp), known=True) for tp in tps))
+
+    async def _rewind(
+        self, tp: TopicPartition, committed: int | None = None, known: bool = False
+    ) -> None:
         """Position ``tp`` at the next record not yet routed.
 
         The group's committed offset can lag a transaction this process committed a moment ago
@@ -283,7 +303,8 @@ class RouterService:
         routed meanwhile.
         """
         try:
-            committed = await self.consumer.committed(tp)
+            if not known:  # else ``committed`` was read already (``_rewind_all``)
+                committed = await self.consumer.committed(tp)
             ours = self.committed_offsets.get(tp)
             if ours is not None and (committed is None or ours > committed):
                 committed = ours
