@@ -59,7 +59,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.bench_cold import missing, summary
+from benchmarks.bench_cold import missing, placement, summary
 from benchmarks.bench_e2e import sharing
 from benchmarks.bench_registry import (
     AGENCIES,
@@ -265,7 +265,7 @@ async def play_day(
         if kind == "ChildMissingReported":
             tasks.append(asyncio.create_task(report(urgent_ms)))
         else:
-            body = kent.convert("PlacementNotified", placement_row())
+            body = kent.convert("PlacementNotified", placement())
             ref = f"NAT-{uuid.uuid4().hex[:10].upper()}"
             tasks.append(
                 asyncio.create_task(
@@ -305,19 +305,6 @@ def sink(agency: str) -> Any:
             waiting[mid].set()
 
     return take
-
-
-def placement_row() -> dict[str, Any]:
-    return {
-        "placement_id": str(uuid.uuid4()),
-        "legal_status": "C2",
-        "placement_type": "CHILDRENS_HOME",
-        "start_date": dt.date.today().isoformat(),
-        "host_authority": LANCS,
-        "approved_by_role": "Director of Children's Services",
-        "identity": {"given_names": "Sam", "family_name": "Bench", "date_of_birth": "2011-01-01"},
-        "address": {"lines": ["1 Bench Row"], "town": "Preston", "postcode": "PR1 1AA"},
-    }
 
 
 async def run(

@@ -122,17 +122,22 @@ def test_partitions_follow_the_kind_and_a_provider_has_one_and_no_lane() -> None
     assert lanes.read_first(3, 4)
 
 
-def test_only_an_agency_of_one_partition_may_go_without_the_lane(tmp_path: Path) -> None:
+def _profiles_with(tmp_path: Path, kind: str, key: str, value: object) -> Path:
+    """The shipped profiles with one setting of one kind changed, written under ``tmp_path``."""
     from broker.paths import schemas_dir
 
     data = yaml.safe_load((schemas_dir() / "policy" / "profiles.yaml").read_text())
-    data["profiles"]["council"]["lane"] = False
-    path = tmp_path / "profiles.yaml"
+    data["profiles"][kind][key] = value
+    path = tmp_path / f"profiles-{kind}-{key}.yaml"
     path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_only_an_agency_of_one_partition_may_go_without_the_lane(tmp_path: Path) -> None:
+    path = _profiles_with(tmp_path, "council", "lane", False)
     with pytest.raises(ConfigurationError, match="profile council: lane: false is for an agency"):
         profiles(path)
-    data["profiles"]["council"]["lane"] = "no"
-    path.write_text(yaml.safe_dump(data))
+    path = _profiles_with(tmp_path, "council", "lane", "no")
     with pytest.raises(ConfigurationError, match="profile council: lane must be true or false"):
         profiles(path)
 
@@ -141,11 +146,6 @@ def test_only_an_agency_of_one_partition_may_go_without_the_lane(tmp_path: Path)
 def test_a_profile_with_an_impossible_partition_count_is_refused(
     tmp_path: Path, value: object
 ) -> None:
-    from broker.paths import schemas_dir
-
-    data = yaml.safe_load((schemas_dir() / "policy" / "profiles.yaml").read_text())
-    data["profiles"]["provider"]["partitions"] = value
-    path = tmp_path / "profiles.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path = _profiles_with(tmp_path, "provider", "partitions", value)
     with pytest.raises(ConfigurationError, match="profile provider: partitions must be a whole"):
         profiles(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 from agencies import HOME_FORCE, HOST, HOST_FORCE, OUTSIDER, PLACING, header, network
@@ -14,11 +15,17 @@ from broker.tracker.service import NotARecipientError, TrackerService
 from connectors.gateway.receipts import make_receipt
 
 
-def test_receipts_count_only_from_the_messages_recipients() -> None:
-    net = network()
+def _tracker(net: Any) -> TrackerService:
+    """A tracker with no broker, verifying with the test network's directory."""
     tracker = TrackerService(KafkaSettings(bootstrap_servers="127.0.0.1:9"))
     tracker.directory = net.directory
     tracker._verifier.directory = net.directory
+    return tracker
+
+
+def test_receipts_count_only_from_the_messages_recipients() -> None:
+    net = network()
+    tracker = _tracker(net)
     subject = header(
         "ChildMissingReported",
         HOST_FORCE,
@@ -57,15 +64,9 @@ async def test_a_receipt_that_overtakes_its_routed_entries_is_kept(
 
     monkeypatch.setattr(service, "RECEIPT_WAIT_S", 0.5)
     net = network()
-    tracker = TrackerService(KafkaSettings(bootstrap_servers="127.0.0.1:9"))
-    tracker.directory = net.directory
-    tracker._verifier.directory = net.directory
-    subject = header(
-        "ChildMissingReported",
-        HOST_FORCE,
-        Role.HOST_FORCE,
-        [Recipient(PLACING, Role.PLACING_AUTHORITY)],
-    )
+    tracker = _tracker(net)
+    to = [Recipient(PLACING, Role.PLACING_AUTHORITY)]
+    subject = header("ChildMissingReported", HOST_FORCE, Role.HOST_FORCE, to)
     mid = str(subject.message_id)
     now = dt.datetime.now(dt.UTC)
     syncs = []
