@@ -81,6 +81,17 @@ def missing() -> dict[str, Any]:
     }
 
 
+def missing_report(force: Any, case_ref: str) -> Any:
+    """The host force's IMMEDIATE missing report about ``case_ref``, sealed, not yet sent."""
+    return force.prepare(
+        "ChildMissingReported",
+        force.convert("ChildMissingReported", missing()),
+        case_ref=case_ref,
+        sharing=sharing(),
+        urgency="IMMEDIATE",
+    )
+
+
 async def measure_cbx(settings: KafkaSettings, n: int, tmp: Path) -> dict[str, Any]:
     from broker.crypto.keys import AgencyKeys
     from broker.router.service import RouterService
@@ -141,14 +152,7 @@ async def measure_cbx(settings: KafkaSettings, n: int, tmp: Path) -> dict[str, A
 
         async def one(case_ref: str) -> float:
             started = time.perf_counter()
-            force = connectors[HF]
-            out = force.prepare(
-                "ChildMissingReported",
-                force.convert("ChildMissingReported", missing()),
-                case_ref=case_ref,
-                sharing=sharing(),
-                urgency="IMMEDIATE",
-            )
+            out = missing_report(connectors[HF], case_ref)
             mid = str(out.header.message_id)
             events[mid] = asyncio.Event()
             await connectors[HF].publish([out])

@@ -59,7 +59,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.bench_cold import missing, placement, summary
+from benchmarks.bench_cold import missing_report, placement, summary
 from benchmarks.bench_e2e import sharing
 from benchmarks.bench_registry import (
     AGENCIES,
@@ -216,13 +216,7 @@ async def play_day(
     async def report(bucket: list[float]) -> None:
         # One of the cases the home is a party to (bench_registry's first ten).
         case = case_id(KENT, f"KCC-LAC-{rng.randrange(HOME_CASES):06d}")
-        out = force.prepare(
-            "ChildMissingReported",
-            force.convert("ChildMissingReported", missing()),
-            case_ref=case,
-            sharing=sharing(),
-            urgency="IMMEDIATE",
-        )
+        out = missing_report(force, case)
         mid = str(out.header.message_id)
         started = time.perf_counter()
         waiting[mid] = asyncio.Event()

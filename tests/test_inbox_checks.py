@@ -111,8 +111,7 @@ async def test_a_message_is_acknowledgeable_once_handed_and_never_handed_twice(
     with pytest.raises(PolicyError, match="acknowledged already"):
         await kent.acknowledge(mid)
     # The batch is recorded; the consumer reads it again (its commit did not happen).
-    kent.inbox.delivered.add_many(kent.inbox._batch_delivered)
-    kent.inbox._batch_delivered, kent.inbox._batch_ids = [], set()
+    kent.inbox._record_batch()
     again: list[Outgoing] = []
     await kent.inbox.handle(Record(out), sink, again)
     assert handed == [mid]  # not handed a second time

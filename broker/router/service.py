@@ -339,8 +339,7 @@ class RouterService:
         except Exception as exc:
             log.warning("producer_not_made", bucket=bucket, error_class=type(exc).__name__)
             await self._drop_producer(bucket)
-        for tp in rewind:
-            await self._rewind(tp)
+        await self._rewind_all(rewind)
 
     async def release(self, tps: list[TopicPartition]) -> None:
         # Under the lock: a transaction in progress finishes before its partition is given up.

@@ -250,9 +250,7 @@ class TrackerService:
         while not self.stop_event.is_set():
             batch = await self._consumer.getmany(timeout_ms=200, max_records=500)
             entries: list[LogEntry] = []
-            waiting = [r for records in batch.values() for r in records]
-            if waiting:
-                waiting = self._take_receipts(waiting, entries)
+            waiting = self._take_receipts([r for rs in batch.values() for r in rs], entries)
             if waiting:
                 await self._after_routed(waiting, entries)
             if entries:
@@ -260,20 +258,25 @@ class TrackerService:
             if batch:
                 await self._patiently("receipts commit", self._consumer.commit)
 
-    def _take_receipts(self, records: list[Any], entries: list[LogEntry]) -> list[Any]:
+    def _take_receipts(
+        self, records: list[Any], entries: list[LogEntry]
+    ) -> list[tuple[Any, NotARecipientError]]:
         """Add the entries of ``records`` to ``entries``; return the receipts from an agency this
-        view does not know yet as a recipient (their ROUTED entries may be on their way)."""
+        view does not know yet as a recipient (their ROUTED entries may be on their way), each
+        with what was said of it."""
         waiting = []
         for r in records:
             try:
                 entries.append(self._receipt_entry(r.value, list(r.headers)))
-            except NotARecipientError:
-                waiting.append(r)
+            except NotARecipientError as exc:
+                waiting.append((r, exc))
             except Exception as exc:  # one receipt's failure is its own: log, go on
                 self._rejected(r, exc)
         return waiting
 
-    async def _after_routed(self, waiting: list[Any], entries: list[LogEntry]) -> None:
+    async def _after_routed(
+        self, waiting: list[tuple[Any, NotARecipientError]], entries: list[LogEntry]
+    ) -> None:
         """Judge receipts that came before their message's ROUTED entries reached this view.
 
         The router writes a message's inbox copies and its ROUTED entries in one transaction,
@@ -289,15 +292,12 @@ class TrackerService:
         pause = 0.05
         while True:
             await self._patiently("delivery-log catch-up", self._log_follower.sync)
-            still = self._take_receipts(waiting, entries)
+            still = self._take_receipts([r for r, _ in waiting], entries)
             if not still:
                 return
             if loop.time() >= deadline:
-                for r in still:
-                    try:
-                        self._receipt_entry(r.value, list(r.headers))
-                    except Exception as exc:
-                        self._rejected(r, exc)
+                for r, exc in still:
+                    self._rejected(r, exc)
                 return
             waiting = still
             await asyncio.sleep(pause)

@@ -124,9 +124,9 @@ class Inbox:
         self.delivered = DeliveredStore(
             connector.state_dir / "delivered.jsonl", connector.protector.envelopes
         )
-        self._batch_delivered: list[Header] = []
-        #: Handed over in the batch in hand, not yet recorded: by id, those not acknowledged.
-        self._batch_ids: set[str] = set()
+        #: Handed over in the batch in hand, not yet recorded, by id.
+        self._batch: dict[str, Header] = {}
+        #: Of those, the ones not acknowledged yet (acknowledgeable before the batch is recorded).
         self._unrecorded: dict[str, Header] = {}
         self.task: asyncio.Task[None] | None = None
         self.failure: BaseException | None = None
@@ -177,7 +177,7 @@ class Inbox:
                 c.quarantine.keep(record, REPAIR_FAILED, type(exc).__name__, detail=str(exc))
             return
         mid = str(header.message_id)
-        if self.delivered.handed(mid) or mid in self._batch_ids:
+        if self.delivered.handed(mid) or mid in self._batch:
             # Read again because its batch was not committed (the group moved on during an
             # outage, or the process stopped): the agency's system has it already. Its receipt
             # goes again, in case the first never left; the tracker reads a repeat as once.
@@ -191,8 +191,7 @@ class Inbox:
                 self._reject(record, header, SINK_REFUSED, exc, receipts)
                 return
         c.stats.delivered += 1
-        self._batch_delivered.append(header)
-        self._batch_ids.add(mid)
+        self._batch[mid] = header
         # Acknowledgeable from now on, although the batch is not recorded yet.
         self._unrecorded[mid] = header
         receipts.append(c.make_receipt(header, "DELIVERED"))
@@ -386,10 +385,7 @@ class Inbox:
         """Send a batch's receipts, then commit it; transient failures are retried with backoff."""
         # What was delivered is on disk before its DELIVERED receipts go out, so the agency's
         # system can acknowledge it even after a restart.
-        self.delivered.add_many(self._batch_delivered)
-        self._batch_delivered = []
-        self._batch_ids = set()
-        self._unrecorded = {}
+        self._record_batch()
         attempt = 0
         while True:
             try:
@@ -404,6 +400,12 @@ class Inbox:
                     raise
                 attempt += 1
                 await self._back_off("inbox_batch_retry", attempt, exc)
+
+    def _record_batch(self) -> None:
+        """Put what the batch handed over on disk (it is then known after a restart too)."""
+        self.delivered.add_many(list(self._batch.values()))
+        self._batch = {}
+        self._unrecorded = {}
 
     async def _back_off(self, event: str, attempt: int, exc: BaseException) -> None:
         """Log a retry and wait before it: exponential, capped, with jitter."""
