@@ -4,17 +4,18 @@ traffic played faster, the router restarted in the middle of it and some connect
 What it costs, and how each cost grows with the number of agencies.
 
     .venv/bin/python -m benchmarks.bench_national [--providers 3000] [--cases 83000]
-        [--day-s 120] [--out national.json]
+        [--day-s 120] [--routers 2] [--out national.json]
 
 Reported (``results/national.json`` and a table on stdout):
 
 - per step of provisioning (the public bodies, then providers in steps): agencies, seconds an
   agency, topics, partitions, ACL entries, and the broker's open file descriptors, memory maps and
   resident memory (read from ``/proc``; the embedded broker only);
-- the router's start to ready with the whole registry, and its warm-up after a restart in the
+- the routers' start to ready with the whole registry (``--routers``, 2 by default, as deployed:
+  one instance's restart never stops routing), and one instance's warm-up after a restart in the
   middle of the day (SIGTERM, start again, until ``/readyz``), with the latency of IMMEDIATE
-  missing reports posted every 200 ms during that warm-up (from the force's send to the last of
-  the four recipients' systems);
+  missing reports posted every 200 ms from the SIGTERM until a second after it is ready again
+  (from the force's send to the last of the four recipients' systems);
 - IMMEDIATE latency the rest of the day, and routine messages delivered;
 - a small agency's and a police force's connector started again mid-day: seconds and peak
   memory (each in a child process, as in ``bench_registry``).
@@ -121,9 +122,10 @@ def broker_proc(pid: int | None) -> dict[str, Any]:
 class Router:
     """``cbx router`` as a child process with a health port."""
 
-    def __init__(self, settings: KafkaSettings, home: Path) -> None:
+    def __init__(self, settings: KafkaSettings, home: Path, name: str = "router") -> None:
         self.settings = principals.settings_for(settings, model.ROUTER)
         self.home = home
+        self.name = name
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -131,7 +133,7 @@ class Router:
 
     def start(self) -> float:
         env = {**os.environ, **self.settings.to_env(), "CBX_LOG_FORMAT": "json"}
-        log = open(self.home / "router.log", "ab")  # noqa: SIM115 - owned by the child
+        log = open(self.home / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cbx.cli", "router", "--health-port", str(self.port)],
             env=env,
@@ -197,8 +199,9 @@ async def provision_all(
 async def play_day(
     ns: KafkaSettings, conns: dict[str, Any], day_s: float, router: Router, fraction: float
 ) -> dict[str, Any]:
-    """The day's messages in ``day_s`` seconds; the router restarted half-way, and a small
-    agency's and a force's connector started again (in child processes) meanwhile."""
+    """The day's messages in ``day_s`` seconds; ``router`` (one of the instances) restarted
+    half-way, and a small agency's and a force's connector started again (in child processes)
+    meanwhile."""
     kent, force = conns[KENT], conns[LANCS_POLICE]
     rng = random.Random(20261128)
     day = {k: max(1, round(v * fraction)) for k, v in DAY.items()}
@@ -239,6 +242,9 @@ async def play_day(
 
         poster = asyncio.create_task(posting())
         restart["router_warm_up_s"] = round(await router.ready(since), 3)
+        # And a second more: with several instances, the group shares the buckets out again as
+        # the restarted one comes back, which pauses routing for a moment.
+        await asyncio.sleep(1.0)
         poster.cancel()
         await asyncio.gather(*pending)
 
@@ -308,6 +314,7 @@ async def run(
     home: Path,
     n_public: int | None = None,
     fraction: float = 1.0,
+    n_routers: int = 2,
 ) -> dict[str, Any]:
     from broker.crypto.keys import AgencyKeys
     from connectors.gateway.connector import Connector
@@ -345,10 +352,10 @@ async def run(
         print(f"loading {cases} placements", flush=True)
         load_s = await load(ns, cases)
 
-        router = Router(ns, home)
-        since = router.start()
-        first_ready = await router.ready(since)
-        print(f"router ready in {first_ready:.2f} s", flush=True)
+        routers = [Router(ns, home, f"router-{i + 1}") for i in range(n_routers)]
+        since = [r.start() for r in routers]
+        first_ready = max([await r.ready(t) for r, t in zip(routers, since, strict=True)])
+        print(f"{n_routers} router(s) ready in {first_ready:.2f} s", flush=True)
 
         conns = {}
         for a in AGENCIES:
@@ -359,12 +366,14 @@ async def run(
             conns[a] = c
         try:
             print(f"playing a day in {day_s:.0f} s", flush=True)
-            day = await play_day(ns, conns, day_s, router, fraction)
+            day = await play_day(ns, conns, day_s, routers[0], fraction)
         finally:
             for c in conns.values():
                 await c.stop()
-            router.stop()
+            for r in routers:
+                r.stop()
         return {
+            "routers": n_routers,
             "agencies": len(everyone),
             "providers": n_providers,
             "cases": cases,
@@ -390,6 +399,9 @@ def main() -> None:
     parser.add_argument(
         "--public", type=int, help="Councils, forces and ICBs to provision (all unless given)."
     )
+    parser.add_argument(
+        "--routers", type=int, default=2, help="Router instances (one of them is restarted)."
+    )
     parser.add_argument("--out", default="national.json", help="File name under results/.")
     args = parser.parse_args()
     from broker.logging import configure_logging
@@ -398,7 +410,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cbx-bench-national-") as tmp:
         os.environ.setdefault("CBX_HOME", tmp)
         result = asyncio.run(
-            run(args.providers, args.cases, args.day_s, Path(tmp), args.public, args.fraction)
+            run(
+                args.providers,
+                args.cases,
+                args.day_s,
+                Path(tmp),
+                args.public,
+                args.fraction,
+                args.routers,
+            )
         )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -20,6 +20,7 @@ def test_bench_national_small_run(kafka_settings: KafkaSettings, tmp_path: Path)
     )
     assert "warm-up after a restart" in printed
     assert result["agencies"] == 9
+    assert result["routers"] == 2  # one restarted while the other routes
     last = result["growth"][-1]
     assert last["agencies"] == 9
     # Two councils and two forces (14 each), two ICBs (10 each), three providers (4 each).

@@ -17,14 +17,16 @@ the placement ended in between (:class:`Episode`).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from broker.kafka.follow import PROMPT_FETCH_WAIT_MS, TopicFollower
 from broker.kafka.settings import KafkaSettings
+from broker.logging import get_logger
 from broker.model import Recipient, Role
 from broker.schema import codec
 from broker.schema.catalogue import Catalogue
@@ -32,6 +34,7 @@ from broker.schema.store import SchemaStore
 
 CASE_SEPARATOR = "/"
 _OWNER = re.compile(r"^[a-z]+-[a-z0-9]+$")
+log = get_logger("registry")
 
 #: The host side of a placement: these parties end with it.
 HOST_ROLES = frozenset({Role.HOST_AUTHORITY, Role.HOST_FORCE, Role.HOST_ICB, Role.CARE_PROVIDER})
@@ -324,14 +327,23 @@ class PlacementRegistry:
     A case is identified by its placing authority and its reference (``la-e10000016/KCC-123``),
     so no council can take another's reference: the same reference registered by two councils is
     two cases. A bare reference finds the case when exactly one council uses it.
+
+    Records read from the log are kept as they came (:meth:`put_encoded`) and decoded when their
+    case is first asked for, or a chunk at a time by :meth:`settle`: decoding is most of what
+    reading a national registry costs (about 100 µs a case), and a process that starts asks for
+    a handful of cases, not all of them. Decoding a case's records in their log order through
+    :meth:`put` gives exactly the registry that decoding each on arrival would have given.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, decode: Callable[[bytes], Placement] | None = None) -> None:
         self._cases: dict[str, Placement] = {}
+        #: Records of a case read but not decoded yet, in log order.
+        self._encoded: dict[str, list[bytes]] = {}
+        self._decode = decode
         self._by_reference: dict[str, set[str]] = {}
 
     def get(self, case_ref: str) -> Placement | None:
-        found = self._cases.get(case_ref)
+        found = self._settled(case_ref)
         if found is not None:
             return found
         matches = self.find(case_ref)
@@ -339,7 +351,8 @@ class PlacementRegistry:
 
     def find(self, reference: str) -> list[Placement]:
         """Every case registered under a bare ``reference``, whichever council placed it."""
-        return [self._cases[i] for i in sorted(self._by_reference.get(reference, ()))]
+        found = (self._settled(i) for i in sorted(self._by_reference.get(reference, ())))
+        return [p for p in found if p is not None]
 
     def put(self, placement: Placement) -> bool:
         """Keep ``placement`` unless the registry holds a newer record of the case.
@@ -347,18 +360,29 @@ class PlacementRegistry:
         Newer by the record's own ``updated_at``, never by arrival: several routers write the
         registry, and a follower may read an older record after a newer one was applied locally.
         """
-        old = self._cases.get(placement.case_ref)
+        old = self._settled(placement.case_ref)
         if old is not None and old.updated_at > placement.updated_at:
             return False
         self._cases[placement.case_ref] = placement
-        _, reference = split_case_id(placement.case_ref)
-        self._by_reference.setdefault(reference, set()).add(placement.case_ref)
+        self._index(placement.case_ref)
         return True
+
+    def decode_with(self, decode: Callable[[bytes], Placement]) -> None:
+        """How records kept encoded are decoded (the follower's schema and catalogue)."""
+        if self._decode is None:
+            self._decode = decode
+
+    def put_encoded(self, case_ref: str, value: bytes) -> None:
+        """Keep a record read from the log, to be decoded when its case is asked for."""
+        if self._decode is None:
+            raise TypeError("this registry decodes nothing: give it a decoder")
+        self._encoded.setdefault(case_ref, []).append(value)
+        self._index(case_ref)
 
     def remove(self, case_ref: str, at: dt.datetime) -> bool:
         """Forget a case (its tombstone was read) if its placement has ended and its record is
         no newer than ``at``, the tombstone's time: a case placed again stays."""
-        old = self._cases.get(case_ref)
+        old = self._settled(case_ref)
         if old is None or old.active or old.updated_at > at:
             return False
         del self._cases[case_ref]
@@ -369,12 +393,35 @@ class PlacementRegistry:
             self._by_reference.pop(reference, None)
         return True
 
+    def settle(self, limit: int) -> int:
+        """Decode the records of up to ``limit`` cases; how many cases are left undecoded."""
+        for case_ref in list(itertools.islice(self._encoded, limit)):
+            self._settled(case_ref)
+        return len(self._encoded)
+
     def ended_before(self, cutoff: dt.datetime) -> list[Placement]:
-        """Cases whose placement ended and which have not changed since before ``cutoff``."""
+        """Decoded cases whose placement ended and which have not changed since before
+        ``cutoff`` (:meth:`settle` first for all of them)."""
         return [p for p in self._cases.values() if not p.active and p.updated_at < cutoff]
 
     def __len__(self) -> int:
-        return len(self._cases)
+        return len(self._cases) + sum(1 for c in self._encoded if c not in self._cases)
+
+    def _index(self, case_ref: str) -> None:
+        _, reference = split_case_id(case_ref)
+        self._by_reference.setdefault(reference, set()).add(case_ref)
+
+    def _settled(self, case_ref: str) -> Placement | None:
+        """The case, its records read since it was last asked for decoded first (in log order,
+        newer record wins). A record that does not decode is skipped, as on arrival."""
+        pending = self._encoded.pop(case_ref, None)
+        if pending and self._decode is not None:
+            for value in pending:
+                try:
+                    self.put(self._decode(value))
+                except Exception as exc:  # one bad record must not cost the case
+                    log.warning("placement_record_skipped", error_class=type(exc).__name__)
+        return self._cases.get(case_ref)
 
 
 def placement_follower(
@@ -388,10 +435,17 @@ def placement_follower(
     version = catalogue.latest("PlacementRecord")
     store = SchemaStore(catalogue)
 
+    def decode(value: bytes) -> Placement:
+        return Placement.from_record(codec.decode(value, store.writer_for, version.parsed))
+
+    registry.decode_with(decode)
+
     def apply(r: Any) -> None:
         if r.value is not None:
-            rec = codec.decode(r.value, store.writer_for, version.parsed)
-            registry.put(Placement.from_record(rec))
+            if r.key is not None:  # decoded when the case is asked for
+                registry.put_encoded(r.key.decode(), r.value)
+            else:
+                registry.put(decode(r.value))
         elif r.key is not None:  # a tombstone: the case ended long enough ago to leave
             at = dt.datetime.fromtimestamp(r.timestamp / 1000, dt.UTC)
             registry.remove(r.key.decode(), at)

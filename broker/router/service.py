@@ -54,6 +54,11 @@ BULK_CHUNK = 50
 CLOSE_TIMEOUT_S = 10.0
 #: Ended cases removed per sweep step; routing goes on between steps.
 SWEEP_CHUNK = 500
+#: Cases decoded per step before a sweep (about 50 ms of work; routing goes on between steps).
+SETTLE_CHUNK = 500
+#: The first sweep after a start waits this long (or the sweep interval, if shorter): the
+#: registry is decoded for it, and a restart should route first.
+FIRST_SWEEP_S = 60.0
 
 MESSAGES = Counter(
     "cbx_router_messages_total", "Messages read by the router, by outcome", ["outcome"]
@@ -123,8 +128,10 @@ class RouterService:
         self.ready = asyncio.Event()
         self.ended_case_kept = dt.timedelta(days=float(env.get("CBX_ENDED_CASE_DAYS", "90")))
         self.sweep_every_s = float(env.get("CBX_REGISTRY_SWEEP_S", "3600"))
-        self._next_sweep = 0.0
+        self._next_sweep = time.monotonic() + min(FIRST_SWEEP_S, self.sweep_every_s)
         self._sweeper: AIOKafkaProducer | None = None
+        #: Producers of buckets gone to another instance, being closed.
+        self._closing: set[asyncio.Task[None]] = set()
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -140,16 +147,19 @@ class RouterService:
         self.placement_follower = placement_follower(
             self.settings, self.catalogue, self.state.registry
         )
-        await self.placement_follower.start()
-        # Followed, not read once: a partition taken over from another instance must be routed
-        # knowing every id its previous owner routed (see _route_batch).
-        await self.routed_follower.start()
-        await self.follower.start()
+        started = time.monotonic()
+        # Read side by side. The routed ids are followed, not read once: a partition taken over
+        # from another instance must be routed knowing every id its previous owner routed (see
+        # _route_batch).
+        await asyncio.gather(
+            self.placement_follower.start(), self.routed_follower.start(), self.follower.start()
+        )
         log.info(
             "router_state_loaded",
             placements=len(self.state.registry),
             routed_ids=len(self.state.routed),
             agencies=len(self.directory.agencies()),
+            seconds=round(time.monotonic() - started, 3),
         )
 
     async def start(self) -> None:
@@ -172,7 +182,10 @@ class RouterService:
             metadata_max_age_ms=3000,
             max_poll_records=500,
             session_timeout_ms=10000,
-            heartbeat_interval_ms=1000,
+            # Another instance leaving or joining reaches this one at its next heartbeat, and
+            # routing pauses from then until the buckets are shared out again: a quarter of a
+            # second, not a second, is what an urgent report waits for it.
+            heartbeat_interval_ms=250,
             partition_assignment_strategy=(buckets_mod.assignor(self.buckets),),
         )
         self.consumer.subscribe(
@@ -267,8 +280,21 @@ class RouterService:
         async with self.lock:
             self.generation += 1
             self.assigned |= set(tps)
+            # A bucket given to another instance is fenced by its producer there: this one's is
+            # closed, so that were the bucket to come back, it is made again (and rewound)
+            # before its first transaction rather than failing it.
+            ours = {self.bucket(t) for t in self.assigned}
+            gone = [self.producers.pop(b) for b in sorted(set(self.producers) - ours)]
             await self._rewind_all([tp for tp in tps if self.bucket(tp) in self.producers])
+        for producer in gone:
+            task = asyncio.create_task(self._close_quietly(producer))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         log.info("partitions_assigned", partitions=[f"{t.topic}/{t.partition}" for t in tps])
+
+    async def _close_quietly(self, producer: AIOKafkaProducer) -> None:
+        with contextlib.suppress(Exception):
+            await producer.stop()
 
     async def _rewind_all(self, tps: list[TopicPartition]) -> None:
         """Rewind ``tps`` with one OffsetFetch for all of them: at national size a router owns
@@ -397,6 +423,8 @@ class RouterService:
         """
         assert self.core is not None
         assert self.placement_follower is not None
+        if self.state.registry.settle(SETTLE_CHUNK):
+            return 0  # cases still encoded: decoded a step at a time, then swept
         cutoff = dt.datetime.now(dt.UTC) - self.ended_case_kept
         due = self.state.registry.ended_before(cutoff)
         if not due:
@@ -632,6 +660,8 @@ class RouterService:
             await bounded(f"producer of bucket {bucket}", producer.stop())
         if self._sweeper is not None:
             await bounded("sweeper", self._sweeper.stop())
+        if self._closing:
+            await bounded("producers of buckets given up", asyncio.gather(*self._closing))
         self.producers.clear()
         log.info("router_stopped")
 
