@@ -335,11 +335,12 @@ class PlacementRegistry:
     :meth:`put` gives exactly the registry that decoding each on arrival would have given.
     """
 
-    def __init__(self, decode: Callable[[bytes], Placement] | None = None) -> None:
+    def __init__(self) -> None:
         self._cases: dict[str, Placement] = {}
         #: Records of a case read but not decoded yet, in log order.
         self._encoded: dict[str, list[bytes]] = {}
-        self._decode = decode
+        #: Set by the follower that feeds :meth:`put_encoded` (its schema and catalogue).
+        self._decode: Callable[[bytes], Placement] | None = None
         self._by_reference: dict[str, set[str]] = {}
 
     def get(self, case_ref: str) -> Placement | None:
@@ -405,7 +406,7 @@ class PlacementRegistry:
         return [p for p in self._cases.values() if not p.active and p.updated_at < cutoff]
 
     def __len__(self) -> int:
-        return len(self._cases) + sum(1 for c in self._encoded if c not in self._cases)
+        return len(self._cases.keys() | self._encoded.keys())
 
     def _index(self, case_ref: str) -> None:
         _, reference = split_case_id(case_ref)

@@ -210,8 +210,7 @@ class RouterService:
         """
         old = self.producers.pop(bucket, None)
         if old is not None:
-            with contextlib.suppress(Exception):
-                await old.stop()
+            await self._close_quietly(old)
         producer = kafka.transactional_producer(
             self.settings, f"{self.group}.bucket.{bucket}", linger_ms=2
         )
