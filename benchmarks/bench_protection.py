@@ -8,7 +8,8 @@ same body as the baseline:
   - reuse, batch 1:      data keys reused per (class, recipients), one signature per message
   - reuse, batch 100:    data keys reused, one signature per 100 messages (Merkle proofs)
 The read side opens each message as a recipient: cold caches (first sight of each key and root)
-and warm (unwrapped keys and verified roots cached), as in a long-running connector.
+and warm (unwrapped keys and verified roots cached), as in a long-running connector. Each figure
+is the best of five passes.
 """
 
 from __future__ import annotations
@@ -73,21 +74,29 @@ def _header(cat: Any) -> Header:
     )
 
 
-def run_config(n: int, reuse: KeyReuse, batch: int) -> dict[str, float]:
-    sender, readers, body, cat = _setup(reuse)
-    headers = [_header(cat) for _ in range(n)]
-    t0 = time.perf_counter()
-    outs = []
-    for i in range(0, n, batch):
-        chunk = [sender.seal(h, body) for h in headers[i : i + batch]]
-        outs.extend(sender.sign(chunk))
-    seal_us = (time.perf_counter() - t0) / n * 1e6
+#: Each figure is the best of this many passes: on a shared machine the slowest passes measure
+#: the neighbours, and the fastest is the closest to the code's own cost.
+REPEATS = 5
 
-    reader = readers[0]
-    t0 = time.perf_counter()
-    for out in outs:
-        reader.open(out.value, out.headers)
-    open_us = (time.perf_counter() - t0) / n * 1e6
+
+def run_config(n: int, reuse: KeyReuse, batch: int) -> dict[str, float]:
+    seal_us = open_us = float("inf")
+    for _ in range(REPEATS):
+        # A fresh sender and reader each pass, so that "cold" configurations stay cold.
+        sender, readers, body, cat = _setup(reuse)
+        headers = [_header(cat) for _ in range(n)]
+        t0 = time.perf_counter()
+        outs = []
+        for i in range(0, n, batch):
+            chunk = [sender.seal(h, body) for h in headers[i : i + batch]]
+            outs.extend(sender.sign(chunk))
+        seal_us = min(seal_us, (time.perf_counter() - t0) / n * 1e6)
+
+        reader = readers[0]
+        t0 = time.perf_counter()
+        for out in outs:
+            reader.open(out.value, out.headers)
+        open_us = min(open_us, (time.perf_counter() - t0) / n * 1e6)
     return {"seal_sign_us": seal_us, "verify_open_us": open_us, "bytes": len(outs[0].value)}
 
 
@@ -95,14 +104,16 @@ def baseline(n: int) -> dict[str, float]:
     cat = Catalogue.load()
     v = cat.latest(EVENT)
     body = JsonToAvro(v.parsed).convert(PAYLOADS[EVENT])
-    t0 = time.perf_counter()
-    datas = [codec.encode(v.parsed, v.fingerprint, body) for _ in range(n)]
-    enc = (time.perf_counter() - t0) / n * 1e6
     writer = {v.fingerprint: v.parsed}.__getitem__
-    t0 = time.perf_counter()
-    for d in datas:
-        codec.decode(d, writer)
-    dec = (time.perf_counter() - t0) / n * 1e6
+    enc = dec = float("inf")
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        datas = [codec.encode(v.parsed, v.fingerprint, body) for _ in range(n)]
+        enc = min(enc, (time.perf_counter() - t0) / n * 1e6)
+        t0 = time.perf_counter()
+        for d in datas:
+            codec.decode(d, writer)
+        dec = min(dec, (time.perf_counter() - t0) / n * 1e6)
     return {"seal_sign_us": enc, "verify_open_us": dec, "bytes": len(datas[0])}
 
 

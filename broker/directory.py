@@ -101,19 +101,29 @@ class AgencyEntry:
         )
 
 
+def _newest_valid(keys: tuple[PublicKeyInfo, ...], at: dt.datetime) -> PublicKeyInfo | None:
+    valid = [k for k in keys if k.valid_at(at)]
+    return max(valid, key=lambda k: k.not_before) if valid else None
+
+
 class Directory:
     """Agencies by id, with the key lookups that sealing and verification need."""
 
     def __init__(self, entries: list[AgencyEntry] | None = None) -> None:
         self._entries: dict[str, AgencyEntry] = {}
+        #: agency -> (answer, until): the newest valid encryption key now, which stays the answer
+        #: until one of the agency's keys starts or ends, or its entry changes.
+        self._current_enc: dict[str, tuple[PublicKeyInfo | None, dt.datetime]] = {}
         for e in entries or []:
             self.put(e)
 
     def put(self, entry: AgencyEntry) -> None:
         self._entries[entry.agency] = entry
+        self._current_enc.pop(entry.agency, None)
 
     def remove(self, agency: str) -> None:
         self._entries.pop(agency, None)
+        self._current_enc.pop(agency, None)
 
     def __contains__(self, agency: str) -> bool:
         e = self._entries.get(agency)
@@ -130,9 +140,22 @@ class Directory:
         e = self._entries.get(agency)
         if e is None or e.revoked:
             return None
-        at = at or dt.datetime.now(dt.UTC)
-        valid = [k for k in e.encryption_keys if k.valid_at(at)]
-        return max(valid, key=lambda k: k.not_before) if valid else None
+        if at is not None:
+            return _newest_valid(e.encryption_keys, at)
+        # The sealer asks for every recipient of every message: the answer is kept until the
+        # next moment any of the agency's keys starts or ends.
+        now = dt.datetime.now(dt.UTC)
+        hit = self._current_enc.get(agency)
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        answer = _newest_valid(e.encryption_keys, now)
+        edges = [k.not_before for k in e.encryption_keys if k.not_before > now]
+        edges += [k.not_after for k in e.encryption_keys if k.not_after >= now]
+        self._current_enc[agency] = (
+            answer,
+            min(edges, default=dt.datetime.max.replace(tzinfo=dt.UTC)),
+        )
+        return answer
 
     def signing_key(self, agency: str, key_id: str, at: dt.datetime | None = None) -> bytes:
         """The raw Ed25519 public key ``key_id`` of ``agency``, if valid at ``at``."""

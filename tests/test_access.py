@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed
 
 from broker.admin import provision
 from broker.errors import AccessDeniedError, AuthenticationFailedError, ConfigurationError
@@ -267,12 +269,30 @@ async def test_every_principal_kind_on_every_shared_topic(secured: KafkaSettings
         await _write(principals.settings_for(secured, AGENCIES[0]), t.outbound("svc-tracker"))
 
 
-async def test_provisioning_returns_once_the_new_credentials_are_accepted(secured) -> None:  # type: ignore[no-untyped-def]
+async def test_provisioning_returns_once_the_new_credentials_are_accepted(secured, caplog) -> None:  # type: ignore[no-untyped-def]
     """`cbx agency add` returns only when the agency can connect; a password the cluster never
-    accepts is reported, naming the principal, when the wait runs out."""
+    accepts is reported, naming the principal, when the wait runs out. The refusals met while
+    waiting are expected, so they are not logged as aiokafka's errors; outside the wait they are."""
     await provision.add_agency(secured, "la-e10000021")
     agency = principals.settings_for(secured, "la-e10000021")
     await provision.credentials_accepted(agency, within_s=0)  # at once: already accepted
     wrong = replace(agency, sasl_password="not-the-password")
+
+    def refusals() -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.name.startswith("aiokafka")
+            and r.levelno >= logging.ERROR
+            and any(isinstance(a, SaslAuthenticationFailed) for a in r.args or ())
+        ]
+
+    caplog.set_level(logging.INFO, logger="aiokafka")
     with pytest.raises(ConfigurationError, match="la-e10000021 within 1 s"):
         await provision.credentials_accepted(wrong, within_s=1)
+    assert refusals() == []
+    client = kafka.admin(wrong)
+    with pytest.raises(KafkaError):
+        await client.start()
+    await client.close()
+    assert refusals(), "a refused login outside the wait is still aiokafka's error"

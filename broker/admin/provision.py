@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
 
 from broker import directory as directory_mod
 from broker import env, model
@@ -120,25 +122,50 @@ async def credentials_accepted(
     cluster, the bootstrap broker taking them says nothing of the others.
     """
     deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        client = kafka.admin(settings)
-        try:
-            await client.start()
-            nodes = client._client.cluster.brokers()
-            refused = [b.nodeId for b in nodes if not await client._client.ready(b.nodeId)]
-            if not refused:
-                return
-            raise KafkaConnectionError(f"brokers {refused} refused the connection")
-        except KafkaConnectionError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise ConfigurationError(
-                    f"the cluster did not accept the new credentials of {settings.sasl_username} "
-                    f"within {within_s:.0f} s"
-                ) from None
-            await asyncio.sleep(0.2)
-        finally:
-            with contextlib.suppress(Exception):
-                await client.close()
+    tries = 0
+    with _refusals_expected():
+        while True:
+            tries += 1
+            client = kafka.admin(settings)
+            try:
+                await client.start()
+                nodes = client._client.cluster.brokers()
+                refused = [b.nodeId for b in nodes if not await client._client.ready(b.nodeId)]
+                if not refused:
+                    log.info("credentials_accepted", principal=settings.sasl_username, tries=tries)
+                    return
+                raise KafkaConnectionError(f"brokers {refused} refused the connection")
+            except KafkaConnectionError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ConfigurationError(
+                        f"the cluster did not accept the new credentials of "
+                        f"{settings.sasl_username} within {within_s:.0f} s"
+                    ) from None
+                await asyncio.sleep(0.2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+
+class _Refusals(logging.Filter):
+    """Drops aiokafka's report of a refused login: while provisioning waits for a new password
+    to reach every broker, refusals are what it expects, and an operator reading
+    ``ERROR ... SaslAuthenticationFailed`` would think provisioning had failed. How long it waited
+    is logged instead, and a password never accepted is still an error, with its principal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(isinstance(a, SaslAuthenticationFailed) for a in record.args or ())
+
+
+@contextlib.contextmanager
+def _refusals_expected() -> Iterator[None]:
+    quiet = _Refusals()
+    logger = logging.getLogger("aiokafka")  # the client logs as the package
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 async def _service(

@@ -10,6 +10,7 @@ encryption, so a wrong passphrase fails when the key is loaded.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +47,10 @@ class KeyPair:
     not_before: dt.datetime
     not_after: dt.datetime
 
-    @property
+    @functools.cached_property
     def public_bytes(self) -> bytes:
+        # Derived once: a public key from its private key is a scalar multiplication, and the
+        # sealer asks for its own on every message.
         return raw_public(self.private.public_key())
 
     def valid_at(self, at: dt.datetime) -> bool:

@@ -108,31 +108,7 @@ def grants(role: str, prefix: str, agency: str = "") -> list[Grant]:
 
 
 def _client(settings: KafkaSettings) -> AdminClient:
-    conf: dict[str, Any] = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "security.protocol": settings.security_protocol,
-    }
-    if settings.security_protocol.startswith("SASL"):
-        conf.update(
-            {
-                "sasl.mechanism": settings.sasl_mechanism,
-                "sasl.username": settings.sasl_username,
-                "sasl.password": settings.sasl_password,
-            }
-        )
-    if settings.security_protocol.endswith("SSL"):
-        conf.update(
-            {
-                k: v
-                for k, v in {
-                    "ssl.ca.location": settings.ssl_cafile,
-                    "ssl.certificate.location": settings.ssl_certfile,
-                    "ssl.key.location": settings.ssl_keyfile,
-                }.items()
-                if v
-            }
-        )
-    return AdminClient(conf)
+    return AdminClient(settings.librdkafka_config())
 
 
 def _wait(futures: dict[Any, Any], what: str) -> None:

@@ -104,6 +104,25 @@ class KafkaSettings:
         """The same cluster, authenticated as another principal."""
         return replace(self, sasl_username=username, sasl_password=password)
 
+    def librdkafka_config(self) -> dict[str, Any]:
+        """The same connection for confluent-kafka (librdkafka's property names)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = self.sasl_password
+        if self.security_protocol.endswith("SSL"):
+            files = {
+                "ssl.ca.location": self.ssl_cafile,
+                "ssl.certificate.location": self.ssl_certfile,
+                "ssl.key.location": self.ssl_keyfile,
+            }
+            conf.update({k: v for k, v in files.items() if v})
+        return conf
+
     def aiokafka_kwargs(self) -> dict[str, Any]:
         """Keyword arguments shared by aiokafka producers, consumers and admin clients."""
         kwargs: dict[str, Any] = {

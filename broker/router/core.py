@@ -257,10 +257,11 @@ class RouterCore:
         except (ProtectionError, SerializationError) as exc:
             raise _fail("unsealed-or-malformed-body", exc) from exc
         try:
+            form, clear, block = self.forms.split(body)
             short = unsealed_for(
-                self.forms, self.sealer.policy, header.event_type, header.recipients, body
+                self.sealer.policy, header.event_type, header.recipients, form, block
             )
-        except SerializationError as exc:
+        except (ProtectionError, SerializationError) as exc:
             raise _fail("unsealed-or-malformed-body", exc) from exc
         if short:
             named = "; ".join(f"{a}: {', '.join(c)}" for a, c in sorted(short.items()))
@@ -292,7 +293,7 @@ class RouterCore:
         repair = header.related_message_id is not None
         try:
             rule = self.rules.rule(header.event_type)
-            changes = self._party_changes(form, body) if rule.changes_parties else None
+            changes = self._party_changes(clear) if rule.changes_parties else None
             decision = self.rules.check(
                 header.event_type,
                 header.sender,
@@ -335,7 +336,7 @@ class RouterCore:
                 LogEntry(
                     status=Status.ACCEPTED,
                     ack_deadline=deadline,
-                    facts=self._facts(form, body, header.event_type),
+                    facts=self._facts(clear, header.event_type),
                     sharing={
                         "purpose": header.sharing.purpose,
                         "lawful_basis": list(header.sharing.lawful_basis),
@@ -423,25 +424,20 @@ class RouterCore:
         )
 
     @staticmethod
-    def _facts(form: Any, body: bytes, event_type: str) -> dict[str, str] | None:
+    def _facts(clear: dict[str, Any], event_type: str) -> dict[str, str] | None:
         """The clear fields statutory clocks read from this message, as text (None if none)."""
         wanted = fact_fields().get(event_type)
         if not wanted:
             return None
-        try:
-            record = codec.decode(body, lambda _fp: form.wire_parsed)
-        except SerializationError:
-            return None
-        return {f: as_text(record[f]) for f in wanted if record.get(f) is not None}
+        return {f: as_text(clear[f]) for f in wanted if clear.get(f) is not None}
 
     @staticmethod
-    def _party_changes(form: Any, body: bytes) -> list[PartyChange]:
+    def _party_changes(clear: dict[str, Any]) -> list[PartyChange]:
         """The clear party fields of a CasePartiesChanged body (agency ids and roles only)."""
         try:
-            record = codec.decode(body, lambda _fp: form.wire_parsed)
             return [
                 PartyChange(c["agency"], Role(c["role"]), c["change"] == "ADDED")
-                for c in record["changes"]
+                for c in clear["changes"]
             ]
         except (KeyError, TypeError, ValueError) as exc:
             raise PolicyError(f"the party changes cannot be read: {type(exc).__name__}") from exc

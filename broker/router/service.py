@@ -650,11 +650,13 @@ class RouterService:
             except Exception as exc:  # closing anyway
                 log.info("close_failed", client=what, error_class=type(exc).__name__)
 
+        # The group first: leaving it is what lets another instance take these partitions over,
+        # and nothing of them is routed here any more. The views can close after.
+        if self.consumer is not None:
+            await bounded("consumer", self.consumer.stop())
         for follower in (self.follower, self.placement_follower, self.routed_follower):
             if follower is not None:
                 await bounded(f"follower {follower.topic}", follower.stop())
-        if self.consumer is not None:
-            await bounded("consumer", self.consumer.stop())
         for bucket, producer in list(self.producers.items()):
             await bounded(f"producer of bucket {bucket}", producer.stop())
         if self._sweeper is not None:

@@ -48,6 +48,43 @@ def read_fingerprint(data: bytes) -> bytes:
     return bytes(data[2:HEADER_LEN])
 
 
+def _read(buf: BytesIO, fp: bytes, writer: Any, reader_schema: Any | None) -> Any:
+    try:
+        return schemaless_reader(buf, writer, reader_schema)
+    except SchemaResolutionError as exc:
+        raise SerializationError(
+            f"cannot resolve writer schema {fp.hex()} against the reader schema: {exc}"
+        ) from exc
+    except Exception as exc:
+        # Whatever the bytes make fastavro raise (a date past year 9999 is an OverflowError, a
+        # hostile length a MemoryError): the record does not decode, and that is its outcome.
+        raise SerializationError(
+            f"message body does not decode with writer schema {fp.hex()}: {type(exc).__name__}"
+        ) from exc
+
+
+def decode_head(data: bytes, head_schema: Any) -> tuple[Any, bytes]:
+    """Decode the leading fields of single-object ``data`` with ``head_schema`` (the writer schema
+    without its last fields) and return them with the bytes that follow, undecoded."""
+    fp = read_fingerprint(data)
+    buf = BytesIO(data)
+    buf.seek(HEADER_LEN)
+    record = _read(buf, fp, head_schema, None)
+    return record, data[buf.tell() :]
+
+
+def decode_whole(data: bytes, schema: Any, what: str) -> Any:
+    """Decode schemaless ``data`` (no single-object header) that must be exactly one record."""
+    buf = BytesIO(data)
+    try:
+        record = schemaless_reader(buf, schema, None)
+    except Exception as exc:
+        raise SerializationError(f"{what} does not decode: {type(exc).__name__}") from exc
+    if buf.tell() != len(data):
+        raise SerializationError(f"{len(data) - buf.tell()} trailing bytes after the {what}")
+    return record
+
+
 def decode(
     data: bytes,
     writer_for: Callable[[bytes], Any],
@@ -62,18 +99,7 @@ def decode(
     writer = writer_for(fp)
     buf = BytesIO(data)
     buf.seek(HEADER_LEN)
-    try:
-        record = schemaless_reader(buf, writer, reader_schema)
-    except SchemaResolutionError as exc:
-        raise SerializationError(
-            f"cannot resolve writer schema {fp.hex()} against the reader schema: {exc}"
-        ) from exc
-    except Exception as exc:
-        # Whatever the bytes make fastavro raise (a date past year 9999 is an OverflowError, a
-        # hostile length a MemoryError): the record does not decode, and that is its outcome.
-        raise SerializationError(
-            f"message body does not decode with writer schema {fp.hex()}: {type(exc).__name__}"
-        ) from exc
+    record = _read(buf, fp, writer, reader_schema)
     if buf.tell() != len(data):
         raise SerializationError(
             f"{len(data) - buf.tell()} trailing bytes after the record (writer schema {fp.hex()})"
