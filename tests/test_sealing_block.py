@@ -22,6 +22,7 @@ from agencies import (
     network,
 )
 
+from broker.crypto import sealing
 from broker.crypto.keys import AgencyKeys
 from broker.crypto.sealing import SEALING_FIELD, BodyForms, unsealed_for
 from broker.directory import AgencyEntry, Directory, PublicKeyInfo
@@ -134,6 +135,34 @@ def test_bytes_after_the_block_are_refused() -> None:
         forms.split(body + b"\x00")
     with pytest.raises(SerializationError, match="sealing block does not decode"):
         forms.split(body[:-3])
+
+
+def test_what_is_kept_is_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agency can write blocks of its own making into its outbound topic: a block over the
+    size limit is decoded every time and never kept, and the blocks kept never exceed their
+    byte budget, however many distinct ones arrive."""
+    _, outs = _reports(1)
+    body = _body(outs[0])
+    forms = BodyForms(CATALOGUE)
+    form, _, _ = forms.split(body)
+    record = codec.decode(body, lambda _fp: form.wire_parsed)
+    key = record[SEALING_FIELD]["keys"][0]
+    key["wrapped"] = key["wrapped"] * 400  # about 60 KB of wraps
+    big = codec.encode(form.wire_parsed, form.wire_fingerprint, record)
+    monkeypatch.setattr(sealing, "BLOCK_KEPT_MAX", 32 * 1024)
+    monkeypatch.setattr(sealing, "BLOCKS_KEPT_BYTES", 16 * 1024)
+    decoded = _counting(forms, monkeypatch)
+    for _ in range(3):
+        forms.split(big)
+    assert len(decoded) == 3, "a block over the limit is never kept"
+    assert forms._blocks_bytes <= 16 * 1024
+    # Many distinct small blocks: the budget holds.
+    for i in range(40):
+        record[SEALING_FIELD]["keys"][0]["wrapped"] = key["wrapped"][: 1 + i % 5]
+        record[SEALING_FIELD]["keys"][0]["key_id"] = i.to_bytes(16, "big")
+        forms.split(codec.encode(form.wire_parsed, form.wire_fingerprint, record))
+        assert forms._blocks_bytes <= 16 * 1024
+    assert 0 < len(forms._blocks) < 40
 
 
 def _entry(agency: str, keys: list[PublicKeyInfo]) -> AgencyEntry:

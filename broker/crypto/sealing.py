@@ -157,8 +157,11 @@ class SealingBlock:
 
 
 #: Sealing blocks kept decoded, by their bytes, per process (a connector reuses a data key for many
-#: messages, so most bodies carry a block already seen).
-BLOCKS_KEPT = 1024
+#: messages, so most bodies carry a block already seen): at most this many bytes of blocks, and
+#: none bigger than BLOCK_KEPT_MAX, so that an agency writing large blocks of its own making into
+#: its outbound topic cannot make the router hold them (a block for three recipients is 1.4 KB).
+BLOCKS_KEPT_BYTES = 4 * 1024 * 1024
+BLOCK_KEPT_MAX = 64 * 1024
 
 
 class BodyForms:
@@ -166,6 +169,7 @@ class BodyForms:
 
     def __init__(self, catalogue: Catalogue) -> None:
         self._blocks: dict[bytes, SealingBlock] = {}
+        self._blocks_bytes = 0
         sealed_value: Any = expand_schema(catalogue.latest("SealedValue").raw)
         sealing: Any = expand_schema(catalogue.latest("Sealing").raw)
         self.by_plain: dict[bytes, BodyForm] = {}
@@ -200,9 +204,12 @@ class BodyForms:
                     for k in keys
                 },
             )
-            if len(self._blocks) >= BLOCKS_KEPT:
-                self._blocks.clear()
-            self._blocks[rest] = block
+            if len(rest) <= BLOCK_KEPT_MAX:
+                if self._blocks_bytes + len(rest) > BLOCKS_KEPT_BYTES:
+                    self._blocks.clear()
+                    self._blocks_bytes = 0
+                self._blocks[rest] = block
+                self._blocks_bytes += len(rest)
         return form, record, block
 
     def wire_writer(self, fp: bytes) -> Any:
