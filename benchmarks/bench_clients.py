@@ -27,12 +27,12 @@ import multiprocessing as mp
 import random
 import re
 import resource
-import statistics
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_cold import summary
 from broker.kafka import clients as kafka
 from broker.kafka import embedded as local_kafka
 from broker.kafka.settings import KafkaSettings
@@ -58,20 +58,20 @@ async def _aiokafka_consumer(settings: KafkaSettings, pattern: str, group: str, 
     consumer.subscribe(pattern=pattern)
     await consumer.start()
     arrivals: list[tuple[float, float]] = []
-    # (time, CPU used) at the first record and when told to stop
-    first: list[tuple[float, float]] = []
+    # (time, CPU used) at the first record, then when told to stop
+    marks: list[tuple[float, float]] = []
     try:
         while not pipe.poll():
             batch = await consumer.getmany(timeout_ms=100)
             now = time.time()
             for records in batch.values():
                 arrivals.extend((now, r.timestamp / 1000) for r in records)
-            if arrivals and not first:
-                first.append((now, _cpu_s()))
-        first.append((time.time(), _cpu_s()))
+            if arrivals and not marks:
+                marks.append((now, _cpu_s()))
+        marks.append((time.time(), _cpu_s()))
     finally:
         await consumer.stop()
-    return arrivals, first
+    return arrivals, marks
 
 
 def _confluent_consumer(settings: KafkaSettings, pattern: str, group: str, pipe: Any) -> Any:
@@ -89,31 +89,31 @@ def _confluent_consumer(settings: KafkaSettings, pattern: str, group: str, pipe:
     )
     consumer.subscribe([f"^{pattern}"])
     arrivals: list[tuple[float, float]] = []
-    first: list[tuple[float, float]] = []
+    marks: list[tuple[float, float]] = []
     try:
         while not pipe.poll():
             msg = consumer.poll(0.1)
             if msg is not None and msg.error() is None:
                 arrivals.append((time.time(), msg.timestamp()[1] / 1000))
-                if not first:
-                    first.append((time.time(), _cpu_s()))
-        first.append((time.time(), _cpu_s()))
+                if not marks:
+                    marks.append((time.time(), _cpu_s()))
+        marks.append((time.time(), _cpu_s()))
     finally:
         consumer.close()
-    return arrivals, first
+    return arrivals, marks
 
 
 def child(client: str, settings: KafkaSettings, pattern: str, group: str, pipe: Any) -> None:
     """One consumer of one client until the parent says stop; then its arrivals and CPU."""
     started = time.time()
     if client == "aiokafka":
-        arrivals, first = asyncio.run(_aiokafka_consumer(settings, pattern, group, pipe))
+        arrivals, marks = asyncio.run(_aiokafka_consumer(settings, pattern, group, pipe))
     else:
-        arrivals, first = _confluent_consumer(settings, pattern, group, pipe)
+        arrivals, marks = _confluent_consumer(settings, pattern, group, pipe)
     pipe.recv()
     # CPU from the first record on: holding the partitions, not joining the group.
-    (t0, cpu0), (t1, cpu1) = first[0], first[-1]
-    share = (cpu1 - cpu0) / (t1 - t0) if len(first) > 1 and t1 > t0 else None
+    (t0, cpu0), (t1, cpu1) = marks[0], marks[-1]
+    share = (cpu1 - cpu0) / (t1 - t0) if len(marks) > 1 and t1 > t0 else None
     pipe.send((started, arrivals, share))
 
 
@@ -149,18 +149,6 @@ async def _every_partition_led(settings: KafkaSettings, topics: list[str]) -> No
         await producer.stop()
 
 
-def _summary(values: list[float]) -> dict[str, float]:
-    s = sorted(values)
-    if not s:
-        return {}
-    return {
-        "p50_ms": round(statistics.median(s) * 1000, 1),
-        "p99_ms": round(s[min(len(s) - 1, round(0.99 * (len(s) - 1)))] * 1000, 1),
-        "max_ms": round(s[-1] * 1000, 1),
-        "count": len(s),
-    }
-
-
 async def measure(
     settings: KafkaSettings, client: str, topics: list[str], pattern: str, seconds: float
 ) -> dict[str, Any]:
@@ -181,7 +169,7 @@ async def measure(
     steady = [a - t for a, t in arrivals if first is not None and t > first + SETTLE_S]
     return {
         "ready_s": round(first - started, 2) if first is not None else None,
-        "latency": _summary(steady),
+        "latency": (summary(steady) | {"count": len(steady)}) if steady else {},
         "cpu_share_of_a_core": round(cpu_share, 3) if cpu_share is not None else None,
     }
 
