@@ -6,7 +6,7 @@ that follow it, and against raw aiokafka started cold over the same topology, in
 In a fresh namespace, the router and four connectors start from nothing (Lancashire Constabulary
 sends; Kent County Council, Kent Police and Lancashire County Council receive). Measured:
 
-1. router_ready_s: from the router's start to every assigned partition having its producer;
+1. router_ready_s: from the router's start to its producer made and its partitions assigned;
 2. first_ms: the first ChildMissingReported after that, from send to unsealed at all three
    recipients; then ``--messages`` more, one at a time (steady p50, p99);
 3. new_case_ms: Kent registers a new placement and, at once, the force reports that child

@@ -242,8 +242,8 @@ async def play_day(
 
         poster = asyncio.create_task(posting())
         restart["router_warm_up_s"] = round(await router.ready(since), 3)
-        # And a second more: with several instances, the group shares the buckets out again as
-        # the restarted one comes back, which pauses routing for a moment.
+        # And a second more: with several instances, the group shares the partitions out again
+        # as the restarted one comes back, which pauses the partitions that move.
         await asyncio.sleep(1.0)
         poster.cancel()
         await asyncio.gather(*pending)

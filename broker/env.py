@@ -38,8 +38,8 @@ VARIABLES: dict[str, str] = {
     "CBX_CONSOLE_ACCOUNTS": "the console's accounts file ($CBX_HOME/console/accounts.json)",
     "CBX_ENDED_CASE_DAYS": "days an ended placement's case stays in the registry (90)",
     "CBX_REGISTRY_SWEEP_S": "seconds between the router's sweeps for ended cases to remove (3600)",
-    "CBX_ROUTER_BUCKETS": "transactional producers the routers share, one per bucket of outbound "
-    "partitions (32; the same for every router, changed only with all routers stopped)",
+    "CBX_ROUTER_INSTANCE": "this router instance's name, which ends its transactional id (the "
+    "host's name): the same across its restarts, different from every other instance's",
 }
 
 

@@ -69,6 +69,7 @@ class RouterProcess:
             **router.to_env(),
             "CBX_HOME": str(self.home),
             "CBX_LOG_FORMAT": "json",
+            "CBX_ROUTER_INSTANCE": self.name,
         }
         args = [sys.executable, "-m", "cbx.cli", "router"]
         if self.metrics_port is not None:
@@ -120,7 +121,7 @@ class Exchange:
         last: tuple[str, RouterProcess] | None = None
         for router in (self.router, *self.more_routers):
             for line in router.log_text().splitlines():
-                if '"batch_committed"' in line and f'"partition": "{partition}"' in line:
+                if '"batch_committed"' in line and f'"{partition}"' in line:
                     at = json.loads(line).get("timestamp", "")
                     if last is None or at >= last[0]:
                         last = (at, router)

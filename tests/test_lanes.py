@@ -70,42 +70,57 @@ def test_which_messages_travel_the_urgent_lane(event_type: str, urgency: str, ur
     assert RULES.urgent_lane(event_type, urgency) is urgent
 
 
-@pytest.mark.kafka
-async def test_the_router_routes_a_small_agencys_only_partition_before_bulk() -> None:
+class _Read:
+    """A record as the client returns it."""
+
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self._at = (topic, partition, offset)
+
+    def topic(self) -> str:
+        return self._at[0]
+
+    def partition(self) -> int:
+        return self._at[1]
+
+    def offset(self) -> int:
+        return self._at[2]
+
+
+def test_the_router_routes_lanes_and_a_small_agencys_only_partition_before_bulk() -> None:
     """A children's home has one partition and no lane: its missing report must not wait behind
-    a council's nightly export in the same fetch, so the router takes it first, with the lanes,
-    and the bulk in chunks after."""
-    from aiokafka import TopicPartition
+    a council's nightly export read in the same fetch, so the router takes it first, with the
+    lanes, and the bulk in chunks after; a lane record read between chunks goes next."""
+    from broker.router.work import Work
 
-    from broker.router import service as router_service
+    council, home = "cbx.outbound.la-e10000016", "cbx.outbound.cp-sc482913"
+    sizes = {council: 4, home: 1}
+    work = Work(lambda t, p: lanes.read_first(p, sizes[t]), chunk=50, most=100)
+    bulk = [_Read(council, i % 3, i // 3) for i in range(120)]
+    work.add([*bulk[:60], _Read(home, 0, 0), *bulk[60:]])
+    taken = work.take()
+    assert [(r.topic(), r.partition()) for r in taken] == [(home, 0)]
+    assert work.take() == bulk[:50]
+    work.add([_Read(council, 3, 0)])  # an IMMEDIATE report on the council's lane
+    assert [r.partition() for r in work.take()] == [3]
+    assert work.take() == bulk[50:100]
+    assert work.full() is False
+    assert work.low() is True
+    # A partition given up: what was read of it is forgotten, the rest keep their order.
+    assert work.drop({(council, 0)}) == len([r for r in bulk[100:] if r.partition() == 0])
+    assert work.take() == [r for r in bulk[100:] if r.partition() != 0]
+    assert work.take() == []
 
-    router = router_service.RouterService(KafkaSettings(bootstrap_servers="127.0.0.1:9"))
-    sizes = {"cbx.outbound.la-e10000016": 4, "cbx.outbound.cp-sc482913": 1}
 
-    class Consumer:
-        def partitions_for_topic(self, topic: str) -> set[int]:
-            return set(range(sizes[topic]))
+def test_the_bulk_read_ahead_is_bounded() -> None:
+    from broker.router.work import Work
 
-        async def getmany(self, *tps: TopicPartition, timeout_ms: int = 0) -> dict[Any, Any]:
-            return {}
-
-    router.consumer = Consumer()
-    routed: list[tuple[str, int]] = []
-
-    async def route(tp: TopicPartition, records: list[Any], generation: int) -> bool:
-        routed.append((tp.topic, len(records)))
-        return True
-
-    router._route_batch = route  # type: ignore[method-assign]
-    bulk = TopicPartition("cbx.outbound.la-e10000016", 0)
-    home = TopicPartition("cbx.outbound.cp-sc482913", 0)
-    await router._route_fetched({bulk: ["row"] * 120, home: ["missing"]}, router.generation)
-    assert routed == [
-        ("cbx.outbound.cp-sc482913", 1),
-        ("cbx.outbound.la-e10000016", 50),
-        ("cbx.outbound.la-e10000016", 50),
-        ("cbx.outbound.la-e10000016", 20),
-    ]
+    work = Work(lambda t, p: p == 3, chunk=10, most=40)
+    work.add(_Read("t", 0, i) for i in range(40))
+    assert work.full()
+    work.take()
+    work.take()
+    assert not work.full()
+    assert work.low()
 
 
 async def test_an_existing_exchange_gains_its_lanes_and_no_case_moves(

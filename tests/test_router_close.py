@@ -1,20 +1,21 @@
-"""The router's own bookkeeping, without a broker: a stop that cannot hang, and partitions put back
-where they belong after a rebalance."""
+"""The router's own bookkeeping, without a broker: a stop that cannot hang, and records read again
+from the right place after a failed transaction."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
-from aiokafka import TopicPartition
 
 from broker.kafka.settings import KafkaSettings
 from broker.router import service as router_service
+from broker.router.core import Outcome
 
 
 class Stuck:
-    """A client whose close never returns (as aiokafka's fetcher has been seen to)."""
+    """A client whose close never returns."""
 
     topic = "cbx.directory"
 
@@ -25,58 +26,121 @@ class Stuck:
         self.asked += 1
         await asyncio.Event().wait()
 
+    async def close(self, timeout_s: float) -> None:
+        await self.stop()
+
 
 async def test_a_client_that_will_not_close_does_not_hang_the_stop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(router_service, "CLOSE_TIMEOUT_S", 0.2)
     router = router_service.RouterService(KafkaSettings(bootstrap_servers="127.0.0.1:9"))
-    stuck_consumer, stuck_follower = Stuck(), Stuck()
-    router.consumer = stuck_consumer
+    stuck_pipe, stuck_follower = Stuck(), Stuck()
+    router.pipe = stuck_pipe  # type: ignore[assignment]
     router.follower = stuck_follower  # type: ignore[assignment]
     started = time.monotonic()
     await asyncio.wait_for(router.close(), 5)
     assert time.monotonic() - started < 2
-    assert stuck_consumer.asked == 1
+    assert stuck_pipe.asked == 1
     assert stuck_follower.asked == 1
 
 
-class Positions:
-    """A consumer that records where the router puts each partition."""
+class Read:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.at = (topic, partition, offset)
 
-    def __init__(self, committed: int | None) -> None:
-        self._committed = committed
-        self.seeks: list[tuple[str, int | None]] = []
+    def topic(self) -> str:
+        return self.at[0]
 
-    async def committed(self, tp: TopicPartition) -> int | None:
-        return self._committed
+    def partition(self) -> int:
+        return self.at[1]
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.seeks.append((f"{tp.topic}/{tp.partition}", offset))
+    def offset(self) -> int:
+        return self.at[2]
 
-    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
-        self.seeks.extend((f"{tp.topic}/{tp.partition}", None) for tp in tps)
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return b"v"
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, int(time.time() * 1000))
 
 
-@pytest.mark.parametrize("committed", [None, 7])
-async def test_records_fetched_across_a_rebalance_are_read_again(committed: int | None) -> None:
-    """A fetch that spans a rebalance may return the first records read after the rebalance's
-    rewind. The router does not route them (the batch predates its generation), so it must put
-    the partition back to the committed offset: otherwise the consumer's position is past them
-    and they wait for the next rebalance."""
+class Pipe:
+    """Transactions that fail for the partitions in ``failing``; seeks and commits recorded."""
+
+    def __init__(self, failing: set[tuple[str, int]]) -> None:
+        self.failing = failing
+        self.producer = object()
+        self.seeks: list[dict[tuple[str, int], int]] = []
+        self.commits: list[dict[tuple[str, int], int]] = []
+        self.aborts = 0
+
+    def known_partitions(self, topic: str) -> int:
+        return 3  # partitions 0 and 1 bulk, 2 the lane
+
+    def begin(self) -> None:
+        pass
+
+    def produce(self, *args: Any) -> None:
+        pass
+
+    async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        if set(offsets) & self.failing:
+            raise RuntimeError("the transaction failed")
+        self.commits.append(offsets)
+
+    async def abort(self) -> bool:
+        self.aborts += 1
+        return True
+
+    async def seek(self, positions: dict[tuple[str, int], int]) -> None:
+        self.seeks.append(positions)
+
+
+class Core:
+    def process(self, rec: Any) -> Outcome:
+        return Outcome([], "duplicate")
+
+
+async def test_a_failed_transaction_is_read_again_and_its_partitions_then_go_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transaction over three partitions fails because of one of them: every partition in it
+    is put back to its first record in it, what was read of them after is forgotten, and the
+    next round gives each its own transaction, so the two good ones are routed while the bad
+    one keeps failing alone."""
+    nap = asyncio.sleep
+    monkeypatch.setattr(router_service.asyncio, "sleep", lambda s: nap(0))
     router = router_service.RouterService(KafkaSettings(bootstrap_servers="127.0.0.1:9"))
-    tp = TopicPartition("cbx.outbound.la-e10000016", 0)
-    consumer = Positions(committed)
-    router.consumer = consumer
-    router.assigned = {tp}
-    router.producers[router.bucket(tp)] = object()  # type: ignore[assignment]
-    fetched_in = router.generation
-    await router.acquire([tp])  # the rebalance, while the fetch was in flight
-    consumer.seeks.clear()
-    await router._route_batch(tp, ["a record"], fetched_in)
-    assert consumer.seeks == [(f"{tp.topic}/0", committed)]
-    # A partition given up meanwhile is left to its new owner.
-    await router.release([tp])
-    consumer.seeks.clear()
-    await router._route_batch(tp, ["a record"], fetched_in)
-    assert consumer.seeks == []
+    bad, good1, good2 = ("t.a", 0), ("t.b", 0), ("t.b", 1)
+    pipe = Pipe({bad})
+    router.pipe = pipe  # type: ignore[assignment]
+    router.core = Core()  # type: ignore[assignment]
+    router.assigned = {bad, good1, good2}
+    batch = [Read(*bad, 5), Read(*good1, 7), Read(*good2, 9), Read(*bad, 6), Read(*good1, 8)]
+    router.work.add([Read(*good1, 9), Read(*bad, 7)])  # read after the batch
+    await router._route(batch)
+    assert pipe.commits == []
+    assert router._alone == {bad, good1, good2}
+    assert pipe.aborts == 1
+    assert pipe.seeks == [{bad: 5, good1: 7, good2: 9}]
+    assert len(router.work) == 0
+    await router._route(batch)
+    assert pipe.commits == [{good1: 9}, {good2: 10}]
+    assert pipe.seeks[-1] == {bad: 5}
+    assert router._alone == {bad}
+    # Once committed alone, the good ones go together again.
+    await router._route([Read(*good1, 9), Read(*good2, 10)])
+    assert pipe.commits[-1] == {good1: 10, good2: 11}
+    # A partition given up meanwhile is not put back: its next owner reads it.
+    router._release([bad])
+    await router._route([Read(*bad, 5)])
+    assert pipe.seeks[-1] == {bad: 5}
+    assert len(pipe.seeks) == 2
+    assert router._alone == set()

@@ -1,9 +1,9 @@
 """Several router instances in one group share the outbound partitions, exactly once.
 
-The group hands out whole buckets of partitions; each instance keeps one transactional producer per
-bucket it owns, with the bucket's transactional id, so the instance that takes a bucket over fences
-the one before it. What the previous owner routed, the new owner must know before routing the
-bucket's partitions again.
+The group shares the partitions out by cooperative rebalancing; each instance has one
+transactional producer, and the group's generation in each transaction's offsets (KIP-447) fences
+an instance that has lost its partitions. What the previous owner routed, the new owner must know
+before routing the partitions again.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import uuid
+import re
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,6 @@ from test_router_crash import KILLS, drain, kill_at_points
 from broker.kafka import clients as kafka
 from broker.kafka import lanes
 from broker.kafka.settings import KafkaSettings
-from broker.router.buckets import bucket_of
 
 pytestmark = pytest.mark.kafka
 
@@ -52,48 +51,56 @@ def _last(router: RouterProcess, event: str) -> dict[str, object] | None:
     return found
 
 
-async def test_routers_own_whole_buckets_with_one_producer_each(
-    kafka_ns: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _owned(router: RouterProcess) -> set[str]:
+    """What ``router`` owns now, from its log: the increments of cooperative rebalancing."""
+    owned: set[str] = set()
+    for line in router.log_text().splitlines():
+        if '"partitions_assigned"' in line:
+            owned |= set(json.loads(line)["partitions"])
+        elif '"partitions_revoked"' in line:
+            owned -= set(json.loads(line)["partitions"])
+    return owned
+
+
+async def test_routers_share_the_partitions_with_one_producer_each(
+    kafka_ns: KafkaSettings, tmp_path: Path
 ) -> None:
-    """Four buckets over some thirty outbound partitions: two instances split the buckets, never
-    a bucket, and neither holds more producers than the buckets it owns."""
-    monkeypatch.setenv("CBX_ROUTER_BUCKETS", "4")
+    """Two instances over some thirty outbound partitions: each partition is owned by exactly
+    one, each instance has one transactional producer named after it, and the second joining
+    moves only the partitions it takes (cooperative rebalancing): the first keeps the rest."""
     async with exchange(kafka_ns, tmp_path) as ex:
         await ex.agencies(ALL)
-        second = ex.add_router()
-        routers = [ex.router, second]
         every: set[str] = set()
         for agency in ALL:
             topic = kafka_ns.topics.outbound(agency)
             every |= {f"{topic}/{p}" for p in await kafka.partitions(kafka_ns, topic)}
 
-        def buckets_of(parts: list[str]) -> set[int]:
-            out = set()
-            for part in parts:
-                topic, n = part.rsplit("/", 1)
-                out.add(bucket_of(topic, int(n), 4))
-            return out
+        async def all_first() -> bool:
+            return every <= _owned(ex.router)
+
+        await ex.wait_for(all_first, what="the first instance to own every partition")
+        second = ex.add_router()
+        routers = [ex.router, second]
 
         async def split() -> bool:
-            owned = []
-            for r in routers:
-                last = _last(r, "partitions_assigned")
-                if last is None:
-                    return False
-                owned.append([str(p) for p in last["partitions"]])  # type: ignore[attr-defined]
-            a, b = owned
-            agencies_covered = every <= set(a) | set(b)
-            return bool(a and b and agencies_covered and not buckets_of(a) & buckets_of(b))
+            a, b = (_owned(r) for r in routers)
+            return bool(a and b and a | b >= every and not a & b)
 
-        await ex.wait_for(split, what="the two instances to split the buckets")
-
-        async def warmed() -> bool:
-            return all(_last(r, "producers_ready") is not None for r in routers)
-
-        await ex.wait_for(warmed, what="both instances' producers ready")
-        made = [int(_last(r, "producers_ready")["buckets"]) for r in routers]  # type: ignore[index,call-overload]
-        assert all(1 <= m <= 4 for m in made), made
-        assert len(every) > 4 * 5  # many partitions, few producers
+        await ex.wait_for(split, what="the two instances to share the partitions")
+        a, b = (_owned(r) for r in routers)
+        assert len(every) > 20
+        assert abs(len(a) - len(b)) <= 1, (len(a), len(b))
+        # The first gave up only what the second took.
+        revoked: set[str] = set()
+        for line in ex.router.log_text().splitlines():
+            if '"partitions_revoked"' in line:
+                revoked |= set(json.loads(line)["partitions"])
+        assert revoked == b
+        for r in routers:
+            ready = _last(r, "producer_ready")
+            assert ready is not None
+            assert ready["transactional_id"] == f"{kafka_ns.topics.group('router')}.{r.name}"
+            assert len(re.findall('"producer_ready"', r.log_text())) == 1
 
 
 async def test_a_message_published_again_after_its_partition_moved_is_routed_once(
@@ -139,28 +146,15 @@ PLACEMENTS = 6_000
 MISSING = 4_000
 
 
-def _busy_split(settings: KafkaSettings) -> KafkaSettings:
-    """A namespace whose busy partitions (Kent's three bulk ones, the host force's lane) fall in
-    both of two buckets: with two buckets, two instances own one each, so each routes part of
-    the stream. (Which partitions share a bucket follows the topics' names, and so the prefix.)"""
-    while True:
-        ns = settings.with_prefix(f"t{uuid.uuid4().hex[:10]}")
-        busy = [(ns.topics.outbound(KENT), p) for p in range(3)]
-        busy.append((ns.topics.outbound(LANCS_POLICE), 3))
-        if len({bucket_of(t, p, 2) for t, p in busy}) == 2:
-            return ns
-
-
 async def test_two_routers_sigkilled_at_random_points_lose_and_repeat_nothing(
-    kafka_settings: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kafka_ns: KafkaSettings, tmp_path: Path
 ) -> None:
     """The crash test with two router instances: at four random points of a 10,000-message stream
     one instance, chosen at random, is SIGKILLed and started again; at the last, both are. Its
-    buckets move to the other instance and back, and every message reaches each recipient
+    partitions move to the other instance and back, and every message reaches each recipient
     once."""
     rng = random.Random(20261128)
-    monkeypatch.setenv("CBX_ROUTER_BUCKETS", "2")
-    async with exchange(_busy_split(kafka_settings), tmp_path) as ex:
+    async with exchange(kafka_ns, tmp_path) as ex:
         await ex.agencies(ALL)
         routers = [ex.router, ex.add_router()]
         await _both_own_partitions(ex, routers)

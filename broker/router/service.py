@@ -1,55 +1,57 @@
 """``cbx router``: the router as a Kafka service, exactly once.
 
-Consume-transform-produce runs in Kafka transactions with ``read_committed`` consumers. aiokafka's
-``send_offsets_to_transaction`` uses the TxnOffsetCommit version without consumer-group fencing
-(KIP-447), so a producer's transactional id alone must fence a zombie. Outbound partitions fall into
-a fixed number of buckets (:mod:`broker.router.buckets`), the group assigns whole buckets, and the
-router keeps one transactional producer per bucket it owns, with the id ``cbx-router.bucket.<n>``.
-Whoever owns a bucket next initialises the same id, which aborts (or completes) the previous owner's
-open transaction and fences it, and only then reads the committed offsets of the bucket's
-partitions. The producers a router holds are bounded by the bucket count, not by the partitions.
+Consume-transform-produce runs in Kafka transactions with confluent-kafka (:mod:`broker.kafka.txn`):
+one consumer in the router group with cooperative rebalancing, and one transactional producer per
+instance. ``send_offsets_to_transaction`` carries the group's generation (KIP-447), so the group
+coordinator refuses the offsets of an instance that has lost its partitions, and its transaction
+is aborted: the producer's transactional id no longer has to name the partitions, and one
+producer serves all an instance owns. The id names the instance (``CBX_ROUTER_INSTANCE``, by
+default the host's name), stable across its restarts, so an instance started again aborts the
+transaction it left open at once. A transaction covers what one fetch returned of the urgent
+lanes, or a chunk of bulk records across partitions.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
+import re
 import signal
+import socket
 import time
-from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import IllegalStateError
 from prometheus_client import Counter, Histogram, start_http_server
 
 from broker import env
 from broker.admin.identity import ensure_identity
 from broker.crypto.sealing import BodyForms, Sealer
 from broker.directory import Directory, DirectoryCodec, apply
+from broker.errors import ConfigurationError
 from broker.health import stop_on_signals
 from broker.kafka import clients as kafka
 from broker.kafka import lanes
 from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
+from broker.kafka.txn import Part, Pipe, kafka_error
 from broker.logging import get_logger
 from broker.model import ROUTER
 from broker.policy.deadlines import Windows
 from broker.policy.registry import placement_follower
 from broker.policy.routing import Rules
 from broker.policy.sharing import SharingPolicy
-from broker.router import buckets as buckets_mod
-from broker.router.core import InRecord, Outcome, RouterCore
+from broker.router.core import InRecord, Out, Outcome, RouterCore
 from broker.router.state import RouterState
+from broker.router.work import Work, part_of
 from broker.schema.catalogue import Catalogue
 
 log = get_logger("router")
-#: Producers initialised at once when partitions are assigned (each is one InitProducerId).
-WARM_CONCURRENCY = 32
-#: Records of a bulk partition routed in one transaction; urgent lanes are routed between chunks.
-BULK_CHUNK = 50
+#: Bulk records routed in one transaction; what reached an urgent lane meanwhile goes next.
+BULK_CHUNK = 100
+#: Bulk records read and not yet routed, at most (then the bulk partitions pause).
+BULK_KEPT = 5_000
+#: Records taken from the client's queue at once.
+CONSUME_MOST = 2_000
 #: How long a stop waits for each client to close.
 CLOSE_TIMEOUT_S = 10.0
 #: Ended cases removed per sweep step; routing goes on between steps.
@@ -59,6 +61,8 @@ SETTLE_CHUNK = 500
 #: The first sweep after a start waits this long (or the sweep interval, if shorter): the
 #: registry is decoded for it, and a restart should route first.
 FIRST_SWEEP_S = 60.0
+#: What an instance name may hold (it ends the producer's transactional id).
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
 MESSAGES = Counter(
     "cbx_router_messages_total", "Messages read by the router, by outcome", ["outcome"]
@@ -73,15 +77,22 @@ LATENCY = Histogram(
 )
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, service: RouterService) -> None:
-        self.service = service
+_keyed = kafka.KeyPartitioner()
 
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self.service.release(list(revoked))
 
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self.service.acquire(list(assigned))
+def instance_name(given: str | None = None) -> str:
+    """This instance's name: ``given``, else ``CBX_ROUTER_INSTANCE``, else the host's name. Two
+    instances running at once must have different names (each fences the other's producer)."""
+    name = given or env.get("CBX_ROUTER_INSTANCE") or socket.gethostname()
+    if not INSTANCE_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"CBX_ROUTER_INSTANCE: {name!r} is not 1 to 100 letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def _where(parts: set[Part] | list[Part]) -> list[str]:
+    return [f"{t}/{p}" for t, p in sorted(parts)]
 
 
 class RouterService:
@@ -92,13 +103,12 @@ class RouterService:
         settings: KafkaSettings,
         group: str = "router",
         windows: Windows | None = None,
-        buckets: int | None = None,
+        instance: str | None = None,
     ) -> None:
         self.windows = windows
-        #: Transactional producers shared by every router of the group, one per bucket.
-        self.buckets = buckets or buckets_mod.configured()
         self.settings = settings
         self.group = settings.topics.group(group)
+        self.instance = instance_name(instance)
         self.catalogue = Catalogue.load()
         self.forms = BodyForms(self.catalogue)
         self.rules = Rules.load()
@@ -111,27 +121,28 @@ class RouterService:
         self.placement_follower: TopicFollower | None = None
         self.state = RouterState()
         self.routed_follower = TopicFollower(settings, settings.topics.routed, self._note_routed)
-        #: Partitions rewound since the routed ids were last caught up with.
-        self._unsynced: set[TopicPartition] = set()
-        self.producers: dict[int, AIOKafkaProducer] = {}  # by bucket
-        self.committed_offsets: dict[TopicPartition, int] = {}
-        self.lock = asyncio.Lock()
-        self.assigned: set[TopicPartition] = set()
-        self.generation = 0
+        self.pipe: Pipe | None = None
+        #: Partitions this instance owns.
+        self.assigned: set[Part] = set()
+        #: Partitions taken over since the routed ids were last caught up with.
+        self._unsynced: set[Part] = set()
+        #: Partitions routed one to a transaction until each commits once (one of them failed
+        #: a transaction shared with others; the others must not wait on it).
+        self._alone: set[Part] = set()
+        #: Bulk partitions paused while the bulk read and not routed is at its bound.
+        self._paused: set[Part] = set()
+        self.work = Work(self._read_first, BULK_CHUNK, BULK_KEPT)
         self.stop_event = asyncio.Event()
         self.core: RouterCore | None = None
-        self.consumer: Any = None
-        self._case_topics: set[str] = set()
-        self._case_topics_checked = 0.0
-        #: Set once every partition first assigned has its producer (the first message after a
-        #: start pays no warm-up).
+        #: Set once the producer is ready and the group has first assigned this instance its
+        #: partitions (the first message after a start pays no warm-up).
         self.ready = asyncio.Event()
+        self._assigned_once = False
         self.ended_case_kept = dt.timedelta(days=float(env.get("CBX_ENDED_CASE_DAYS", "90")))
         self.sweep_every_s = float(env.get("CBX_REGISTRY_SWEEP_S", "3600"))
         self._next_sweep = time.monotonic() + min(FIRST_SWEEP_S, self.sweep_every_s)
-        self._sweeper: AIOKafkaProducer | None = None
-        #: Producers of buckets gone to another instance, being closed.
-        self._closing: set[asyncio.Task[None]] = set()
+        self._sweeper: Any = None
+        self._missing_warned: set[str] = set()
 
     # --- start-up -----------------------------------------------------------------------------
 
@@ -150,7 +161,7 @@ class RouterService:
         started = time.monotonic()
         # Read side by side. The routed ids are followed, not read once: a partition taken over
         # from another instance must be routed knowing every id its previous owner routed (see
-        # _route_batch).
+        # _route).
         await asyncio.gather(
             self.placement_follower.start(), self.routed_follower.start(), self.follower.start()
         )
@@ -164,7 +175,27 @@ class RouterService:
 
     async def start(self) -> None:
         keys = await ensure_identity(self.settings, ROUTER, "cbx router", "SERVICE", publish=False)
-        await self._load_state()
+        self.pipe = Pipe(
+            self.settings,
+            self.group,
+            f"{self.group}.{self.instance}",
+            self.settings.topics.outbound_pattern,
+            self._acquire,
+            self._release,
+            consumer_conf={
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 500,
+                # A new agency's outbound topic is read within seconds of its creation.
+                "topic.metadata.refresh.interval.ms": 3_000,
+                # What the client fetches ahead is small: an urgent record fetched behind it
+                # reaches the router once it is taken, and the router takes it all at once.
+                "queued.min.messages": 1_000,
+                "queued.max.messages.kbytes": 8_192,
+                "fetch.wait.max.ms": 100,
+            },
+        )
+        # The producer and the state side by side: both are needed before the first record.
+        await asyncio.gather(self._load_state(), self.pipe.renew_producer())
         sealer = Sealer(keys, self.directory, SharingPolicy.load(), self.forms)
         self.core = RouterCore(
             self.catalogue,
@@ -176,205 +207,41 @@ class RouterService:
             self.settings.topics,
             self.windows,
         )
-        self.consumer = kafka.consumer(
-            self.settings,
-            group_id=self.group,
-            metadata_max_age_ms=3000,
-            max_poll_records=500,
-            session_timeout_ms=10000,
-            # Another instance leaving or joining reaches this one at its next heartbeat, and
-            # routing pauses from then until the buckets are shared out again: a quarter of a
-            # second, not a second, is what an urgent report waits for it.
-            heartbeat_interval_ms=250,
-            partition_assignment_strategy=(buckets_mod.assignor(self.buckets),),
-        )
-        self.consumer.subscribe(
-            pattern=self.settings.topics.outbound_pattern, listener=_Listener(self)
-        )
-        await self.consumer.start()
+        await self.pipe.start_consumer()
+        await self.pipe.topics(refresh=True)
+        log.info("producer_ready", transactional_id=self.pipe.transactional_id)
 
-    # --- partition ownership -----------------------------------------------------------------
+    # --- partition ownership (called on the client's thread, inside a consume) ----------------
 
-    def bucket(self, tp: TopicPartition) -> int:
-        return buckets_mod.bucket_of(tp.topic, tp.partition, self.buckets)
+    def _acquire(self, parts: list[Part]) -> None:
+        """Own ``parts``: the client reads them from their committed offsets, which it reads
+        only once no transaction writing them is open. Before routing them, the routed ids are
+        caught up with (see :meth:`_route`)."""
+        self.assigned |= set(parts)
+        self._unsynced |= set(parts)
+        self._assigned_once = True
+        if parts:
+            log.info("partitions_assigned", partitions=_where(parts))
 
-    def _in_bucket(self, bucket: int) -> list[TopicPartition]:
-        """The assigned partitions of ``bucket``."""
-        return sorted(t for t in self.assigned if self.bucket(t) == bucket)
+    def _release(self, parts: list[Part]) -> None:
+        """Give ``parts`` up. No transaction is open while the client runs this (each commits
+        before the next consume), and what was read of them and not routed is forgotten: their
+        next owner reads it from the committed offset."""
+        gone = set(parts)
+        self.assigned -= gone
+        self._paused -= gone
+        self._alone -= gone
+        dropped = self.work.drop(gone)
+        if parts:
+            log.info("partitions_revoked", partitions=_where(parts), unrouted=dropped)
 
-    async def _new_producer(self, bucket: int) -> None:
-        """(Re)create the transactional producer of ``bucket``.
+    def _read_first(self, topic: str, partition: int) -> bool:
+        """Routed first: an urgent lane, or a small agency's only partition."""
+        assert self.pipe is not None
+        n = self.pipe.known_partitions(topic)
+        return n is not None and lanes.read_first(partition, n)
 
-        InitProducerId with the bucket's transactional id completes or aborts whatever
-        transaction a previous owner (or a failed attempt of ours) left open, and fences it.
-        """
-        old = self.producers.pop(bucket, None)
-        if old is not None:
-            await self._close_quietly(old)
-        producer = kafka.transactional_producer(
-            self.settings, f"{self.group}.bucket.{bucket}", linger_ms=2
-        )
-        await producer.start()
-        self.producers[bucket] = producer
-
-    async def _warm(self) -> None:
-        """Make the producers of every assigned bucket that has none yet, all at once and
-        before their first record: the first message after a start or a rebalance then costs what
-        the hundredth does. Each new producer fences the bucket's previous owner, so the bucket's
-        partitions are read again from their committed offsets, and anything fetched before that
-        is dropped (the generation moves on)."""
-        missing = sorted({self.bucket(t) for t in self.assigned} - set(self.producers))
-        if not missing:
-            if self.generation > 0:  # assigned (perhaps nothing) and every producer made
-                self.ready.set()
-            return
-        started = time.monotonic()
-        limit = asyncio.Semaphore(WARM_CONCURRENCY)
-
-        async def one(bucket: int) -> None:
-            async with limit:
-                await self._new_producer(bucket)
-
-        # Made outside the lock, so a rebalance's callbacks never wait for them (a slow broker
-        # would otherwise hold the group past its timeouts). Batches are routed by this same
-        # task, so none runs meanwhile; a partition revoked meanwhile keeps its producer, as on
-        # any revocation.
-        results = await asyncio.gather(*(one(b) for b in missing), return_exceptions=True)
-        async with self.lock:
-            self.generation += 1
-        # Rewound outside the lock: reading committed offsets needs the group coordinator, which
-        # may be in a rebalance whose callbacks wait for this lock. Nothing is routed meanwhile
-        # (batches are routed by this same task), and what was fetched before is stale by the
-        # generation; a partition moved meanwhile is rewound by its new assignment instead.
-        made: list[TopicPartition] = []
-        failed = 0
-        for bucket, result in zip(missing, results, strict=True):
-            if isinstance(result, BaseException):
-                # Made again on the next round (or the bucket's first batch).
-                failed += 1
-                log.warning(
-                    "producer_warm_up_failed", bucket=bucket, error_class=type(result).__name__
-                )
-            else:
-                made.extend(self._in_bucket(bucket))
-        # Together: a seek waits for the consumer's fetch in flight, once for all of them. A
-        # rewind that fails drops the producer, so the next round does both again.
-        await self._rewind_all(made)
-        if failed:
-            # The cluster cannot make them now (brokers down): try again in a moment, without
-            # saying ready; the router itself carries on and recovers when the brokers return.
-            await asyncio.sleep(1.0)
-            return
-        self.ready.set()
-        log.info(
-            "producers_ready",
-            buckets=len(missing),
-            partitions=len(made),
-            seconds=round(time.monotonic() - started, 3),
-        )
-
-    async def acquire(self, tps: list[TopicPartition]) -> None:
-        """Own ``tps``. Producers are made on first use, outside the rebalance callback: making
-        dozens here would outlast the session timeout and start the rebalance again."""
-        async with self.lock:
-            self.generation += 1
-            self.assigned |= set(tps)
-            # A bucket given to another instance is fenced by its producer there: this one's is
-            # closed, so that were the bucket to come back, it is made again (and rewound)
-            # before its first transaction rather than failing it.
-            ours = {self.bucket(t) for t in self.assigned}
-            gone = [self.producers.pop(b) for b in sorted(set(self.producers) - ours)]
-            await self._rewind_all([tp for tp in tps if self.bucket(tp) in self.producers])
-        for producer in gone:
-            task = asyncio.create_task(self._close_quietly(producer))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-        log.info("partitions_assigned", partitions=[f"{t.topic}/{t.partition}" for t in tps])
-
-    async def _close_quietly(self, producer: AIOKafkaProducer) -> None:
-        with contextlib.suppress(Exception):
-            await producer.stop()
-
-    async def _rewind_all(self, tps: list[TopicPartition]) -> None:
-        """Rewind ``tps`` with one OffsetFetch for all of them: at national size a router owns
-        thousands of partitions, and a request each is thousands of round trips after every
-        start and rebalance. Should it fail, each is rewound on its own (which drops a bucket's
-        producer when its offset cannot be read)."""
-        if not tps:
-            return
-        try:
-            found = await self.consumer._coordinator.fetch_committed_offsets(set(tps))
-        except Exception as exc:
-            log.info("committed_offsets_not_read_together", error_class=type(exc).__name__)
-            await asyncio.gather(*(self._rewind(tp) for tp in tps))
-            return
-
-        def offset(tp: TopicPartition) -> int | None:
-            meta = found.get(tp)
-            return meta.offset if meta is not None and meta.offset >= 0 else None
-
-        await asyncio.gather(*(self._rewind(tp, offset(tp), known=True) for tp in tps))
-
-    async def _rewind(
-        self, tp: TopicPartition, committed: int | None = None, known: bool = False
-    ) -> None:
-        """Position ``tp`` at the next record not yet routed.
-
-        The group's committed offset can lag a transaction this process committed a moment ago
-        (its markers are written after EndTxn returns, and aiokafka cannot ask for stable
-        offsets), so what this process itself committed wins when it is further on. When the
-        committed offset cannot be read (brokers down), the partition's bucket loses its producer:
-        the next round makes it again and rewinds the bucket again, and nothing of the bucket is
-        routed meanwhile.
-        """
-        try:
-            if not known:  # else ``committed`` was read already (``_rewind_all``)
-                committed = await self.consumer.committed(tp)
-            ours = self.committed_offsets.get(tp)
-            if ours is not None and (committed is None or ours > committed):
-                committed = ours
-            if committed is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, committed)
-            self._unsynced.add(tp)
-        except IllegalStateError:
-            # The assignment changed again while we were here; the next rebalance handles it.
-            log.info("partition_moved_during_assignment", partition=f"{tp.topic}/{tp.partition}")
-        except Exception as exc:
-            log.warning(
-                "partition_rewind_failed",
-                partition=f"{tp.topic}/{tp.partition}",
-                error_class=type(exc).__name__,
-            )
-            await self._drop_producer(self.bucket(tp))
-
-    async def _drop_producer(self, bucket: int) -> None:
-        producer = self.producers.pop(bucket, None)
-        if producer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.stop(), CLOSE_TIMEOUT_S)
-
-    async def _renew(self, bucket: int, rewind: list[TopicPartition]) -> None:
-        """Make ``bucket``'s producer (again), which fences any earlier one and ends its open
-        transaction, then read ``rewind`` from what was committed. Without brokers to do it, the
-        bucket is left without a producer and is tried again on the next round."""
-        try:
-            await self._new_producer(bucket)
-        except Exception as exc:
-            log.warning("producer_not_made", bucket=bucket, error_class=type(exc).__name__)
-            await self._drop_producer(bucket)
-        await self._rewind_all(rewind)
-
-    async def release(self, tps: list[TopicPartition]) -> None:
-        # Under the lock: a transaction in progress finishes before its partition is given up.
-        # Producers are kept: if the partition comes back, its producer is reused (and if someone
-        # else owned it meanwhile and fenced it, the first failed transaction replaces it).
-        async with self.lock:
-            self.generation += 1
-            self.assigned -= set(tps)
-        if tps:
-            log.info("partitions_revoked", partitions=[f"{t.topic}/{t.partition}" for t in tps])
+    # --- the cluster's topics ------------------------------------------------------------------
 
     async def _writable(self, topic: str) -> bool:
         """False for an agency's cases topic that does not exist (an agency provisioned before
@@ -382,22 +249,31 @@ class RouterService:
         waiting for a topic that will not come. Every other topic is written."""
         if not topic.startswith(self.settings.topics.cases_prefix):
             return True
-        if topic in self._case_topics:
+        assert self.pipe is not None
+        if topic in await self.pipe.topics():
             return True
-        now = time.monotonic()
-        if now - self._case_topics_checked > 10:
-            self._case_topics_checked = now
-            admin = kafka.admin(self.settings)
-            await admin.start()
-            try:
-                prefix = self.settings.topics.cases_prefix
-                self._case_topics = {t for t in await admin.list_topics() if t.startswith(prefix)}
-            finally:
-                await admin.close()
-        if topic not in self._case_topics:
+        if topic in await self.pipe.topics(refresh=True):
+            return True
+        if topic not in self._missing_warned:
+            self._missing_warned.add(topic)
             log.warning("cases_topic_missing", topic=topic, hint="run cbx agency add again")
-            return False
-        return True
+        return False
+
+    async def _partition_of(self, out: Out) -> int | None:
+        """Where ``out`` goes: an inbox copy to its lane or its case's bulk partition, any
+        other keyed record to Kafka's own partition for its key (what every other client of
+        the exchange computes), a record without a key wherever the client puts it."""
+        if out.urgent is None and out.key is None:
+            return None
+        assert self.pipe is not None
+        n = (await self.pipe.topics()).get(out.topic)
+        if n is None:
+            n = (await self.pipe.topics(refresh=True)).get(out.topic)
+        if n is None:
+            return None  # not visible yet: the client waits for it, and fails the transaction
+        if out.urgent is not None:
+            return lanes.partition_for(out.key, n, out.urgent)
+        return _keyed(out.key, list(range(n)), [])
 
     async def _catch_up_directory(self) -> bool:
         """Wait for the directory to include everything published so far (once a second)."""
@@ -464,62 +340,105 @@ class RouterService:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    async def _route_partition(self, tp: TopicPartition, records: list[Any]) -> None:
+    async def _route(self, records: list[Any]) -> None:
+        """Route ``records`` (each partition's in order) in transactions: one for them all, or,
+        for a partition whose last transaction failed, one for it alone."""
+        live = [r for r in records if part_of(r) in self.assigned]
+        alone = {part_of(r) for r in live} & self._alone
+        together = [r for r in live if part_of(r) not in alone]
+        if together:
+            await self._transaction(together)
+        for part in sorted(alone):
+            if part in self.assigned:  # still: a failure above does not give it up
+                await self._transaction([r for r in live if part_of(r) == part])
+
+    async def _transaction(self, records: list[Any]) -> bool:
+        """Route ``records`` in one transaction, with the consumer's offsets. On failure, the
+        transaction is aborted, the records' partitions are read again from the first of them,
+        and False is returned."""
         assert self.core is not None
-        producer = self.producers[self.bucket(tp)]
+        assert self.pipe is not None
+        parts = {part_of(r) for r in records}
+        if self.pipe.producer is None:
+            # The producer could not be made again after a failure: try now, and read these
+            # again either way (what was fetched of them after is dropped with them).
+            try:
+                await self.pipe.renew_producer()
+            except Exception as exc:
+                log.warning("producer_not_made", error_class=type(exc).__name__)
+                await asyncio.sleep(1.0)
+            await self._read_again(records)
+            return False
+        if parts & self._unsynced:
+            behind = set(self._unsynced)
+            # Read from its committed offset, which the client reads only once the previous
+            # owner's transactions are committed or aborted: catch up with the routed ids they
+            # wrote before deciding, or a message that owner routed and its sender published
+            # again would be routed a second time.
+            await self.routed_follower.sync()
+            self._unsynced -= behind
+            log.info(
+                "routed_ids_caught_up", partitions=len(behind), routed_ids=len(self.state.routed)
+            )
         outcomes: list[tuple[Outcome, Any]] = []
+        offsets: dict[Part, int] = {}
         try:
-            async with producer.transaction():
-                futures = []
-                for r in records:
-                    rec = InRecord(r.topic, r.partition, r.offset, r.key, r.value, list(r.headers))
+            self.pipe.begin()
+            for r in records:
+                rec = InRecord(
+                    r.topic(), r.partition(), r.offset(), r.key(), r.value(), r.headers() or []
+                )
+                outcome = self.core.process(rec)
+                # A bad signature may be a key published a moment ago: catch up, try again.
+                if (
+                    outcome.status == "rejected"
+                    and outcome.reason == "bad-signature"
+                    and await self._catch_up_directory()
+                ):
+                    self.state.unstage(rec.source)
                     outcome = self.core.process(rec)
-                    # A bad signature may be a key published a moment ago: catch up, try again.
-                    if (
-                        outcome.status == "rejected"
-                        and outcome.reason == "bad-signature"
-                        and await self._catch_up_directory()
-                    ):
-                        self.state.unstage(rec.source)
-                        outcome = self.core.process(rec)
-                    outcomes.append((outcome, r))
-                    for out in outcome.outputs:
-                        if not await self._writable(out.topic):
-                            continue
-                        partition = None
-                        if out.urgent is not None:  # an inbox copy: its lane
-                            n = len(await producer.partitions_for(out.topic))
-                            partition = lanes.partition_for(out.key, n, out.urgent)
-                        futures.append(
-                            await kafka.send(
-                                producer,
-                                out.topic,
-                                out.value,
-                                key=out.key,
-                                headers=out.headers,
-                                partition=partition,
-                            )
-                        )
-                await asyncio.gather(*futures)
-                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group)
-        except BaseException:
+                outcomes.append((outcome, r))
+                for out in outcome.outputs:
+                    if await self._writable(out.topic):
+                        partition = await self._partition_of(out)
+                        self.pipe.produce(out.topic, out.value, out.key, out.headers, partition)
+                offsets[part_of(r)] = r.offset() + 1
+            await self.pipe.commit(offsets)
+        except Exception as exc:
             self.state.rollback()
-            raise
+            err = kafka_error(exc)
+            log.error(
+                "transaction_aborted",
+                partitions=_where(parts),
+                error=str(exc),
+                error_class=err.name() if err is not None else type(exc).__name__,
+            )
+            if not await self.pipe.abort():
+                try:
+                    await self.pipe.renew_producer()
+                except Exception as again:
+                    log.warning("producer_not_made", error_class=type(again).__name__)
+                    self.pipe.producer = None
+            if len(parts) > 1:
+                self._alone |= parts
+            await self._read_again(records)
+            await asyncio.sleep(0.5)
+            return False
         self.state.commit()
-        self.committed_offsets[tp] = records[-1].offset + 1
+        self._alone -= parts
         now = time.time()
         log.info(
             "batch_committed",
-            partition=f"{tp.topic}/{tp.partition}",
+            partitions=_where(parts),
             records=len(records),
-            next_offset=records[-1].offset + 1,
+            next_offsets={f"{t}/{p}": o for (t, p), o in sorted(offsets.items())},
         )
         for outcome, r in outcomes:
             MESSAGES.labels(outcome.status).inc()
             if outcome.status == "routed":
                 ROUTED.inc(outcome.recipients)
                 GAPS.inc(outcome.gaps)
-                LATENCY.observe(max(0.0, now - r.timestamp / 1000))
+                LATENCY.observe(max(0.0, now - r.timestamp()[1] / 1000))
                 log.debug(
                     "message_routed",
                     message_id=outcome.message_id,
@@ -530,117 +449,80 @@ class RouterService:
                 )
             elif outcome.status == "rejected":
                 DEAD.labels(outcome.reason or "unknown").inc()
+        return True
 
-    def _is_lane(self, tp: TopicPartition) -> bool:
-        """Routed first: an urgent lane, or a small agency's only partition."""
-        partitions = self.consumer.partitions_for_topic(tp.topic) or ()
-        return lanes.read_first(tp.partition, len(partitions))
+    async def _read_again(self, records: list[Any]) -> None:
+        """Put the partitions of ``records`` back to the first of them (everything before is
+        committed), forgetting what was read of them after."""
+        assert self.pipe is not None
+        first: dict[Part, int] = {}
+        for r in records:
+            first.setdefault(part_of(r), r.offset())
+        self.work.drop(set(first))
+        mine = {p: o for p, o in first.items() if p in self.assigned}
+        try:
+            await self.pipe.seek(mine)
+        except Exception as exc:
+            # The partition is no longer assigned (or the client is closing): its next owner,
+            # or the next assignment, reads it from the committed offset.
+            log.info("partition_not_rewound", partitions=_where(set(mine)), error=str(exc))
 
-    async def _route_fetched(self, batch: dict[TopicPartition, list[Any]], generation: int) -> None:
-        """Route what one fetch returned: urgent lanes first, then bulk partitions in chunks of
-        ``BULK_CHUNK`` records, one transaction each, with whatever reached an urgent lane
-        meanwhile routed between chunks. An IMMEDIATE report waits for one chunk at most."""
-        fetched = [(tp, records) for tp, records in batch.items() if records]
-        fetched.sort(key=lambda item: not self._is_lane(item[0]))
-        for tp, records in fetched:
-            if self._is_lane(tp):
-                await self._route_batch(tp, records, generation)
-                continue
-            for start in range(0, len(records), BULK_CHUNK):
-                if start:
-                    await self._route_waiting_lanes()
-                if not await self._route_batch(tp, records[start : start + BULK_CHUNK], generation):
-                    break  # not routed: the partition was rewound, the rest is read again
+    async def _bound_bulk(self) -> None:
+        """Pause the bulk partitions while the bulk read ahead is at its bound; resume them
+        when half of it is routed. Urgent lanes are never paused."""
+        assert self.pipe is not None
+        if self.work.full():
+            bulk = {p for p in self.assigned if not self._read_first(*p)} - self._paused
+            if bulk:
+                await self.pipe.pause(bulk)
+                self._paused |= bulk
+        elif self._paused and self.work.low():
+            paused, self._paused = self._paused & self.assigned, set()
+            await self.pipe.resume(paused)
 
-    async def _route_waiting_lanes(self) -> None:
-        """Route what the urgent lanes hold already (fetched meanwhile), waiting for nothing."""
-        assigned = [tp for tp in self.assigned if self._is_lane(tp)]
-        if not assigned:
+    async def _fetch(self) -> None:
+        """Take what the client has read (waiting a little only when there is nothing to do)."""
+        assert self.pipe is not None
+        records = await self.pipe.consume(CONSUME_MOST, 0 if len(self.work) else 0.2)
+        if not records:
             return
-        generation = self.generation
-        waiting = await self.consumer.getmany(*assigned, timeout_ms=0)
-        for tp, records in waiting.items():
-            if records:
-                await self._route_batch(tp, records, generation)
-
-    async def _route_batch(self, tp: TopicPartition, records: list[Any], generation: int) -> bool:
-        """Route ``records`` of ``tp`` in one transaction; False when they were not routed (they
-        will be read again)."""
-        async with self.lock:
-            if tp not in self.assigned:
-                return False  # no longer ours: its new owner reads it from the committed offset
-            if generation != self.generation:
-                # A rebalance came while these were fetched. They may be stale, or they may be
-                # the first records read after the rebalance's rewind: either way the consumer's
-                # position is now past them, so put it back to what was committed, or they would
-                # not be read again until the next rebalance.
-                await self._rewind(tp)
-                return False
-            if self.bucket(tp) not in self.producers:
-                # First batch of a bucket without a producer (its warm-up failed): fence the
-                # previous owner (InitProducerId completes or aborts its transaction), then read
-                # the bucket's partitions from their committed offsets, stable only now. What
-                # was fetched of them before is stale: this batch and the rest are read again.
-                self.generation += 1
-                await self._renew(self.bucket(tp), self._in_bucket(self.bucket(tp)))
-                return False
-            try:
-                if tp in self._unsynced:
-                    behind = set(self._unsynced)
-                    # Read from its committed offset after this process fenced the previous
-                    # owner (or after a failure of its own): everything that owner routed is
-                    # committed or aborted by now, so catch up with its routed ids before
-                    # deciding, or a message it routed and its sender published again would be
-                    # routed a second time.
-                    await self.routed_follower.sync()
-                    self._unsynced -= behind
-                    log.info(
-                        "routed_ids_caught_up",
-                        partitions=len(behind),
-                        routed_ids=len(self.state.routed),
-                    )
-                await self._route_partition(tp, records)
-                return True
-            except Exception as exc:
-                # The transaction did not commit. The producer may be unusable (fenced, out of
-                # sequence, closed): replace it, which aborts the transaction for good, then read
-                # the partition again from what was committed.
-                log.error(
-                    "transaction_aborted",
-                    partition=f"{tp.topic}/{tp.partition}",
-                    error=str(exc),
-                    error_class=type(exc).__name__,
-                )
-                await asyncio.sleep(0.5)
-                # Only this partition's transaction was open (they run one at a time), so only
-                # it is read again; the bucket's others are committed as far as they were routed.
-                await self._renew(self.bucket(tp), [tp])
-                return False
+        known = await self.pipe.topics()
+        if any(r.topic() not in known for r in records):
+            await self.pipe.topics(refresh=True)  # a new agency's topic: is it laned?
+        self.work.add(r for r in records if part_of(r) in self.assigned)
 
     async def run(self) -> None:
         """Route until stopped; a stop finishes the transaction in progress, then closes."""
         await self.start()
-        log.info("router_started", bootstrap=self.settings.bootstrap_servers, group=self.group)
+        log.info(
+            "router_started",
+            bootstrap=self.settings.bootstrap_servers,
+            group=self.group,
+            instance=self.instance,
+        )
         try:
             while not self.stop_event.is_set():
-                await self._warm()
-                if self.ready.is_set() and time.monotonic() >= self._next_sweep:
+                await self._bound_bulk()
+                await self._fetch()
+                if self._assigned_once and not self.ready.is_set():
+                    self.ready.set()
+                    log.info("router_ready", partitions=len(self.assigned))
+                batch = self.work.take()
+                if batch:
+                    await self._route(batch)
+                elif self.ready.is_set() and time.monotonic() >= self._next_sweep:
                     try:
                         await self._sweep()
                     except Exception as exc:  # the registry keeps them; tried again later
                         self._next_sweep = time.monotonic() + min(60.0, self.sweep_every_s)
                         log.warning("sweep_failed", error_class=type(exc).__name__)
-                generation = self.generation
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=2000)
-                await self._route_fetched(batch, generation)
         finally:
             await self.close()
 
     async def close(self) -> None:
         """Close every client, each within ``CLOSE_TIMEOUT_S``. Every routing transaction has
-        committed or aborted by now, so a client that does not close in time (aiokafka's fetcher
-        has been seen to wait for ever in its close) is left for the process's exit: a stop
-        must end the process, not hang it."""
+        committed or aborted by now, so a client that does not close in time is left for the
+        process's exit: a stop must end the process, not hang it."""
 
         async def bounded(what: str, closing: Any) -> None:
             try:
@@ -652,18 +534,13 @@ class RouterService:
 
         # The group first: leaving it is what lets another instance take these partitions over,
         # and nothing of them is routed here any more. The views can close after.
-        if self.consumer is not None:
-            await bounded("consumer", self.consumer.stop())
+        if self.pipe is not None:
+            await bounded("consumer and producer", self.pipe.close(CLOSE_TIMEOUT_S))
         for follower in (self.follower, self.placement_follower, self.routed_follower):
             if follower is not None:
                 await bounded(f"follower {follower.topic}", follower.stop())
-        for bucket, producer in list(self.producers.items()):
-            await bounded(f"producer of bucket {bucket}", producer.stop())
         if self._sweeper is not None:
             await bounded("sweeper", self._sweeper.stop())
-        if self._closing:
-            await bounded("producers of buckets given up", asyncio.gather(*self._closing))
-        self.producers.clear()
         log.info("router_stopped")
 
     def install_signal_handlers(self) -> None:

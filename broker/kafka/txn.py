@@ -1,0 +1,275 @@
+"""Consume-transform-produce with confluent-kafka, driven from asyncio.
+
+librdkafka has what aiokafka lacks for it: KIP-447, where ``send_offsets_to_transaction`` carries
+the consumer group's generation, so the group fences a zombie and one transactional producer
+serves every partition a process owns; offset fetches that wait for pending transactions
+(``require_stable``); and cooperative rebalancing, where a rebalance stops only the partitions
+that move. Its calls block, so they run on one worker thread of their own: the clients are not
+thread-safe, and one thread serialises them. Rebalance callbacks run on that thread, inside a
+``consume``, while the asyncio side waits for it.
+
+Partitions are ``(topic, partition)`` pairs here, so nothing outside needs librdkafka's types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from broker.kafka.settings import KafkaSettings
+from broker.logging import get_logger
+
+log = get_logger("kafka")
+
+Part = tuple[str, int]
+#: How long a transaction may stay open before the coordinator aborts it. It bounds how long the
+#: partitions of a process that died mid-transaction under another instance name stay unreadable
+#: (a process started again under its own name aborts its transaction at once).
+TRANSACTION_TIMEOUT_MS = 20_000
+#: How long a client call waits for the cluster before it fails (and the work is tried again).
+CALL_TIMEOUT_S = 30.0
+#: How often the whole topic list is read again (partition counts, topics created since).
+METADATA_EVERY_S = 30.0
+
+
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
+
+
+class Pipe:
+    """One consumer in a group and one transactional producer, both confluent-kafka.
+
+    ``on_assigned``, ``on_revoked`` are called (on the worker thread, inside :meth:`consume`)
+    with the partitions that came and went; a lost partition counts as revoked. The producer's
+    transactional id names the process, not the partitions: one per instance, stable across its
+    restarts, so a process started again aborts what it left open.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        group: str,
+        transactional_id: str,
+        pattern: str,
+        on_assigned: Callable[[list[Part]], None],
+        on_revoked: Callable[[list[Part]], None],
+        consumer_conf: dict[str, Any] | None = None,
+        producer_conf: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.group = group
+        self.transactional_id = transactional_id
+        self.pattern = pattern
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
+        self._consumer_conf = consumer_conf or {}
+        self._producer_conf = producer_conf or {}
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
+        self.consumer: Any = None
+        self.producer: Any = None
+        self._in_transaction = False
+        self._meta: dict[str, int] = {}
+        self._meta_read = 0.0
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _log_error(self, err: KafkaError) -> None:
+        # librdkafka reports connection trouble here and retries by itself.
+        log.info("kafka_client_error", error=err.name(), fatal=err.fatal(), detail=err.str())
+
+    # --- start and stop ----------------------------------------------------------------------
+
+    def _new_producer(self) -> Any:
+        conf = {
+            **self.settings.librdkafka_config(),
+            "transactional.id": self.transactional_id,
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            # Keyed records are placed by the caller; this is Kafka's own partitioner otherwise.
+            "partitioner": "murmur2_random",
+            "error_cb": self._log_error,
+            **self._producer_conf,
+        }
+        producer = Producer(conf)
+        producer.init_transactions(CALL_TIMEOUT_S)
+        return producer
+
+    async def renew_producer(self) -> None:
+        """(Re)make the producer: InitProducerId with this process's transactional id completes
+        or aborts the transaction a previous producer of it left open, and fences that one."""
+        old, self.producer = self.producer, None
+        self._in_transaction = False
+        if old is not None:
+            await self._call(old.flush, 0)
+        self.producer = await self._call(self._new_producer)
+
+    def _new_consumer(self) -> Any:
+        conf = {
+            **self.settings.librdkafka_config(),
+            "group.id": self.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "error_cb": self._log_error,
+            **self._consumer_conf,
+        }
+        consumer = Consumer(conf)
+        consumer.subscribe(
+            [self.pattern],
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._revoked,
+        )
+        return consumer
+
+    async def start_consumer(self) -> None:
+        """Join the group (make the producer first: ready before anything is read)."""
+        self.consumer = await self._call(self._new_consumer)
+
+    async def close(self, timeout_s: float) -> None:
+        """Leave the group (revoking everything), then drop the producer. A transaction still
+        open is aborted by the coordinator when its producer id is next initialised or times
+        out; the router never leaves one open when it stops."""
+        try:
+            if self.consumer is not None:
+                await asyncio.wait_for(self._call(self.consumer.close), timeout_s)
+            if self.producer is not None:
+                await asyncio.wait_for(self._call(self.producer.flush, timeout_s), timeout_s)
+        finally:
+            self._thread.shutdown(wait=False)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _assigned(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._on_assigned([(p.topic, p.partition) for p in partitions])
+
+    def _revoked(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._on_revoked([(p.topic, p.partition) for p in partitions])
+
+    async def consume(self, most: int, timeout_s: float) -> list[Message]:
+        """Up to ``most`` records already fetched, waiting up to ``timeout_s`` for the first.
+        Records that carry an error (a topic deleted under the pattern) are logged, not
+        returned."""
+        got: list[Message] = await self._call(self.consumer.consume, most, timeout_s)
+        out = []
+        for m in got:
+            err = m.error()
+            if err is None:
+                out.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consume_error", error=err.name(), detail=err.str())
+        return out
+
+    async def seek(self, positions: dict[Part, int]) -> None:
+        def seek_all() -> None:
+            for (topic, partition), offset in positions.items():
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+
+        await self._call(seek_all)
+
+    async def pause(self, parts: Iterable[Part]) -> None:
+        tps = [TopicPartition(t, p) for t, p in parts]
+        if tps:
+            await self._call(self.consumer.pause, tps)
+
+    async def resume(self, parts: Iterable[Part]) -> None:
+        tps = [TopicPartition(t, p) for t, p in parts]
+        if tps:
+            await self._call(self.consumer.resume, tps)
+
+    # --- the cluster's topics ----------------------------------------------------------------
+
+    async def topics(self, refresh: bool = False) -> dict[str, int]:
+        """Every topic this principal can see, with its partition count: read again every
+        ``METADATA_EVERY_S``, or when ``refresh`` is asked and the last read is a second old."""
+        now = time.monotonic()
+        due = now - self._meta_read > METADATA_EVERY_S
+        if due or (refresh and now - self._meta_read > 1.0):
+            self._meta_read = now
+            source = self.producer if self.producer is not None else self.consumer
+            meta = await self._call(source.list_topics, None, CALL_TIMEOUT_S)
+            self._meta = {
+                name: len(t.partitions)
+                for name, t in meta.topics.items()
+                if t.error is None and t.partitions
+            }
+        return self._meta
+
+    def known_partitions(self, topic: str) -> int | None:
+        """``topic``'s partition count as last read (None: not seen yet)."""
+        return self._meta.get(topic)
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self.producer.begin_transaction()
+        self._in_transaction = True
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]] | None,
+        partition: int | None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"value": value, "key": key}
+        if headers:
+            kwargs["headers"] = headers
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self.producer.produce(topic, **kwargs)
+                return
+            except BufferError:  # the local queue is full: let some of it go first
+                self.producer.poll(0.05)
+
+    async def commit(self, offsets: dict[Part, int]) -> None:
+        """Add the consumer's ``offsets`` (the next record to read of each partition) to the
+        transaction, with the group's current generation, and commit it."""
+
+        def commit() -> None:
+            tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            self.producer.send_offsets_to_transaction(
+                tps, self.consumer.consumer_group_metadata(), CALL_TIMEOUT_S
+            )
+            self.producer.commit_transaction(CALL_TIMEOUT_S)
+            self.producer.poll(0)  # serve delivery reports, which nothing else reads
+
+        await self._call(commit)
+        self._in_transaction = False
+
+    async def abort(self) -> bool:
+        """End the open transaction, if any, aborted. False when the producer cannot (fenced,
+        or in a state only a new producer leaves): the caller makes a new one."""
+        if not self._in_transaction or self.producer is None:
+            return True
+        try:
+            await self._call(self.producer.abort_transaction, CALL_TIMEOUT_S)
+        except KafkaException:
+            return False
+        self._in_transaction = False
+        return True
+
+
+__all__ = ["CALL_TIMEOUT_S", "Part", "Pipe", "kafka_error"]
