@@ -165,11 +165,22 @@ class Pipe:
     def _revoked(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._on_revoked([(p.topic, p.partition) for p in partitions])
 
+    def _take(self, most: int, timeout_s: float) -> list[Message]:
+        # librdkafka's consume waits until it has ``most`` records or the timeout passes, even
+        # with records in hand: take what is there, and wait only for the first when there is
+        # nothing (poll returns as soon as one comes).
+        got: list[Message] = self.consumer.consume(most, 0)
+        if not got and timeout_s > 0:
+            first = self.consumer.poll(timeout_s)
+            if first is not None:
+                got = [first, *self.consumer.consume(most - 1, 0)]
+        return got
+
     async def consume(self, most: int, timeout_s: float) -> list[Message]:
         """Up to ``most`` records already fetched, waiting up to ``timeout_s`` for the first.
         Records that carry an error (a topic deleted under the pattern) are logged, not
         returned."""
-        got: list[Message] = await self._call(self.consumer.consume, most, timeout_s)
+        got: list[Message] = await self._call(self._take, most, timeout_s)
         out = []
         for m in got:
             err = m.error()

@@ -46,8 +46,13 @@ from broker.router.work import Work, part_of
 from broker.schema.catalogue import Catalogue
 
 log = get_logger("router")
-#: Bulk records routed in one transaction; what reached an urgent lane meanwhile goes next.
-BULK_CHUNK = 100
+#: Bulk records taken for one transaction, at most; what reached an urgent lane meanwhile goes
+#: next.
+BULK_CHUNK = 200
+#: Wall time a bulk transaction routes for before it commits what it has (the rest goes back):
+#: what an urgent record read meanwhile waits at most, whatever a bulk record costs (a placement
+#: told to six parties writes some twenty records).
+BULK_BUDGET_S = 0.1
 #: Bulk records read and not yet routed, at most (then the bulk partitions pause).
 BULK_KEPT = 5_000
 #: Records taken from the client's queue at once.
@@ -340,19 +345,21 @@ class RouterService:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    async def _route(self, records: list[Any]) -> None:
+    async def _route(self, records: list[Any], budget_s: float | None = None) -> None:
         """Route ``records`` (each partition's in order) in transactions: one for them all, or,
-        for a partition whose last transaction failed, one for it alone."""
+        for a partition whose last transaction failed, one for it alone. With ``budget_s``
+        (bulk), a transaction that has routed for that long commits what it has, and the rest
+        goes back to the front of the bulk."""
         live = [r for r in records if part_of(r) in self.assigned]
         alone = {part_of(r) for r in live} & self._alone
         together = [r for r in live if part_of(r) not in alone]
         if together:
-            await self._transaction(together)
+            await self._transaction(together, budget_s)
         for part in sorted(alone):
             if part in self.assigned:  # still: a failure above does not give it up
-                await self._transaction([r for r in live if part_of(r) == part])
+                await self._transaction([r for r in live if part_of(r) == part], budget_s)
 
-    async def _transaction(self, records: list[Any]) -> bool:
+    async def _transaction(self, records: list[Any], budget_s: float | None = None) -> bool:
         """Route ``records`` in one transaction, with the consumer's offsets. On failure, the
         transaction is aborted, the records' partitions are read again from the first of them,
         and False is returned."""
@@ -382,9 +389,16 @@ class RouterService:
             )
         outcomes: list[tuple[Outcome, Any]] = []
         offsets: dict[Part, int] = {}
+        began = time.monotonic()
+        routed_at = began
         try:
             self.pipe.begin()
-            for r in records:
+            for i, r in enumerate(records):
+                if budget_s is not None and i and time.monotonic() - began > budget_s:
+                    self.work.put_back(records[i:])
+                    records = records[:i]
+                    parts = {part_of(r) for r in records}
+                    break
                 rec = InRecord(
                     r.topic(), r.partition(), r.offset(), r.key(), r.value(), r.headers() or []
                 )
@@ -403,6 +417,7 @@ class RouterService:
                         partition = await self._partition_of(out)
                         self.pipe.produce(out.topic, out.value, out.key, out.headers, partition)
                 offsets[part_of(r)] = r.offset() + 1
+            routed_at = time.monotonic()
             await self.pipe.commit(offsets)
         except Exception as exc:
             self.state.rollback()
@@ -432,6 +447,8 @@ class RouterService:
             partitions=_where(parts),
             records=len(records),
             next_offsets={f"{t}/{p}": o for (t, p), o in sorted(offsets.items())},
+            route_ms=round((routed_at - began) * 1000, 1),
+            commit_ms=round((time.monotonic() - routed_at) * 1000, 1),
         )
         for outcome, r in outcomes:
             MESSAGES.labels(outcome.status).inc()
@@ -507,9 +524,10 @@ class RouterService:
                 if self._assigned_once and not self.ready.is_set():
                     self.ready.set()
                     log.info("router_ready", partitions=len(self.assigned))
+                urgent = bool(self.work.first)
                 batch = self.work.take()
                 if batch:
-                    await self._route(batch)
+                    await self._route(batch, None if urgent else BULK_BUDGET_S)
                 elif self.ready.is_set() and time.monotonic() >= self._next_sweep:
                     try:
                         await self._sweep()

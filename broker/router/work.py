@@ -55,6 +55,10 @@ class Work:
         n = min(self.chunk, len(self.bulk))
         return [self.bulk.popleft() for _ in range(n)]
 
+    def put_back(self, records: list[Any]) -> None:
+        """Bulk ``records`` taken and not routed: first again, in their order."""
+        self.bulk.extendleft(reversed(records))
+
     def drop(self, parts: set[Part]) -> int:
         """Forget the records of ``parts`` (given up, or to be read again): how many."""
         before = len(self)
