@@ -132,7 +132,13 @@ class Router:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> float:
-        env = {**os.environ, **self.settings.to_env(), "CBX_LOG_FORMAT": "json"}
+        env = {
+            **os.environ,
+            **self.settings.to_env(),
+            "CBX_LOG_FORMAT": "json",
+            # Each instance its own name, the same across its restart (its transactional id).
+            "CBX_ROUTER_INSTANCE": self.name,
+        }
         log = open(self.home / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cbx.cli", "router", "--health-port", str(self.port)],

@@ -144,3 +144,19 @@ async def test_a_failed_transaction_is_read_again_and_its_partitions_then_go_alo
     assert pipe.seeks[-1] == {bad: 5}
     assert len(pipe.seeks) == 2
     assert router._alone == set()
+
+
+def test_an_instance_name_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instance name ends the producer's transactional id: it must be a name Kafka and the
+    ACL prefix take, and an error says which setting is wrong."""
+    from broker.errors import ConfigurationError
+
+    monkeypatch.setenv("CBX_ROUTER_INSTANCE", "router-0")
+    assert router_service.instance_name() == "router-0"
+    assert router_service.instance_name("b.1") == "b.1"
+    for bad in ("two words", "x" * 101, "a/b", "é"):
+        monkeypatch.setenv("CBX_ROUTER_INSTANCE", bad)
+        with pytest.raises(ConfigurationError, match="CBX_ROUTER_INSTANCE"):
+            router_service.instance_name()
+    monkeypatch.delenv("CBX_ROUTER_INSTANCE")
+    assert router_service.instance_name()  # the host's name

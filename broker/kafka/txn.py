@@ -84,6 +84,12 @@ class Pipe:
         self._in_transaction = False
         self._meta: dict[str, int] = {}
         self._meta_read = 0.0
+        self._asked: dict[str, float] = {}
+        self._refreshing = False
+        self._background: asyncio.Task[None] | None = None
+        self._meta_thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="kafka-meta"
+        )
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -156,6 +162,7 @@ class Pipe:
                 await asyncio.wait_for(self._call(self.producer.flush, timeout_s), timeout_s)
         finally:
             self._thread.shutdown(wait=False)
+            self._meta_thread.shutdown(wait=False)
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -209,21 +216,55 @@ class Pipe:
 
     # --- the cluster's topics ----------------------------------------------------------------
 
-    async def topics(self, refresh: bool = False) -> dict[str, int]:
-        """Every topic this principal can see, with its partition count: read again every
-        ``METADATA_EVERY_S``, or when ``refresh`` is asked and the last read is a second old."""
-        now = time.monotonic()
-        due = now - self._meta_read > METADATA_EVERY_S
-        if due or (refresh and now - self._meta_read > 1.0):
-            self._meta_read = now
-            source = self.producer if self.producer is not None else self.consumer
-            meta = await self._call(source.list_topics, None, CALL_TIMEOUT_S)
-            self._meta = {
-                name: len(t.partitions)
-                for name, t in meta.topics.items()
-                if t.error is None and t.partitions
-            }
-        return self._meta
+    async def _read_topics(self, topic: str | None) -> dict[str, int]:
+        """Partition counts from a metadata request (every topic, or ``topic`` alone), made on a
+        thread of its own with the producer (which may be used from several threads): a read
+        of every topic at national size must not hold up a consume or a commit."""
+        source = self.producer if self.producer is not None else self.consumer
+        meta = await asyncio.get_running_loop().run_in_executor(
+            self._meta_thread, source.list_topics, topic, CALL_TIMEOUT_S
+        )
+        return {
+            name: len(t.partitions)
+            for name, t in meta.topics.items()
+            if t.error is None and t.partitions
+        }
+
+    async def read_all_topics(self) -> None:
+        """Every topic this principal can see, with its partition count."""
+        self._meta_read = time.monotonic()
+        self._meta = await self._read_topics(None)
+
+    def _refresh_later(self) -> None:
+        """Read every topic again in the background when the last read is old (partition counts
+        grow; topics are made)."""
+        if time.monotonic() - self._meta_read <= METADATA_EVERY_S or self._refreshing:
+            return
+        self._refreshing = True
+
+        async def refresh() -> None:
+            try:
+                await self.read_all_topics()
+            except Exception as exc:  # read again next time
+                log.info("topics_not_read", error_class=type(exc).__name__)
+            finally:
+                self._refreshing = False
+
+        self._background = asyncio.get_running_loop().create_task(refresh())
+
+    async def partitions_of(self, topic: str) -> int | None:
+        """``topic``'s partition count (None: it does not exist). Known topics are answered from
+        the last read; a topic not among them is asked for on its own, at most once a second."""
+        self._refresh_later()
+        n = self._meta.get(topic)
+        if n is None:
+            now = time.monotonic()
+            if now - self._asked.get(topic, 0.0) > 1.0:
+                self._asked[topic] = now
+                n = (await self._read_topics(topic)).get(topic)
+                if n is not None:
+                    self._meta[topic] = n
+        return n
 
     def known_partitions(self, topic: str) -> int | None:
         """``topic``'s partition count as last read (None: not seen yet)."""

@@ -21,6 +21,7 @@ import socket
 import time
 from typing import Any
 
+from confluent_kafka import KafkaError
 from prometheus_client import Counter, Histogram, start_http_server
 
 from broker import env
@@ -83,6 +84,10 @@ LATENCY = Histogram(
 
 
 _keyed = kafka.KeyPartitioner()
+#: Errors of a producer whose transactional id another producer has taken.
+FENCED = frozenset(
+    {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+)
 
 
 def instance_name(given: str | None = None) -> str:
@@ -213,7 +218,7 @@ class RouterService:
             self.windows,
         )
         await self.pipe.start_consumer()
-        await self.pipe.topics(refresh=True)
+        await self.pipe.read_all_topics()
         log.info("producer_ready", transactional_id=self.pipe.transactional_id)
 
     # --- partition ownership (called on the client's thread, inside a consume) ----------------
@@ -255,9 +260,7 @@ class RouterService:
         if not topic.startswith(self.settings.topics.cases_prefix):
             return True
         assert self.pipe is not None
-        if topic in await self.pipe.topics():
-            return True
-        if topic in await self.pipe.topics(refresh=True):
+        if await self.pipe.partitions_of(topic) is not None:
             return True
         if topic not in self._missing_warned:
             self._missing_warned.add(topic)
@@ -271,9 +274,7 @@ class RouterService:
         if out.urgent is None and out.key is None:
             return None
         assert self.pipe is not None
-        n = (await self.pipe.topics()).get(out.topic)
-        if n is None:
-            n = (await self.pipe.topics(refresh=True)).get(out.topic)
+        n = await self.pipe.partitions_of(out.topic)
         if n is None:
             return None  # not visible yet: the client waits for it, and fails the transaction
         if out.urgent is not None:
@@ -428,6 +429,13 @@ class RouterService:
                 error=str(exc),
                 error_class=err.name() if err is not None else type(exc).__name__,
             )
+            if err is not None and err.code() in FENCED:
+                log.error(
+                    "router_instance_fenced",
+                    instance=self.instance,
+                    hint="another router runs under this name (CBX_ROUTER_INSTANCE): give "
+                    "each instance its own, the same across its restarts",
+                )
             if not await self.pipe.abort():
                 try:
                     await self.pipe.renew_producer()
@@ -503,9 +511,8 @@ class RouterService:
         records = await self.pipe.consume(CONSUME_MOST, 0 if len(self.work) else 0.2)
         if not records:
             return
-        known = await self.pipe.topics()
-        if any(r.topic() not in known for r in records):
-            await self.pipe.topics(refresh=True)  # a new agency's topic: is it laned?
+        for topic in {r.topic() for r in records}:
+            await self.pipe.partitions_of(topic)  # a new agency's topic: is it laned?
         self.work.add(r for r in records if part_of(r) in self.assigned)
 
     async def run(self) -> None:
