@@ -51,11 +51,14 @@ class RouterProcess:
         home: Path,
         metrics_port: int | None = None,
         name: str = "router",
+        instance: str | None = None,
     ) -> None:
         self.settings = settings
         self.home = home
         self.metrics_port = metrics_port
         self.name = name
+        #: Its CBX_ROUTER_INSTANCE (its name unless given).
+        self.instance = instance or name
         self.log_path = home / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -69,7 +72,7 @@ class RouterProcess:
             **router.to_env(),
             "CBX_HOME": str(self.home),
             "CBX_LOG_FORMAT": "json",
-            "CBX_ROUTER_INSTANCE": self.name,
+            "CBX_ROUTER_INSTANCE": self.instance,
         }
         args = [sys.executable, "-m", "cbx.cli", "router"]
         if self.metrics_port is not None:
@@ -108,10 +111,15 @@ class Exchange:
     #: Further router instances in the same group (``add_router``).
     more_routers: list[RouterProcess] = field(default_factory=list)
 
-    def add_router(self) -> RouterProcess:
+    def add_router(self, instance: str | None = None) -> RouterProcess:
         """Start another ``cbx router`` in the router's group: the instances share the outbound
-        partitions."""
-        extra = RouterProcess(self.settings, self.home, name=f"router-{len(self.more_routers) + 2}")
+        partitions. (``instance``: its CBX_ROUTER_INSTANCE, if not its own name.)"""
+        extra = RouterProcess(
+            self.settings,
+            self.home,
+            name=f"router-{len(self.more_routers) + 2}",
+            instance=instance,
+        )
         extra.start()
         self.more_routers.append(extra)
         return extra

@@ -103,6 +103,60 @@ async def test_routers_share_the_partitions_with_one_producer_each(
             assert len(re.findall('"producer_ready"', r.log_text())) == 1
 
 
+async def test_two_routers_under_one_name_fence_each_other_and_say_so(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    """A second instance started under the first one's name takes its transactional id: the
+    first one's next transaction is refused, nothing is routed twice, and the log says what to
+    change."""
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await ex.agencies(ALL)
+        twin = ex.add_router(instance=ex.router.instance)
+        routers = [ex.router, twin]
+        await _both_own_partitions(ex, routers)
+        kent, force = ex.connectors[KENT], ex.connectors[LANCS_POLICE]
+        await kent.send("PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING)
+        await ex.wait_registered(LANCS_POLICE, CASE)
+        sent = 0
+
+        async def fenced() -> bool:
+            # Kent's bulk partitions and the force's lane: both instances own some of them.
+            nonlocal sent
+            places = [
+                kent.prepare(
+                    "PlacementNotified",
+                    placement_body(),
+                    case_ref=f"KCC-LAC-{sent:04d}{j}",
+                    sharing=SHARING,
+                )
+                for j in range(6)
+            ]
+            report = force.prepare(
+                "ChildMissingReported",
+                body_of("ChildMissingReported"),
+                case_ref=CASE,
+                sharing=SHARING,
+                urgency="IMMEDIATE",
+            )
+            await asyncio.gather(kent.publish(places), force.publish([report]))
+            sent += 1
+            await asyncio.sleep(0.5)
+            return any('"router_instance_fenced"' in r.log_text() for r in routers)
+
+        await ex.wait_for(fenced, within_s=90, what="an instance to say it was fenced")
+        line = next(
+            json.loads(x)
+            for r in routers
+            for x in r.log_text().splitlines()
+            if '"router_instance_fenced"' in x
+        )
+        assert line["instance"] == ex.router.instance
+        assert "CBX_ROUTER_INSTANCE" in line["hint"]
+        for agency in ALL:
+            ids = await ex.inbox_ids(agency)
+            assert {i: n for i, n in ids.items() if n != 1} == {}, f"{agency} got repeats"
+
+
 async def test_a_message_published_again_after_its_partition_moved_is_routed_once(
     kafka_ns: KafkaSettings, tmp_path: Path
 ) -> None:
