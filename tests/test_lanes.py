@@ -14,6 +14,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from exchange import exchange
 from hypothesis import given
 from hypothesis import strategies as st
+from test_router_close import Read
 
 from broker.admin import provision
 from broker.kafka import clients as kafka
@@ -70,22 +71,6 @@ def test_which_messages_travel_the_urgent_lane(event_type: str, urgency: str, ur
     assert RULES.urgent_lane(event_type, urgency) is urgent
 
 
-class _Read:
-    """A record as the client returns it."""
-
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        self._at = (topic, partition, offset)
-
-    def topic(self) -> str:
-        return self._at[0]
-
-    def partition(self) -> int:
-        return self._at[1]
-
-    def offset(self) -> int:
-        return self._at[2]
-
-
 def test_the_router_routes_lanes_and_a_small_agencys_only_partition_before_bulk() -> None:
     """A children's home has one partition and no lane: its missing report must not wait behind
     a council's nightly export read in the same fetch, so the router takes it first, with the
@@ -95,12 +80,12 @@ def test_the_router_routes_lanes_and_a_small_agencys_only_partition_before_bulk(
     council, home = "cbx.outbound.la-e10000016", "cbx.outbound.cp-sc482913"
     sizes = {council: 4, home: 1}
     work = Work(lambda t, p: lanes.read_first(p, sizes[t]), chunk=50, most=100)
-    bulk = [_Read(council, i % 3, i // 3) for i in range(120)]
-    work.add([*bulk[:60], _Read(home, 0, 0), *bulk[60:]])
+    bulk = [Read(council, i % 3, i // 3) for i in range(120)]
+    work.add([*bulk[:60], Read(home, 0, 0), *bulk[60:]])
     taken = work.take()
     assert [(r.topic(), r.partition()) for r in taken] == [(home, 0)]
     assert work.take() == bulk[:50]
-    work.add([_Read(council, 3, 0)])  # an IMMEDIATE report on the council's lane
+    work.add([Read(council, 3, 0)])  # an IMMEDIATE report on the council's lane
     assert [r.partition() for r in work.take()] == [3]
     assert work.take() == bulk[50:100]
     assert work.full() is False
@@ -115,7 +100,7 @@ def test_the_bulk_read_ahead_is_bounded() -> None:
     from broker.router.work import Work
 
     work = Work(lambda t, p: p == 3, chunk=10, most=40)
-    work.add(_Read("t", 0, i) for i in range(40))
+    work.add(Read("t", 0, i) for i in range(40))
     assert work.full()
     work.take()
     work.take()
