@@ -119,7 +119,8 @@ class Pipe:
 
     async def renew_producer(self) -> None:
         """(Re)make the producer: InitProducerId with this process's transactional id completes
-        or aborts the transaction a previous producer of it left open, and fences that one."""
+        or aborts the transaction a previous producer of it left open, and fences that one.
+        Should that fail, the pipe is left without a producer (``producer`` is None)."""
         old, self.producer = self.producer, None
         self._in_transaction = False
         if old is not None:

@@ -440,8 +440,8 @@ class RouterService:
                 try:
                     await self.pipe.renew_producer()
                 except Exception as again:
+                    # The pipe is left without one; the next transaction tries again.
                     log.warning("producer_not_made", error_class=type(again).__name__)
-                    self.pipe.producer = None
             if len(parts) > 1:
                 self._alone |= parts
             await self._read_again(records)

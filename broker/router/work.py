@@ -14,16 +14,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
-
-
-class Record(Protocol):
-    def topic(self) -> str: ...
-
-    def partition(self) -> int: ...
-
-    def offset(self) -> int: ...
-
+from typing import Any
 
 Part = tuple[str, int]
 
