@@ -96,7 +96,7 @@ async def test_routers_share_the_partitions_with_one_producer_each(
         for line in ex.router.log_text().splitlines():
             if '"partitions_revoked"' in line:
                 revoked |= set(json.loads(line)["partitions"])
-        assert revoked == every
+        assert every <= revoked  # (and the services' outbound topics)
         last = _last(ex.router, "partitions_assigned")
         assert last is not None
         assert set(last["partitions"]) == a  # type: ignore[arg-type]
