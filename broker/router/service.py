@@ -1,7 +1,7 @@
 """``cbx router``: the router as a Kafka service, exactly once.
 
 Consume-transform-produce runs in Kafka transactions with confluent-kafka (:mod:`broker.kafka.txn`):
-one consumer in the router group (round-robin assignment), and one transactional producer per
+one consumer in the router group with cooperative rebalancing, and one transactional producer per
 instance. ``send_offsets_to_transaction`` carries the group's generation (KIP-447), so the group
 coordinator refuses the offsets of an instance that has lost its partitions, and its transaction
 is aborted: the producer's transactional id no longer has to name the partitions, and one
