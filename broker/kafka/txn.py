@@ -3,10 +3,10 @@
 librdkafka has what aiokafka lacks for it: KIP-447, where ``send_offsets_to_transaction`` carries
 the consumer group's generation, so the group fences a zombie and one transactional producer
 serves every partition a process owns; offset fetches that wait for pending transactions
-(``require_stable``); and fetch sessions (KIP-227), so a fetch of thousands of idle partitions
-names none of them. Its calls block, so they run on one worker thread of their own: the clients
-are not thread-safe, and one thread serialises them. Rebalance callbacks run on that thread,
-inside a ``consume``, while the asyncio side waits for it.
+(``require_stable``); and cooperative rebalancing, where a rebalance stops only the partitions
+that move. Its calls block, so they run on one worker thread of their own: the clients are not
+thread-safe, and one thread serialises them. Rebalance callbacks run on that thread, inside a
+``consume``, while the asyncio side waits for it.
 
 Partitions are ``(topic, partition)`` pairs here, so nothing outside needs librdkafka's types.
 """
