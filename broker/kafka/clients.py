@@ -204,6 +204,23 @@ async def partitions(settings: KafkaSettings, topic: str) -> list[int]:
     return []
 
 
+def topic_ids(settings: KafkaSettings, names: list[str]) -> dict[str, str]:
+    """Kafka's id of each of ``names`` that exists: a topic deleted and made again under the same
+    name has a new one (blocking: run it on a thread). aiokafka's metadata request is too old to
+    carry ids, so confluent-kafka's admin client asks."""
+    from confluent_kafka import KafkaException, TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    client = AdminClient(settings.librdkafka_config())
+    out = {}
+    for name, fut in client.describe_topics(TopicCollection(names)).items():
+        try:
+            out[name] = str(fut.result(timeout=30).topic_id)
+        except KafkaException:
+            continue  # not there, or not visible to this principal
+    return out
+
+
 async def read_to_end(
     settings: KafkaSettings,
     topic: str,

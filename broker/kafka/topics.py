@@ -22,6 +22,15 @@ URGENT_LANES = 1
 _ROUTED = {"cleanup.policy": "compact,delete", "retention.ms": str(7 * 24 * 3600 * 1000)}
 
 
+#: The routed-ids key saying an outbound partition was made again by a migration, its value how
+#: many of its first offsets are copies of records routed before: ``moved:<topic>/<partition>``.
+MOVED_KEY = b"moved:"
+
+
+def moved_key(topic: str, partition: int) -> bytes:
+    return MOVED_KEY + f"{topic}/{partition}".encode()
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """A topic cbx needs, with its partitions and configuration."""

@@ -267,6 +267,12 @@ class Pipe:
                     self._meta[topic] = n
         return n
 
+    def forget(self, names: Iterable[str]) -> None:
+        """Forget the partition counts of ``names``: each is asked again when next needed."""
+        for name in names:
+            self._meta.pop(name, None)
+            self._asked.pop(name, None)
+
     def known_partitions(self, topic: str) -> int | None:
         """``topic``'s partition count as last read (None: not seen yet)."""
         return self._meta.get(topic)

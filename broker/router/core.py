@@ -195,6 +195,8 @@ class RouterCore:
 
     def process(self, rec: InRecord) -> Outcome:
         """Everything to write for ``rec``: its routing, or its dead letter."""
+        if self.state.copied(rec.topic, rec.partition, rec.offset):
+            return Outcome([], "duplicate")  # a migration's copy of a record routed before
         try:
             return self._route(rec)
         except _Rejected as rej:

@@ -31,7 +31,7 @@ from broker.directory import Directory, DirectoryCodec, apply
 from broker.errors import ConfigurationError
 from broker.health import stop_on_signals
 from broker.kafka import clients as kafka
-from broker.kafka import lanes
+from broker.kafka import lanes, topics
 from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
 from broker.kafka.txn import Part, Pipe, kafka_error
@@ -158,7 +158,11 @@ class RouterService:
 
     def _note_routed(self, record: Any) -> None:
         """A routed-id marker, written by this router or another instance."""
-        if record.key is not None:
+        if record.key is not None and record.key.startswith(topics.MOVED_KEY):
+            topic, _, partition = record.key[len(topics.MOVED_KEY) :].decode().rpartition("/")
+            self.state.note_moved(topic, int(partition), int(record.value or b"0"))
+            log.info("topic_moved", topic=topic, partition=int(partition), copies=record.value)
+        elif record.key is not None:
             value = record.value.decode() if record.value else ""
             # Older markers hold the source position, not an identity: "" (unknown).
             self.state.routed[record.key.decode()] = "" if "/" in value else value
@@ -390,6 +394,7 @@ class RouterService:
             )
         outcomes: list[tuple[Outcome, Any]] = []
         offsets: dict[Part, int] = {}
+        written: set[str] = set()
         began = time.monotonic()
         routed_at = began
         try:
@@ -414,6 +419,7 @@ class RouterService:
                     outcome = self.core.process(rec)
                 outcomes.append((outcome, r))
                 for out in outcome.outputs:
+                    written.add(out.topic)
                     if await self._writable(out.topic):
                         partition = await self._partition_of(out)
                         self.pipe.produce(out.topic, out.value, out.key, out.headers, partition)
@@ -442,6 +448,9 @@ class RouterService:
                 except Exception as again:
                     # The pipe is left without one; the next transaction tries again.
                     log.warning("producer_not_made", error_class=type(again).__name__)
+            # A topic made again with fewer partitions (cbx agency migrate) fails the write
+            # to a partition it no longer has: its count is asked again before the next try.
+            self.pipe.forget(written)
             if len(parts) > 1:
                 self._alone |= parts
             await self._read_again(records)

@@ -38,8 +38,23 @@ class RouterState:
         # Routed message id (or dead-lettered source) -> the identity of what was routed under it
         # ("" when unknown: markers written before identities were kept).
         self.routed: dict[str, str] = {}
+        #: Outbound partitions remade by ``cbx agency migrate``: how many of their first offsets
+        #: are copies of records routed before (``moved:<topic>/<partition>`` markers).
+        self.moved: dict[tuple[str, int], int] = {}
         self._pending_cases: dict[str, Placement] = {}
         self._pending_ids: dict[str, str] = {}
+
+    def note_moved(self, topic: str, partition: int, copies: int) -> None:
+        """``topic`` was made again: its ``partition`` starts with ``copies`` records already
+        routed, and the dead-letter positions of the topic it replaced mean nothing now."""
+        self.moved[(topic, partition)] = copies
+        old = f"{topic}/"
+        for key in [k for k in self.routed if k.startswith(old)]:
+            del self.routed[key]
+
+    def copied(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether this record is a copy a migration wrote of a record routed before."""
+        return offset < self.moved.get((topic, partition), 0)
 
     def case(self, case_ref: str) -> Placement | None:
         return self._pending_cases.get(case_ref) or self.registry.get(case_ref)

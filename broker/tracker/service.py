@@ -29,7 +29,7 @@ from broker.crypto.signing import Signer, Verifier
 from broker.delivery_log import LogCodec, LogEntry, Status
 from broker.directory import Directory, DirectoryCodec, apply
 from broker.envelope import EnvelopeCodec
-from broker.errors import CbxError
+from broker.errors import CbxError, KafkaUnavailableError
 from broker.kafka import clients as kafka
 from broker.kafka import lanes
 from broker.kafka.follow import PROMPT_FETCH_WAIT_MS, TopicFollower
@@ -389,12 +389,23 @@ class TrackerService:
 
             async def copy(pending: list[tuple[str, Any]] = pending) -> None:
                 known = await self._known_status_topics({t for t, _ in pending})
-                futures = [
-                    await kafka.send(self._producer, t, r.value, key=r.key)
-                    for t, r in pending
-                    if t in known
+                todo = [(t, r) for t, r in pending if t in known]
+                futures = [await kafka.send(self._producer, t, r.value, key=r.key) for t, r in todo]
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                failed = [
+                    p for p, res in zip(todo, results, strict=True) if isinstance(res, Exception)
                 ]
-                await asyncio.gather(*futures)
+                if failed:
+                    # One agency's status topic refused (held off while it is moved, or made
+                    # again with fewer partitions): only the copies that failed are tried again,
+                    # after a fresh look at the topics, and the tracker goes on.
+                    pending[:] = failed
+                    await self._producer.client.force_metadata_update()
+                    errors = sorted({type(r).__name__ for r in results if isinstance(r, Exception)})
+                    raise KafkaUnavailableError(
+                        f"{len(failed)} status copies not written ({', '.join(errors)}) to "
+                        f"{', '.join(sorted({t for t, _ in failed}))}"
+                    )
 
             await self._patiently("status copies", copy)
             if batch:

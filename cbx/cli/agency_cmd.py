@@ -99,6 +99,82 @@ def remove(agency: Annotated[str, typer.Argument(help="Agency id.")]) -> None:
 
 
 @app.command()
+def migrate(
+    agencies: Annotated[
+        list[str] | None, typer.Argument(help="Agency ids (or --all).", show_default=False)
+    ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every agency with more partitions than its kind has.")
+    ] = False,
+    spool: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the spool files (default: <CBX_HOME>/migrations)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would move.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Move agencies' topics to the partitions their kind has now (a children's home provisioned
+    with a council's partitions gets one), keeping every record. Stop the agency's connector
+    first; the router and tracker go on running (writes to the agency wait for the move)."""
+    from broker.admin import migrate as moving
+    from broker.kafka.cluster import resolve_settings
+    from broker.paths import cbx_home
+
+    if bool(agencies) == every:
+        fail("name the agencies to move, or give --all (not both)")
+    folder = spool or cbx_home() / "migrations"
+
+    async def run() -> list[dict[str, object]]:
+        settings = resolve_settings()
+        names = await moving.agencies_to_move(settings) if every else list(agencies or [])
+        out: list[dict[str, object]] = []
+        for agency in names:
+            if dry_run:
+                moves = await moving.plan(settings, agency)
+                out.append(
+                    {
+                        "agency": agency,
+                        "topics": [
+                            {
+                                "topic": m.name,
+                                "partitions_before": m.now,
+                                "partitions_after": m.spec.partitions,
+                            }
+                            for m in moves
+                        ],
+                    }
+                )
+            else:
+                out.append((await moving.migrate(settings, agency, folder)).as_json())
+        return out
+
+    try:
+        done = asyncio.run(run())
+    except CbxError as exc:
+        fail(str(exc))
+    if json_out:
+        print_json({"dry_run": dry_run, "agencies": done})
+        return
+    if not done:
+        console.print("nothing to move: every agency's topics have its kind's partitions")
+    for a in done:
+        moved = a["topics"]
+        assert isinstance(moved, list)
+        if not moved:
+            console.print(f"{a['agency']}: nothing to move", highlight=False)
+        for t in moved:
+            verb = "would move" if dry_run else "moved"
+            n = "" if dry_run else f", {t['records']} records"
+            console.print(
+                f"{a['agency']}: {verb} {t['topic']} from {t['partitions_before']} to "
+                f"{t['partitions_after']} partition(s){n}",
+                highlight=False,
+            )
+        if a.get("spool"):
+            console.print(f"{a['agency']}: every record kept in {a['spool']}", highlight=False)
+
+
+@app.command()
 def show(
     agency: Annotated[str, typer.Argument(help="Agency id, or a service principal.")],
     json_out: JsonOpt = False,

@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS entries (
   PRIMARY KEY (message_id, direction)
 );
 CREATE INDEX IF NOT EXISTS entries_case ON entries(case_ref, occurred_at);
+CREATE TABLE IF NOT EXISTS topics (topic TEXT PRIMARY KEY, id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS offsets (
   topic TEXT NOT NULL, partition INTEGER NOT NULL, next INTEGER NOT NULL,
   PRIMARY KEY (topic, partition)
@@ -149,6 +150,19 @@ class ChronologyIndex:
                 [(t, p, n) for (t, p), n in offsets.items()],
             )
 
+    def topic_ids(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT topic, id FROM topics").fetchall())
+
+    def renew(self, topic: str, topic_id: str, *, forget: bool) -> None:
+        """Record ``topic``'s Kafka id; with ``forget``, first drop its rows and offsets (the
+        topic was made again, so they name positions that are no longer there)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            if forget:
+                self.db.execute("DELETE FROM entries WHERE topic = ?", (topic,))
+                self.db.execute("DELETE FROM offsets WHERE topic = ?", (topic,))
+            self.db.execute("INSERT OR REPLACE INTO topics VALUES (?, ?)", (topic, topic_id))
+
     def case(self, case_ref: str) -> list[Entry]:
         rows = self.db.execute(
             """SELECT message_id, direction, case_ref, occurred_at, recorded_at, event_type, topic,
@@ -216,12 +230,27 @@ class Chronologies:
             str(header.message_id),
         )
 
+    async def _same_topics(self, names: list[str]) -> None:
+        """Forget what was indexed of a topic that has been made again since (its Kafka id
+        changed: ``cbx agency migrate`` moved it to fewer partitions), so it is read again from
+        its start."""
+        known = self.index.topic_ids()
+        for name, topic_id in (
+            await asyncio.to_thread(kafka.topic_ids, self.c.settings, names)
+        ).items():
+            if known.get(name) != topic_id:
+                remade = name in known
+                if remade:
+                    log.info("chronology_topic_remade", agency=self.c.agency, topic=name)
+                self.index.renew(name, topic_id, forget=remade)
+
     async def catch_up(self, timeout_s: float = 60.0) -> int:
         """Index what arrived on the agency's inbox and outbound topics since the last time (from
         the beginning for a new or deleted index); how many rows were added. Fails only when
         reading makes no progress for ``timeout_s``."""
         c = self.c
         topics = {c.topics.inbox(c.agency): RECEIVED, c.topics.outbound(c.agency): SENT}
+        await self._same_topics(list(topics))
         stored = self.index.offsets()
         consumer = kafka.consumer(c.settings, group_id=None)
         added = 0
