@@ -306,6 +306,82 @@ async def _moves(ex: Exchange, home: Connector, tmp_path: Path) -> None:
     assert not [e for e in rebuilt["events"] if e.get("unavailable")]
 
 
+async def test_a_move_stopped_after_deleting_the_topics_is_finished_from_its_spool_file(
+    kafka_ns: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = kafka_ns.topics
+    home_topics = [t.outbound(HOME), t.inbox(HOME), t.status(HOME), t.cases(HOME)]
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await kafka.ensure_topics(kafka_ns, t.agency(HOME, 3, True))
+        for agency in ALL:
+            await ex.agency(agency, inbox=(agency == HOME))
+        await ex.sync_all()
+        placed = await _place(ex, CASE)
+        await ex.wait_registered(HOME, f"{KENT}/{CASE}")
+        admitted = await _admits(ex, ex.connectors[HOME], CASE)
+
+        async def routed() -> bool:
+            done, total = await ex.router_progress()
+            return done == total
+
+        await ex.wait_for(routed, what="everything routed")
+        await ex.wait_for(lambda: _inbox_delivered(ex), what="the home's inbox delivered")
+        home = ex.connectors.pop(HOME)
+        await home.stop()
+        before = {name: len(await _all_of(ex, name)) for name in home_topics}
+
+        async def crash(*args: Any) -> None:
+            raise RuntimeError("the process died here")
+
+        monkeypatch.setattr(moving, "_rebuild", crash)
+        with pytest.raises(RuntimeError, match="died here"):
+            await moving.migrate(kafka_ns, HOME, tmp_path / "spool")
+        monkeypatch.undo()
+        assert await moving.partition_counts(kafka_ns, home_topics) == {}, "deleted"
+        (spool,) = await asyncio.to_thread(_files, tmp_path / "spool")
+
+        for attempt in (1, 2):  # the second finds everything done and writes nothing
+            run = await asyncio.to_thread(
+                cbx, kafka_ns, tmp_path, "agency", "migrate", "--resume", str(spool), "--json"
+            )
+            assert run.returncode == 0, f"attempt {attempt}: {run.stderr}{run.stdout}"
+            report = json.loads(run.stdout)["agencies"][0]
+            assert {r["topic"]: r["records"] for r in report["topics"]} == before
+            assert report["groups"] == {t.agency_group(HOME, "inbox"): {"0": before[t.inbox(HOME)]}}
+            assert await moving.partition_counts(kafka_ns, home_topics) == dict.fromkeys(
+                home_topics, 1
+            )
+            for name in home_topics:
+                assert len(await _all_of(ex, name)) == before[name]
+            assert _holds(kafka_ns) == []
+
+        # The router took the copies for what they are: routed once, before the move.
+        again = Connector(principals.settings_for(kafka_ns, HOME), home.keys)
+        await again.start()
+        ex.connectors[HOME] = again
+        assert again.registry.get(f"{KENT}/{CASE}") is not None
+        later = await _admits(ex, again, CASE)
+
+        async def later_routed() -> bool:
+            return (await ex.inbox_ids(KENT)).get(str(later.header.message_id), 0) >= 1
+
+        await ex.wait_for(later_routed, what="a report after the resumed move routed")
+        await ex.wait_for(routed, what="everything routed after the move")
+        kent = await ex.inbox_ids(KENT)
+        assert kent[str(admitted.header.message_id)] == 1
+        assert kent[str(later.header.message_id)] == 1
+        assert (await ex.inbox_ids(LANCS))[str(placed.header.message_id)] == 1
+
+        # A spool file that is not one is refused, naming the line.
+        bad = tmp_path / "bad.jsonl"
+        await asyncio.to_thread(bad.write_text, '{"agency": "cp-sc482913", "topics": {}}\n{oops\n')
+        refused = await asyncio.to_thread(
+            cbx, kafka_ns, tmp_path, "agency", "migrate", "--resume", str(bad)
+        )
+        assert refused.returncode != 0
+        assert "line 2: not a readable spool file" in refused.stderr
+
+
 def test_a_move_marker_ends_the_old_topics_dead_letter_positions() -> None:
     state = RouterState()
     state.routed.update(

@@ -225,25 +225,117 @@ async def migrate(admin: KafkaSettings, agency: str, spool_dir: Path) -> Moved:
         records = {name: await _read(admin, name) for name in names}
         committed = await asyncio.to_thread(_committed, admin, [*groups, _router_group(admin)])
         _check_done(admin, agency, records, committed, groups)
-        done.spool = _spool(spool_dir, agency, moves, records)
-        await asyncio.to_thread(_delete, admin, names)
-        await asyncio.to_thread(_router_let_go, admin, names)
-        placed = {m.name: _placed(records[m.name], m.spec.partitions) for m in moves}
-        outbound = admin.topics.outbound(agency)
-        if outbound in placed:
-            await _mark_moved(admin, outbound, placed[outbound], moves)
-        await kafka.ensure_topics(admin, [m.spec for m in moves])
-        await _write(admin, placed)
         inbox = admin.topics.inbox(agency)
-        if inbox in placed:
-            readers = [g for g in groups if any(t == inbox for t, _ in committed.get(g, {}))]
-            ends = _ends(placed[inbox], _count(moves, inbox))
-            await asyncio.to_thread(_set_offsets, admin, readers, inbox, ends)
-            done.groups = {g: ends for g in readers}
+        readers = [g for g in groups if any(t == inbox for t, _ in committed.get(g, {}))]
+        done.spool = _spool(spool_dir, agency, moves, records, readers)
+        await asyncio.to_thread(_delete, admin, names)
+        done.groups = await _rebuild(admin, agency, moves, records, readers)
     for m in moves:
         done.topics[m.name] = (m.now, m.spec.partitions, len(records[m.name]))
     log.info("agency_migrated", agency=agency, topics=len(moves), spool=str(done.spool))
     return done
+
+
+async def _rebuild(
+    admin: KafkaSettings,
+    agency: str,
+    moves: list[TopicMove],
+    records: dict[str, list[Rec]],
+    readers: list[str],
+) -> dict[str, dict[int, int]]:
+    """Make the deleted topics again and write their records back (under the hold); the inbox
+    readers' offsets set to the end of the copy. A topic already made with the records written
+    (a resumed move) is left as it is."""
+    missing = [m.name for m in moves if m.name not in await partition_counts(admin, [m.name])]
+    await asyncio.to_thread(_router_let_go, admin, missing)
+    placed = {m.name: _placed(records[m.name], m.spec.partitions) for m in moves}
+    outbound = admin.topics.outbound(agency)
+    if outbound in missing:
+        await _mark_moved(admin, outbound, placed[outbound], moves)
+    await kafka.ensure_topics(admin, [m.spec for m in moves])
+    await _write(
+        admin, {n: rows for n, rows in placed.items() if not await _copied(admin, n, rows)}
+    )
+    inbox = admin.topics.inbox(agency)
+    if inbox not in placed:
+        return {}
+    ends = _ends(placed[inbox], _count(moves, inbox))
+    await asyncio.to_thread(_set_offsets, admin, readers, inbox, ends)
+    return {g: ends for g in readers}
+
+
+async def _copied(admin: KafkaSettings, name: str, rows: list[tuple[int, Rec]]) -> bool:
+    """Whether the new ``name`` holds its copies already (True), is empty (False), or holds
+    anything else (refused: written since, so not this move's to fill)."""
+    has = await _read(admin, name)
+    if not has:
+        return False
+    if len(has) == len(rows):
+        return True
+    raise MigrationError(
+        f"{name} holds {len(has)} record(s), neither none nor the {len(rows)} copies of this "
+        "move: it was written since; compare it with the spool file before writing anything"
+    )
+
+
+async def resume(admin: KafkaSettings, spool: Path) -> Moved:
+    """Finish a move that failed after deleting the topics, from its spool file: the topics made
+    again if they are not there yet, and the records written back if they are not there yet."""
+    head, records = _load_spool(spool)
+    agency = str(head["agency"])
+    specs = {s.name: s for s in agency_topics(admin.topics, agency)}
+    moves = [TopicMove(specs[n], int(t["before"])) for n, t in head["topics"].items()]
+    names = [m.name for m in moves]
+    counts = await partition_counts(admin, names)
+    early = sorted(n for n in names if counts.get(n, 0) > specs[n].partitions)
+    if early:
+        raise MigrationError(
+            f"{', '.join(early)} still have their old partitions: that move stopped before "
+            "deleting anything, so run `cbx agency migrate` again instead"
+        )
+    await asyncio.to_thread(_agency_groups, admin, agency)  # its connector must still be stopped
+    done = Moved(agency, spool)
+    with _held(admin, names):
+        done.groups = await _rebuild(admin, agency, moves, records, list(head.get("readers", [])))
+    for m in moves:
+        done.topics[m.name] = (m.now, m.spec.partitions, len(records[m.name]))
+    log.info("agency_migration_resumed", agency=agency, spool=str(spool))
+    return done
+
+
+def _load_spool(path: Path) -> tuple[dict[str, Any], dict[str, list[Rec]]]:
+    at = 1
+    try:
+        with path.open() as lines:
+            head = json.loads(next(lines))
+            records: dict[str, list[Rec]] = {n: [] for n in head["topics"]}
+            for line in lines:
+                at += 1
+                x = json.loads(line)
+                records[x["topic"]].append(
+                    Rec(
+                        x["topic"],
+                        x["partition"],
+                        x["offset"],
+                        x["timestamp"],
+                        _unb64(x["key"]),
+                        _unb64(x["value"]),
+                        tuple((k, _unb64(v) or b"") for k, v in x["headers"]),
+                    )
+                )
+    except (OSError, StopIteration, ValueError, KeyError, TypeError) as exc:
+        raise MigrationError(f"{path} line {at}: not a readable spool file ({exc!r})") from None
+    wanted = head.get("records", {})
+    short = {t: (len(rs), wanted.get(t)) for t, rs in records.items() if len(rs) != wanted.get(t)}
+    if short:
+        raise MigrationError(
+            f"{path}: records missing from the spool file (have, expected): {short}"
+        )
+    return head, records
+
+
+def _unb64(text: str | None) -> bytes | None:
+    return None if text is None else base64.b64decode(text)
 
 
 def _count(moves: list[TopicMove], name: str) -> int:
@@ -430,7 +522,11 @@ async def _read(admin: KafkaSettings, name: str) -> list[Rec]:
 
 
 def _spool(
-    spool_dir: Path, agency: str, moves: list[TopicMove], records: dict[str, list[Rec]]
+    spool_dir: Path,
+    agency: str,
+    moves: list[TopicMove],
+    records: dict[str, list[Rec]],
+    readers: list[str],
 ) -> Path:
     """Every record, one JSON line each after a line saying what was moved; synced to disk and
     readable by its owner only (case references travel in clear headers)."""
@@ -444,6 +540,7 @@ def _spool(
             "at": stamp,
             "topics": {m.name: {"before": m.now, "after": m.spec.partitions} for m in moves},
             "records": {n: len(rs) for n, rs in records.items()},
+            "readers": readers,
         }
         out.write(json.dumps(head) + "\n")
         for rs in records.values():
@@ -570,4 +667,4 @@ def _set_offsets(admin: KafkaSettings, groups: list[str], inbox: str, ends: dict
         _result(client.alter_consumer_group_offsets([request]), f"setting {group}'s offsets")
 
 
-__all__ = ["MigrationError", "Moved", "TopicMove", "agencies_to_move", "migrate", "plan"]
+__all__ = ["MigrationError", "Moved", "TopicMove", "agencies_to_move", "migrate", "plan", "resume"]

@@ -111,6 +111,12 @@ def migrate(
         typer.Option(help="Folder for the spool files (default: <CBX_HOME>/migrations)."),
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Only list what would move.")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Finish a move that stopped after deleting the topics, from its spool file."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Move agencies' topics to the partitions their kind has now (a children's home provisioned
@@ -120,12 +126,16 @@ def migrate(
     from broker.kafka.cluster import resolve_settings
     from broker.paths import cbx_home
 
-    if bool(agencies) == every:
+    if resume is not None and (agencies or every or dry_run):
+        fail("--resume takes the spool file alone (no agencies, --all or --dry-run)")
+    if resume is None and bool(agencies) == every:
         fail("name the agencies to move, or give --all (not both)")
     folder = spool or cbx_home() / "migrations"
 
     async def run() -> list[dict[str, object]]:
         settings = resolve_settings()
+        if resume is not None:
+            return [(await moving.resume(settings, resume)).as_json()]
         names = await moving.agencies_to_move(settings) if every else list(agencies or [])
         out: list[dict[str, object]] = []
         for agency in names:
