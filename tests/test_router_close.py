@@ -4,12 +4,15 @@ from the right place after a failed transaction."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
 import pytest
 
+from broker.kafka import txn
 from broker.kafka.settings import KafkaSettings
+from broker.kafka.txn import CallStuck
 from broker.router import service as router_service
 from broker.router.core import Outcome
 
@@ -74,9 +77,11 @@ class Read:
 class Pipe:
     """Transactions that fail for the partitions in ``failing``; seeks and commits recorded."""
 
-    def __init__(self, failing: set[tuple[str, int]]) -> None:
+    def __init__(self, failing: set[tuple[str, int]], error: Exception | None = None) -> None:
         self.failing = failing
-        self.producer = object()
+        self.error = error or RuntimeError("the transaction failed")
+        self.producer: Any = object()
+        self.forgotten: list[set[str]] = []
         self.seeks: list[dict[tuple[str, int], int]] = []
         self.commits: list[dict[tuple[str, int], int]] = []
         self.aborts = 0
@@ -92,7 +97,7 @@ class Pipe:
 
     async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         if set(offsets) & self.failing:
-            raise RuntimeError("the transaction failed")
+            raise self.error
         self.commits.append(offsets)
 
     async def abort(self) -> bool:
@@ -101,6 +106,9 @@ class Pipe:
 
     async def seek(self, positions: dict[tuple[str, int], int]) -> None:
         self.seeks.append(positions)
+
+    def forget(self, names: set[str]) -> None:
+        self.forgotten.append(set(names))
 
 
 class Core:
@@ -144,6 +152,79 @@ async def test_a_failed_transaction_is_read_again_and_its_partitions_then_go_alo
     assert pipe.seeks[-1] == {bad: 5}
     assert len(pipe.seeks) == 2
     assert router._alone == set()
+
+
+async def test_a_commit_given_up_as_stuck_is_not_routed_again_before_the_routed_ids_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A commit that blocked past its bound may yet have gone through (the next producer's
+    InitProducerId settles it either way): its partitions are read again from their first record
+    in it, and marked to catch up with the routed ids first, so what it did commit is known as
+    routed. A commit that failed and was aborted cleanly needs no catch-up."""
+    nap = asyncio.sleep
+    monkeypatch.setattr(router_service.asyncio, "sleep", lambda s: nap(0))
+    router = router_service.RouterService(KafkaSettings(bootstrap_servers="127.0.0.1:9"))
+    lane, bulk = ("t.a", 2), ("t.b", 0)
+    pipe = Pipe({lane}, CallStuck("send_offsets_to_transaction blocked"))
+    router.pipe = pipe  # type: ignore[assignment]
+    router.core = Core()  # type: ignore[assignment]
+    router.assigned = {lane, bulk}
+    await router._route([Read(*lane, 4), Read(*bulk, 8)])
+    assert pipe.seeks == [{lane: 4, bulk: 8}]
+    assert router._unsynced == {lane, bulk}
+    router._unsynced.clear()
+    pipe.error = RuntimeError("refused, and aborted")
+    await router._route([Read(*lane, 4)])
+    assert router._unsynced == set()
+
+
+async def test_a_transaction_call_that_blocks_past_its_bound_gives_its_producer_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """librdkafka was seen blocked in send_offsets_to_transaction for minutes past its timeout.
+    Past the bound the pipe goes on with a new worker thread and no producer; the stuck call,
+    should it ever return, finishes on the producer it started with, never on the next one."""
+    monkeypatch.setattr(txn, "STUCK_S", 0.3)
+    release = threading.Event()
+    calls: list[tuple[str, str]] = []
+
+    class Producer:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def send_offsets_to_transaction(self, *args: Any) -> None:
+            calls.append((self.name, "send_offsets"))
+            if self.name == "stuck":
+                release.wait(10)
+
+        def commit_transaction(self, *args: Any) -> None:
+            calls.append((self.name, "commit"))
+
+        def poll(self, *args: Any) -> None:
+            pass
+
+    class Consumer:
+        def consumer_group_metadata(self) -> object:
+            return object()
+
+    pipe = txn.Pipe(KafkaSettings(bootstrap_servers="127.0.0.1:9"), "g", "t", "^x", print, print)
+    pipe.producer, pipe.consumer = Producer("stuck"), Consumer()
+    pipe._in_transaction = True
+    with pytest.raises(CallStuck, match="blocked for more than"):
+        await pipe.commit({("t.a", 0): 5})
+    assert pipe.producer is None
+    assert not pipe._in_transaction
+    # The pipe works on, on a new thread, while the stuck call still blocks.
+    pipe.producer = Producer("next")
+    await pipe.commit({("t.a", 0): 5})
+    assert calls == [("stuck", "send_offsets"), ("next", "send_offsets"), ("next", "commit")]
+    release.set()
+    for _ in range(100):
+        if ("stuck", "commit") in calls:
+            break
+        await asyncio.sleep(0.02)
+    assert calls[-1] == ("stuck", "commit")
+    assert ("next", "commit") in calls[:3]
 
 
 def test_an_instance_name_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:

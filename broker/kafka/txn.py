@@ -28,6 +28,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from broker.errors import KafkaUnavailableError
 from broker.kafka.settings import KafkaSettings
 from broker.logging import get_logger
 
@@ -42,6 +43,16 @@ TRANSACTION_TIMEOUT_MS = 20_000
 CALL_TIMEOUT_S = 30.0
 #: How often the whole topic list is read again (partition counts, topics created since).
 METADATA_EVERY_S = 30.0
+#: How long a transaction call may block in all before its producer is given up for a new one.
+#: librdkafka does not bound every coordinator request by the call's timeout: after the broker
+#: coordinating the router's group and transactions was killed, ``send_offsets_to_transaction``
+#: was seen blocked for minutes with a 30 s timeout.
+STUCK_S = 2 * CALL_TIMEOUT_S + 5
+
+
+class CallStuck(KafkaUnavailableError):
+    """A transaction call outlived :data:`STUCK_S`; its producer was given up (the next one,
+    with the same transactional id, fences it)."""
 
 
 def kafka_error(exc: BaseException) -> KafkaError | None:
@@ -78,7 +89,7 @@ class Pipe:
         self._on_revoked = on_revoked
         self._consumer_conf = consumer_conf or {}
         self._producer_conf = producer_conf or {}
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
+        self._thread = self._new_thread()
         self.consumer: Any = None
         self.producer: Any = None
         self._in_transaction = False
@@ -93,6 +104,28 @@ class Pipe:
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def _bounded(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """A transaction call that must not block the pipe for good. Past :data:`STUCK_S` the
+        worker thread is left to it, with the producer it is using: the pipe goes on with a new
+        thread and no producer (the caller makes one, whose InitProducerId fences the stuck one
+        and settles its transaction)."""
+        future = asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), STUCK_S)
+        except TimeoutError:
+            # Whatever the stuck call ends with, nobody waits for it any more.
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            stuck, self._thread = self._thread, self._new_thread()
+            stuck.shutdown(wait=False)
+            self.producer = None  # the stuck call holds it; never used again
+            self._in_transaction = False
+            log.error("transaction_call_stuck", call=what, seconds=STUCK_S)
+            raise CallStuck(f"{what} blocked for more than {STUCK_S:.0f} s") from None
+
+    @staticmethod
+    def _new_thread() -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
 
     def _log_error(self, err: KafkaError) -> None:
         # librdkafka reports connection trouble here and retries by itself.
@@ -125,7 +158,7 @@ class Pipe:
         self._in_transaction = False
         if old is not None:
             await self._call(old.flush, 0)
-        self.producer = await self._call(self._new_producer)
+        self.producer = await self._bounded("init_transactions", self._new_producer)
 
     def _new_consumer(self) -> Any:
         conf = {
@@ -307,15 +340,19 @@ class Pipe:
         """Add the consumer's ``offsets`` (the next record to read of each partition) to the
         transaction, with the group's current generation, and commit it."""
 
+        # Bound now: should the call be given up, what it does next is to this producer, never
+        # to the one made after it.
+        producer, consumer = self.producer, self.consumer
+
         def commit() -> None:
             tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-            self.producer.send_offsets_to_transaction(
-                tps, self.consumer.consumer_group_metadata(), CALL_TIMEOUT_S
+            producer.send_offsets_to_transaction(
+                tps, consumer.consumer_group_metadata(), CALL_TIMEOUT_S
             )
-            self.producer.commit_transaction(CALL_TIMEOUT_S)
-            self.producer.poll(0)  # serve delivery reports, which nothing else reads
+            producer.commit_transaction(CALL_TIMEOUT_S)
+            producer.poll(0)  # serve delivery reports, which nothing else reads
 
-        await self._call(commit)
+        await self._bounded("send_offsets_to_transaction and commit_transaction", commit)
         self._in_transaction = False
 
     async def abort(self) -> bool:
@@ -324,11 +361,13 @@ class Pipe:
         if not self._in_transaction or self.producer is None:
             return True
         try:
-            await self._call(self.producer.abort_transaction, CALL_TIMEOUT_S)
-        except KafkaException:
+            await self._bounded(
+                "abort_transaction", self.producer.abort_transaction, CALL_TIMEOUT_S
+            )
+        except (KafkaException, CallStuck):
             return False
         self._in_transaction = False
         return True
 
 
-__all__ = ["CALL_TIMEOUT_S", "Part", "Pipe", "kafka_error"]
+__all__ = ["CALL_TIMEOUT_S", "STUCK_S", "CallStuck", "Part", "Pipe", "kafka_error"]

@@ -34,7 +34,7 @@ from broker.kafka import clients as kafka
 from broker.kafka import lanes, topics
 from broker.kafka.follow import TopicFollower
 from broker.kafka.settings import KafkaSettings
-from broker.kafka.txn import Part, Pipe, kafka_error
+from broker.kafka.txn import CallStuck, Part, Pipe, kafka_error
 from broker.logging import get_logger
 from broker.model import ROUTER
 from broker.policy.deadlines import Windows
@@ -395,6 +395,7 @@ class RouterService:
         outcomes: list[tuple[Outcome, Any]] = []
         offsets: dict[Part, int] = {}
         written: set[str] = set()
+        committing = False
         began = time.monotonic()
         routed_at = began
         try:
@@ -425,6 +426,7 @@ class RouterService:
                         self.pipe.produce(out.topic, out.value, out.key, out.headers, partition)
                 offsets[part_of(r)] = r.offset() + 1
             routed_at = time.monotonic()
+            committing = True
             await self.pipe.commit(offsets)
         except Exception as exc:
             self.state.rollback()
@@ -442,12 +444,18 @@ class RouterService:
                     hint="another router runs under this name (CBX_ROUTER_INSTANCE): give "
                     "each instance its own, the same across its restarts",
                 )
-            if not await self.pipe.abort():
+            aborted = await self.pipe.abort()
+            if not aborted:
                 try:
                     await self.pipe.renew_producer()
                 except Exception as again:
                     # The pipe is left without one; the next transaction tries again.
                     log.warning("producer_not_made", error_class=type(again).__name__)
+            if committing and (not aborted or isinstance(exc, CallStuck)):
+                # Whether the commit went through is not known: the next producer's
+                # InitProducerId settles it, and before these partitions are routed again the
+                # routed ids are caught up with, so what it did commit is not routed twice.
+                self._unsynced |= parts
             # A topic made again with fewer partitions (cbx agency migrate) fails the write
             # to a partition it no longer has: its count is asked again before the next try.
             self.pipe.forget(written)
