@@ -4,6 +4,8 @@ from the right place after a failed transaction."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -225,6 +227,18 @@ async def test_a_transaction_call_that_blocks_past_its_bound_gives_its_producer_
         await asyncio.sleep(0.02)
     assert calls[-1] == ("stuck", "commit")
     assert ("next", "commit") in calls[:3]
+
+
+def test_a_process_with_a_call_stuck_for_good_still_ends() -> None:
+    """The router logged that it had stopped and never ended: the worker thread left to a
+    stuck call was joined at exit. Calls run on a daemon thread now."""
+    code = (
+        "import threading; from broker.kafka.txn import _Worker; "
+        "w = _Worker('kafka'); w.submit(threading.Event().wait); print('leaving')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "leaving"
 
 
 def test_an_instance_name_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -53,6 +55,37 @@ STUCK_S = 2 * CALL_TIMEOUT_S + 5
 class CallStuck(KafkaUnavailableError):
     """A transaction call outlived :data:`STUCK_S`; its producer was given up (the next one,
     with the same transactional id, fences it)."""
+
+
+class _Worker(concurrent.futures.Executor):
+    """One daemon thread running the calls given to it in order. A call stuck in librdkafka for
+    good must not hold the process at exit, as a ThreadPoolExecutor's thread (joined at exit)
+    would: the router would log that it stopped and never end."""
+
+    def __init__(self, name: str) -> None:
+        self._calls: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._calls.get()) is not None:
+            future, fn, args, kwargs = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # the caller's to see
+                future.set_exception(exc)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._calls.put((future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._calls.put(None)
+        if wait:
+            self._thread.join()
 
 
 def kafka_error(exc: BaseException) -> KafkaError | None:
@@ -98,9 +131,7 @@ class Pipe:
         self._asked: dict[str, float] = {}
         self._refreshing = False
         self._background: asyncio.Task[None] | None = None
-        self._meta_thread = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="kafka-meta"
-        )
+        self._meta_thread = _Worker("kafka-meta")
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -124,8 +155,8 @@ class Pipe:
             raise CallStuck(f"{what} blocked for more than {STUCK_S:.0f} s") from None
 
     @staticmethod
-    def _new_thread() -> concurrent.futures.ThreadPoolExecutor:
-        return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
+    def _new_thread() -> _Worker:
+        return _Worker("kafka")
 
     def _log_error(self, err: KafkaError) -> None:
         # librdkafka reports connection trouble here and retries by itself.
