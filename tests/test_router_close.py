@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from broker.kafka import txn
 from broker.kafka.settings import KafkaSettings
@@ -239,6 +240,45 @@ def test_a_process_with_a_call_stuck_for_good_still_ends() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "leaving"
+
+
+async def test_a_transaction_caught_by_a_rebalance_is_routed_again_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Offsets sent with a generation the group has left behind (a router joined or left while
+    the transaction was open) say nothing about the partitions: the transaction is aborted, its
+    partitions are read again from their first record in it, and they stay together, with no
+    pause before the next try (an urgent report must not wait out a back-off it did not earn)."""
+    naps: list[float] = []
+    nap = asyncio.sleep
+
+    def sleep(s: float) -> Any:
+        naps.append(s)
+        return nap(0)
+
+    monkeypatch.setattr(router_service.asyncio, "sleep", sleep)
+    router = router_service.RouterService(KafkaSettings(bootstrap_servers="127.0.0.1:9"))
+    lane, bulk = ("t.a", 2), ("t.b", 0)
+    moved = KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+    pipe = Pipe({lane}, moved)
+    router.pipe = pipe  # type: ignore[assignment]
+    router.core = Core()  # type: ignore[assignment]
+    router.assigned = {lane, bulk}
+    await router._route([Read(*lane, 4), Read(*bulk, 8), Read(*lane, 5)])
+    assert pipe.aborts == 1
+    assert pipe.seeks == [{lane: 4, bulk: 8}]
+    assert router._alone == set()
+    assert naps == []
+    # Caught again (the rebalance is not over): a short pause before the third try.
+    await router._route([Read(*lane, 4), Read(*bulk, 8)])
+    assert router._alone == set()
+    assert naps == [0.1]
+    naps.clear()
+    # Any other failure still backs off, and its partitions then go alone.
+    pipe.error = RuntimeError("the transaction failed")
+    await router._route([Read(*lane, 4), Read(*bulk, 8)])
+    assert router._alone == {lane, bulk}
+    assert naps == [0.5]
 
 
 def test_an_instance_name_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -88,6 +88,17 @@ _keyed = kafka.KeyPartitioner()
 FENCED = frozenset(
     {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 )
+#: Errors of offsets sent with a generation the group has left behind: the group rebalanced
+#: while the transaction was open (a router joined or left). Nothing is wrong with the
+#: partitions or the producer: the transaction is aborted and routed again at once.
+MOVED_ON = frozenset(
+    {
+        KafkaError.ILLEGAL_GENERATION,
+        KafkaError.UNKNOWN_MEMBER_ID,
+        KafkaError.REBALANCE_IN_PROGRESS,
+        KafkaError.FENCED_INSTANCE_ID,
+    }
+)
 
 
 def instance_name(given: str | None = None) -> str:
@@ -141,6 +152,8 @@ class RouterService:
         self._alone: set[Part] = set()
         #: Bulk partitions paused while the bulk read and not routed is at its bound.
         self._paused: set[Part] = set()
+        #: Transactions in a row that a rebalance caught (the first is tried again at once).
+        self._moved_on = 0
         self.work = Work(self._read_first, BULK_CHUNK, BULK_KEPT)
         self.stop_event = asyncio.Event()
         self.core: RouterCore | None = None
@@ -199,13 +212,19 @@ class RouterService:
             consumer_conf={
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 500,
-                # A new agency's outbound topic is read within seconds of its creation.
-                "topic.metadata.refresh.interval.ms": 3_000,
+                # A new agency's outbound topic is read within seconds of its creation. Each
+                # refresh reads every topic (the subscription is a pattern): at national size,
+                # some 13,000, which cost an idle router a third of a core every 3 s.
+                "topic.metadata.refresh.interval.ms": 10_000,
                 # What the client fetches ahead is small: an urgent record fetched behind it
                 # reaches the router once it is taken, and the router takes it all at once.
                 "queued.min.messages": 1_000,
                 "queued.max.messages.kbytes": 8_192,
-                "fetch.wait.max.ms": 100,
+                # A fetch the broker holds until a record is committed or this passes: it
+                # answers as soon as one is, so this is not a latency. Each answer makes the
+                # broker look at every partition of the instance's fetch session (about 2,000
+                # at national size), which at 100 ms cost it half a core with nothing to route.
+                "fetch.wait.max.ms": 500,
             },
         )
         # The producer and the state side by side: both are needed before the first record.
@@ -431,6 +450,22 @@ class RouterService:
         except Exception as exc:
             self.state.rollback()
             err = kafka_error(exc)
+            if err is not None and err.code() in MOVED_ON:
+                # Another instance joined or left: its partitions, not these, are the news.
+                log.info(
+                    "transaction_retried_after_rebalance",
+                    partitions=_where(parts),
+                    error_class=err.name(),
+                )
+                self.pipe.forget(written)
+                if not await self.pipe.abort():
+                    await self._renew_quietly()
+                    self._unsynced |= parts  # see below: the commit's outcome is not known
+                await self._read_again(records)
+                if self._moved_on:  # again: the rebalance is not over yet
+                    await asyncio.sleep(0.1)
+                self._moved_on += 1
+                return False
             log.error(
                 "transaction_aborted",
                 partitions=_where(parts),
@@ -446,11 +481,7 @@ class RouterService:
                 )
             aborted = await self.pipe.abort()
             if not aborted:
-                try:
-                    await self.pipe.renew_producer()
-                except Exception as again:
-                    # The pipe is left without one; the next transaction tries again.
-                    log.warning("producer_not_made", error_class=type(again).__name__)
+                await self._renew_quietly()
             if committing and (not aborted or isinstance(exc, CallStuck)):
                 # Whether the commit went through is not known: the next producer's
                 # InitProducerId settles it, and before these partitions are routed again the
@@ -466,6 +497,7 @@ class RouterService:
             return False
         self.state.commit()
         self._alone -= parts
+        self._moved_on = 0
         now = time.time()
         log.info(
             "batch_committed",
@@ -491,6 +523,17 @@ class RouterService:
                 )
             elif outcome.status == "rejected":
                 DEAD.labels(outcome.reason or "unknown").inc()
+        return True
+
+    async def _renew_quietly(self) -> bool:
+        """Make the producer again after a transaction it cannot abort. On failure the pipe is
+        left without one, and the next transaction tries again."""
+        assert self.pipe is not None
+        try:
+            await self.pipe.renew_producer()
+        except Exception as exc:
+            log.warning("producer_not_made", error_class=type(exc).__name__)
+            return False
         return True
 
     async def _read_again(self, records: list[Any]) -> None:
