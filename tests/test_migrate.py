@@ -47,6 +47,15 @@ ALL = [KENT, LANCS, KENT_POLICE, LANCS_POLICE, KENT_ICB, LANCS_ICB, HOME]
 CASE, CASE2, CASE3 = "KCC-LAC-000123", "KCC-LAC-000124", "KCC-LAC-000125"
 
 
+async def _home_as_a_council(ex: Exchange) -> None:
+    """Every agency of ALL, the home provisioned as every agency was before kinds had their own
+    partitions: with a council's (3, and the urgent lane)."""
+    await kafka.ensure_topics(ex.settings, ex.settings.topics.agency(HOME, 3, True))
+    for agency in ALL:
+        await ex.agency(agency, inbox=(agency == HOME))
+    await ex.sync_all()
+
+
 async def _place(ex: Exchange, case: str) -> Any:
     body = body_of("PlacementNotified", host_authority=LANCS, provider=HOME)
     return await ex.connectors[KENT].send("PlacementNotified", body, case_ref=case, sharing=SHARING)
@@ -126,11 +135,7 @@ async def test_a_home_moves_to_one_partition_keeping_everything_and_routing_noth
     t = kafka_ns.topics
     home_topics = [t.outbound(HOME), t.inbox(HOME), t.status(HOME), t.cases(HOME)]
     async with exchange(kafka_ns, tmp_path) as ex:
-        # Provisioned as every agency was before kinds had their own partitions: a council's.
-        await kafka.ensure_topics(kafka_ns, t.agency(HOME, 3, True))
-        for agency in ALL:
-            await ex.agency(agency, inbox=(agency == HOME))
-        await ex.sync_all()
+        await _home_as_a_council(ex)
         assert await moving.partition_counts(kafka_ns, home_topics) == {
             t.outbound(HOME): 4, t.inbox(HOME): 4, t.status(HOME): 3, t.cases(HOME): 3
         }  # fmt: skip
@@ -312,10 +317,7 @@ async def test_a_move_stopped_after_deleting_the_topics_is_finished_from_its_spo
     t = kafka_ns.topics
     home_topics = [t.outbound(HOME), t.inbox(HOME), t.status(HOME), t.cases(HOME)]
     async with exchange(kafka_ns, tmp_path) as ex:
-        await kafka.ensure_topics(kafka_ns, t.agency(HOME, 3, True))
-        for agency in ALL:
-            await ex.agency(agency, inbox=(agency == HOME))
-        await ex.sync_all()
+        await _home_as_a_council(ex)
         placed = await _place(ex, CASE)
         await ex.wait_registered(HOME, f"{KENT}/{CASE}")
         admitted = await _admits(ex, ex.connectors[HOME], CASE)

@@ -58,6 +58,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 
+from broker.admin import provision
 from broker.errors import CbxError
 from broker.kafka import clients as kafka
 from broker.kafka import lanes, topics
@@ -187,26 +188,7 @@ async def partition_counts(admin: KafkaSettings, names: list[str]) -> dict[str, 
 
 async def agencies_to_move(admin: KafkaSettings) -> list[str]:
     """Every provisioned agency with a topic that has more partitions than its kind is given."""
-    client = kafka.admin(admin)
-    await client.start()
-    try:
-        names = await client.list_topics()
-    finally:
-        await client.close()
-    prefix = admin.topics.outbound_prefix
-    agencies = sorted(
-        n.removeprefix(prefix)
-        for n in names
-        if n.startswith(prefix) and topics.Topics.is_agency_id(n.removeprefix(prefix))
-    )
-    out = []
-    for agency in agencies:
-        try:
-            if await plan(admin, agency):
-                out.append(agency)
-        except CbxError:
-            continue  # a service's own topic, or an id no profile knows: nothing to plan
-    return out
+    return [a for a in await provision.provisioned_agencies(admin) if await plan(admin, a)]
 
 
 # --- the move ----------------------------------------------------------------------------------

@@ -86,6 +86,14 @@ def read_password(path: Path) -> str:
 async def upgrade_topics(admin: KafkaSettings) -> list[str]:
     """Give every agency's existing topics what this version's layout adds (the urgent lane of
     its outbound and inbox topics), moving no case's records. Returns the topics changed."""
+    specs = [*admin.topics.core()]
+    for agency in await provisioned_agencies(admin):
+        specs += agency_topics(admin.topics, agency)
+    return await kafka.ensure_topics(admin, specs)
+
+
+async def provisioned_agencies(admin: KafkaSettings) -> list[str]:
+    """Every agency with an outbound topic (cbx's own services left out), sorted."""
     client = kafka.admin(admin)
     await client.start()
     try:
@@ -93,17 +101,13 @@ async def upgrade_topics(admin: KafkaSettings) -> list[str]:
     finally:
         await client.close()
     prefix = admin.topics.outbound_prefix
-    agencies = sorted(
+    return sorted(
         n.removeprefix(prefix)
         for n in names
         if n.startswith(prefix)
         and topics.Topics.is_agency_id(n.removeprefix(prefix))
         and not n.removeprefix(prefix).startswith(model.SERVICE_PREFIX)  # core() has those
     )
-    specs = [*admin.topics.core()]
-    for agency in agencies:
-        specs += agency_topics(admin.topics, agency)
-    return await kafka.ensure_topics(admin, specs)
 
 
 #: How long provisioning waits for the brokers to accept a principal's new password.
