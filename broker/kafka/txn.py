@@ -49,7 +49,7 @@ METADATA_EVERY_S = 30.0
 #: librdkafka does not bound every coordinator request by the call's timeout: after the broker
 #: coordinating the router's group and transactions was killed, ``send_offsets_to_transaction``
 #: was seen blocked for minutes with a 30 s timeout.
-STUCK_S = 2 * CALL_TIMEOUT_S + 5
+STUCK_S = CALL_TIMEOUT_S + 5
 
 
 class CallStuck(KafkaUnavailableError):
@@ -375,15 +375,20 @@ class Pipe:
         # to the one made after it.
         producer, consumer = self.producer, self.consumer
 
-        def commit() -> None:
+        def send_offsets() -> None:
             tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
             producer.send_offsets_to_transaction(
                 tps, consumer.consumer_group_metadata(), CALL_TIMEOUT_S
             )
+
+        def commit() -> None:
             producer.commit_transaction(CALL_TIMEOUT_S)
             producer.poll(0)  # serve delivery reports, which nothing else reads
 
-        await self._bounded("send_offsets_to_transaction and commit_transaction", commit)
+        # Each bounded on its own, so a stuck one is given up one call timeout (and a margin)
+        # after it began.
+        await self._bounded("send_offsets_to_transaction", send_offsets)
+        await self._bounded("commit_transaction", commit)
         self._in_transaction = False
 
     async def abort(self) -> bool:
