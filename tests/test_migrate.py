@@ -395,3 +395,28 @@ def test_a_move_marker_ends_the_old_topics_dead_letter_positions() -> None:
         True, True, False, False
     ]  # fmt: skip
     assert not state.copied("cbx.outbound.cp-sc482913", 1, 0)
+
+
+async def test_a_resumed_move_writes_only_what_each_partition_does_not_hold_yet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def rec(p: int, n: int, value: bytes | None) -> moving.Rec:
+        return moving.Rec("x", p, n, 0, b"k", value, ())
+
+    rows = [(0, rec(0, 0, b"a")), (1, rec(1, 0, b"b")), (0, rec(0, 1, None)), (1, rec(1, 1, b"d"))]
+    holds: list[moving.Rec] = []
+
+    async def read(admin: Any, name: str) -> list[moving.Rec]:
+        return holds
+
+    monkeypatch.setattr(moving, "_read", read)
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:9")
+    assert await moving._still_to_write(settings, "x", rows) == rows
+    holds[:] = [rec(0, 0, b"a")]  # stopped after the first record of partition 0
+    assert await moving._still_to_write(settings, "x", rows) == rows[1:]
+    holds[:] = [rec(0, 0, b"a"), rec(0, 1, None), rec(1, 0, b"b"), rec(1, 1, b"d")]
+    assert await moving._still_to_write(settings, "x", rows) == []
+    for other in ([rec(0, 0, b"z")], [*holds, rec(1, 2, b"e")]):  # not the copies; more than them
+        holds[:] = other
+        with pytest.raises(moving.MigrationError, match="not the first copies"):
+            await moving._still_to_write(settings, "x", rows)

@@ -226,8 +226,8 @@ async def _rebuild(
     readers: list[str],
 ) -> dict[str, dict[int, int]]:
     """Make the deleted topics again and write their records back (under the hold); the inbox
-    readers' offsets set to the end of the copy. A topic already made with the records written
-    (a resumed move) is left as it is."""
+    readers' offsets set to the end of the copy. What a resumed move finds written already is
+    not written again."""
     missing = [m.name for m in moves if m.name not in await partition_counts(admin, [m.name])]
     await asyncio.to_thread(_router_let_go, admin, missing)
     placed = {m.name: _placed(records[m.name], m.spec.partitions) for m in moves}
@@ -235,9 +235,7 @@ async def _rebuild(
     if outbound in missing:
         await _mark_moved(admin, outbound, placed[outbound], moves)
     await kafka.ensure_topics(admin, [m.spec for m in moves])
-    await _write(
-        admin, {n: rows for n, rows in placed.items() if not await _copied(admin, n, rows)}
-    )
+    await _write(admin, {n: await _still_to_write(admin, n, rows) for n, rows in placed.items()})
     inbox = admin.topics.inbox(agency)
     if inbox not in placed:
         return {}
@@ -246,17 +244,34 @@ async def _rebuild(
     return {g: ends for g in readers}
 
 
-async def _copied(admin: KafkaSettings, name: str, rows: list[tuple[int, Rec]]) -> bool:
-    """Whether the new ``name`` holds its copies already (True), is empty (False), or holds
-    anything else (refused: written since, so not this move's to fill)."""
-    has = await _read(admin, name)
+async def _still_to_write(
+    admin: KafkaSettings, name: str, rows: list[tuple[int, Rec]]
+) -> list[tuple[int, Rec]]:
+    """What of ``rows`` the new ``name`` does not hold yet: all of them when it is empty, none
+    when it holds them all, the rest of each partition when a move stopped while writing (a
+    partition is written in order, so it holds the first of its copies). Anything else is
+    refused: the topic was written since, so it is not this move's to fill."""
+    has: dict[int, list[bytes | None]] = {}
+    for r in await _read(admin, name):
+        has.setdefault(r.partition, []).append(r.value)
     if not has:
-        return False
-    if len(has) == len(rows):
-        return True
+        return rows
+    left: list[tuple[int, Rec]] = []
+    seen: dict[int, int] = {}
+    for p, r in rows:
+        i = seen[p] = seen.get(p, 0) + 1
+        written = has.get(p, [])
+        if i <= len(written):
+            if written[i - 1] != r.value:
+                break
+            continue
+        left.append((p, r))
+    else:
+        if all(len(v) <= seen.get(p, 0) for p, v in has.items()):
+            return left
     raise MigrationError(
-        f"{name} holds {len(has)} record(s), neither none nor the {len(rows)} copies of this "
-        "move: it was written since; compare it with the spool file before writing anything"
+        f"{name} holds records that are not the first copies of this move: it was written "
+        "since; compare it with the spool file before writing anything"
     )
 
 
