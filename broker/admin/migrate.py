@@ -228,7 +228,8 @@ async def _rebuild(
     """Make the deleted topics again and write their records back (under the hold); the inbox
     readers' offsets set to the end of the copy. What a resumed move finds written already is
     not written again."""
-    missing = [m.name for m in moves if m.name not in await partition_counts(admin, [m.name])]
+    there = await partition_counts(admin, [m.name for m in moves])
+    missing = [m.name for m in moves if m.name not in there]
     await asyncio.to_thread(_router_let_go, admin, missing)
     placed = {m.name: _placed(records[m.name], m.spec.partitions) for m in moves}
     outbound = admin.topics.outbound(agency)
@@ -364,9 +365,11 @@ def _agency_groups(admin: KafkaSettings, agency: str) -> list[str]:
     return mine
 
 
-def _committed(admin: KafkaSettings, groups: list[str]) -> dict[str, dict[tuple[str, int], int]]:
-    """Each group's committed offsets."""
-    client = _admin(admin)
+def _committed(
+    admin: KafkaSettings, groups: list[str], client: AdminClient | None = None
+) -> dict[str, dict[tuple[str, int], int]]:
+    """Each group's committed offsets (asked with ``client``, if given)."""
+    client = client or _admin(admin)
     out: dict[str, dict[tuple[str, int], int]] = {}
     for group in groups:  # the call takes one group at a time
         got = _result(
@@ -621,7 +624,7 @@ def _router_let_go(admin: KafkaSettings, names: list[str]) -> None:
             for tp in (m.assignment.topic_partitions if m.assignment else [])
             if tp.topic in names
         }
-        kept = {t for t, _ in _committed(admin, [group]).get(group, {}) if t in names}
+        kept = {t for t, _ in _committed(admin, [group], client).get(group, {}) if t in names}
         if not held and not kept:
             return
         if time.monotonic() > until:
