@@ -4,7 +4,13 @@ traffic played faster, the router restarted in the middle of it and some connect
 What it costs, and how each cost grows with the number of agencies.
 
     .venv/bin/python -m benchmarks.bench_national [--providers 3000] [--cases 83000]
-        [--day-s 120] [--routers 2] [--out national.json]
+        [--day-s 120] [--routers 2] [--keep DIR] [--out national.json]
+
+With ``--keep DIR`` the exchange outlives the run: its prefix and the played agencies' keys are
+written to ``DIR``, and a later run with the same ``DIR`` plays the day again on it, without
+provisioning or loading (minutes instead of half an hour). The broker must outlive the run too:
+start it first (``CBX_KAFKA_HEAP=2048m cbx kafka start``), and the run uses it; a broker the
+run started itself is stopped and purged at its end, ``--keep`` or not.
 
 Reported (``results/national.json`` and a table on stdout):
 
@@ -13,9 +19,11 @@ Reported (``results/national.json`` and a table on stdout):
   resident memory (read from ``/proc``; the embedded broker only);
 - the routers' start to ready with the whole registry (``--routers``, 2 by default, as deployed:
   one instance's restart never stops routing), and one instance's warm-up after a restart in the
-  middle of the day (SIGTERM, start again, until ``/readyz``), with the latency of IMMEDIATE
-  missing reports posted every 200 ms from the SIGTERM until a second after it is ready again
-  (from the force's send to the last of the four recipients' systems);
+  middle of the day (SIGTERM, start again, until ``/readyz`` and until it owns partitions again),
+  with the latency of IMMEDIATE missing reports posted every 200 ms from the SIGTERM until a
+  second after it is ready again (from the force's send to the last of the four recipients'
+  systems). The instance restarted is the one that owns the reporting force's urgent lane: the
+  worst case, as the lane changes hands when it leaves and may again when it comes back;
 - IMMEDIATE latency the rest of the day, and routine messages delivered;
 - a small agency's and a police force's connector started again mid-day: seconds and peak
   memory (each in a child process, as in ``bench_registry``).
@@ -74,8 +82,9 @@ from benchmarks.bench_registry import (
 )
 from broker import model
 from broker.admin import provision
+from broker.kafka import clients as kafka
 from broker.kafka import embedded as local_kafka
-from broker.kafka import principals
+from broker.kafka import lanes, principals
 from broker.kafka.settings import KafkaSettings
 from broker.policy.profiles import agency_topics
 from broker.policy.reference import reference
@@ -202,12 +211,32 @@ async def provision_all(
     return rows
 
 
+def owned(router: Router) -> set[str]:
+    """The partitions ``router`` owns now (``topic/partition``), from its log."""
+    mine: set[str] = set()
+    path = router.home / f"{router.name}.log"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if '"partitions_assigned"' in line or '"partitions_revoked"' in line:
+            entry = json.loads(line)
+            parts = set(entry["partitions"])
+            mine = mine | parts if entry["event"] == "partitions_assigned" else mine - parts
+    return mine
+
+
+async def lane_owner(ns: KafkaSettings, routers: list[Router], agency: str) -> Router:
+    """The instance that owns ``agency``'s urgent lane: the one whose restart its reports feel
+    (the others' restarts move none of its partitions)."""
+    topic = ns.topics.outbound(agency)
+    lane = f"{topic}/{lanes.lane_of(len(await kafka.partitions(ns, topic)))}"
+    return next((r for r in routers if lane in owned(r)), routers[0])
+
+
 async def play_day(
-    ns: KafkaSettings, conns: dict[str, Any], day_s: float, router: Router, fraction: float
+    ns: KafkaSettings, conns: dict[str, Any], day_s: float, routers: list[Router], fraction: float
 ) -> dict[str, Any]:
-    """The day's messages in ``day_s`` seconds; ``router`` (one of the instances) restarted
-    half-way, and a small agency's and a force's connector started again (in child processes)
-    meanwhile."""
+    """The day's messages in ``day_s`` seconds; the router instance that owns the reporting
+    force's urgent lane restarted half-way, and a small agency's and a force's connector started
+    again (in child processes) meanwhile."""
     kent, force = conns[KENT], conns[LANCS_POLICE]
     rng = random.Random(20261128)
     day = {k: max(1, round(v * fraction)) for k, v in DAY.items()}
@@ -237,6 +266,8 @@ async def play_day(
             lost.append(mid)
 
     async def restart_router() -> None:
+        router = await lane_owner(ns, routers, LANCS_POLICE)
+        restart["router_restarted"] = router.name
         assert router.stop() == 0, "the router did not stop cleanly on SIGTERM"
         since = router.start()
         pending = []
@@ -248,6 +279,11 @@ async def play_day(
 
         poster = asyncio.create_task(posting())
         restart["router_warm_up_s"] = round(await router.ready(since), 3)
+        for _ in range(1200):  # a minute at most
+            if owned(router):
+                break
+            await asyncio.sleep(0.05)
+        restart["router_owns_partitions_s"] = round(time.perf_counter() - since, 3)
         # And a second more: with several instances, the group shares the partitions out again
         # as the restarted one comes back, which pauses the partitions that move.
         await asyncio.sleep(1.0)
@@ -313,6 +349,72 @@ def sink(agency: str) -> Any:
     return take
 
 
+async def make_exchange(
+    ns: KafkaSettings, n_providers: int, cases: int, n_public: int | None, pid: int | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Provision every agency under ``ns``'s prefix, publish the played agencies' keys and load
+    ``cases`` placements: what it cost, and the keys."""
+    from broker.crypto.keys import AgencyKeys
+
+    print("setting up", flush=True)
+    await provision.setup(ns)
+    ref = reference()
+    public = [*ref.councils, *ref.forces, *ref.icbs]
+    if n_public is not None:  # a smaller run: the agencies of the played placement first
+        rest = [a for a in public if a not in AGENCIES and a != HOME]
+        public = [a for a in AGENCIES if a != HOME] + rest[: max(0, n_public - 6)]
+    homes = providers(n_providers)
+    everyone = [*public, *homes]
+    steps = [len(public)]
+    step = max(1, n_providers // 6)
+    steps += [len(public) + k for k in range(step, n_providers, step)]
+    steps.append(len(everyone))
+    steps = sorted(set(steps))
+    print(f"provisioning {len(everyone)} agencies", flush=True)
+    growth = await provision_all(ns, everyone, steps, pid)
+
+    keys = {a: AgencyKeys.new(a) for a in AGENCIES}
+    for k in keys.values():
+        await provision.publish_agency_keys(ns, k)
+    print(f"loading {cases} placements", flush=True)
+    load_s = await load(ns, cases)
+    made = {
+        "prefix": ns.topics.prefix,
+        "agencies": len(everyone),
+        "providers": n_providers,
+        "cases": cases,
+        "load_s": round(load_s, 1),
+        "growth": growth,
+    }
+    return made, keys
+
+
+class Kept:
+    """An exchange kept for later runs (``--keep``): its prefix, what setting it up cost, and
+    the played agencies' keys."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.file = folder / "exchange.json"
+
+    def load(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """What the first run wrote, and the keys; None when nothing is kept here yet."""
+        from broker.crypto import keys as keystore
+
+        if not self.file.exists():
+            return None
+        made = json.loads(self.file.read_text())
+        keys = {a: keystore.load(self.folder / "keys" / f"{a}.json") for a in AGENCIES}
+        return made, keys
+
+    def save(self, made: dict[str, Any], keys: dict[str, Any]) -> None:
+        from broker.crypto import keys as keystore
+
+        for agency, k in keys.items():
+            keystore.save(k, self.folder / "keys" / f"{agency}.json")
+        self.file.write_text(json.dumps(made, indent=2) + "\n")
+
+
 async def run(
     n_providers: int,
     cases: int,
@@ -321,8 +423,8 @@ async def run(
     n_public: int | None = None,
     fraction: float = 1.0,
     n_routers: int = 2,
+    keep: Path | None = None,
 ) -> dict[str, Any]:
-    from broker.crypto.keys import AgencyKeys
     from connectors.gateway.connector import Connector
 
     external = KafkaSettings.from_env()
@@ -333,30 +435,18 @@ async def run(
         settings, pid = state.settings(), state.pid
     else:
         settings, pid = external, None
+    kept = Kept(keep) if keep is not None else None
+    found = kept.load() if kept is not None else None
     try:
-        ns = settings.with_prefix(f"nat{uuid.uuid4().hex[:6]}")
-        print("setting up", flush=True)
-        await provision.setup(ns)
-        ref = reference()
-        public = [*ref.councils, *ref.forces, *ref.icbs]
-        if n_public is not None:  # a smaller run: the agencies of the played placement first
-            rest = [a for a in public if a not in AGENCIES and a != HOME]
-            public = [a for a in AGENCIES if a != HOME] + rest[: max(0, n_public - 6)]
-        homes = providers(n_providers)
-        everyone = [*public, *homes]
-        steps = [len(public)]
-        step = max(1, n_providers // 6)
-        steps += [len(public) + k for k in range(step, n_providers, step)]
-        steps.append(len(everyone))
-        steps = sorted(set(steps))
-        print(f"provisioning {len(everyone)} agencies", flush=True)
-        growth = await provision_all(ns, everyone, steps, pid)
-
-        keys = {a: AgencyKeys.new(a) for a in AGENCIES}
-        for k in keys.values():
-            await provision.publish_agency_keys(ns, k)
-        print(f"loading {cases} placements", flush=True)
-        load_s = await load(ns, cases)
+        if found is not None:
+            made, keys = found
+            ns = settings.with_prefix(made["prefix"])
+            print(f"playing again on {made['prefix']}, kept in {keep}", flush=True)
+        else:
+            ns = settings.with_prefix(f"nat{uuid.uuid4().hex[:6]}")
+            made, keys = await make_exchange(ns, n_providers, cases, n_public, pid)
+            if kept is not None:
+                kept.save(made, keys)
 
         routers = [Router(ns, home, f"router-{i + 1}") for i in range(n_routers)]
         since = [r.start() for r in routers]
@@ -372,7 +462,7 @@ async def run(
             conns[a] = c
         try:
             print(f"playing a day in {day_s:.0f} s", flush=True)
-            day = await play_day(ns, conns, day_s, routers[0], fraction)
+            day = await play_day(ns, conns, day_s, routers, fraction)
         finally:
             for c in conns.values():
                 await c.stop()
@@ -380,11 +470,8 @@ async def run(
                 r.stop()
         return {
             "routers": n_routers,
-            "agencies": len(everyone),
-            "providers": n_providers,
-            "cases": cases,
-            "load_s": round(load_s, 1),
-            "growth": growth,
+            **{k: v for k, v in made.items() if k != "prefix"},
+            "played_again": found is not None,
             "router_first_ready_s": round(first_ready, 3),
             "day": day,
             "at": dt.datetime.now(dt.UTC).isoformat(),
@@ -408,13 +495,19 @@ def main() -> None:
     parser.add_argument(
         "--routers", type=int, default=2, help="Router instances (one of them is restarted)."
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        help="Keep the exchange for later runs in this folder; play again on what it holds.",
+    )
     parser.add_argument("--out", default="national.json", help="File name under results/.")
     args = parser.parse_args()
     from broker.logging import configure_logging
 
     configure_logging(level=os.environ.get("CBX_LOG_LEVEL", "WARNING"))
     with tempfile.TemporaryDirectory(prefix="cbx-bench-national-") as tmp:
-        os.environ.setdefault("CBX_HOME", tmp)
+        if args.keep is None:  # a broker of its own; with --keep, the one already running
+            os.environ.setdefault("CBX_HOME", tmp)
         result = asyncio.run(
             run(
                 args.providers,
@@ -424,6 +517,7 @@ def main() -> None:
                 args.public,
                 args.fraction,
                 args.routers,
+                args.keep,
             )
         )
     RESULTS.mkdir(exist_ok=True)

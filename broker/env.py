@@ -40,6 +40,8 @@ VARIABLES: dict[str, str] = {
     "CBX_REGISTRY_SWEEP_S": "seconds between the router's sweeps for ended cases to remove (3600)",
     "CBX_ROUTER_INSTANCE": "this router instance's name, which ends its transactional id (the "
     "host's name): the same across its restarts, different from every other instance's",
+    "CBX_ROUTER_GROUP_PROTOCOL": "the router group's protocol: consumer (the broker assigns, "
+    "KIP-848) or classic",
 }
 
 

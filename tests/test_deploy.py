@@ -19,7 +19,9 @@ import yaml
 from jsonschema import Draft7Validator
 
 from broker.admin import provision, strimzi
+from broker.kafka import embedded as local_kafka
 from broker.kafka.acls import grants
+from broker.kafka.settings import BROKER_GROUP_SETTINGS
 from broker.kafka.topics import Topics
 from broker.policy.profiles import agency_topics
 from broker.policy.reference import reference
@@ -67,6 +69,26 @@ def test_strimzi_resources_are_valid_against_strimzi_schemas() -> None:
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"])
     names = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert len(names) == len(set(names))
+
+
+def test_every_broker_definition_times_the_routers_group_as_the_embedded_broker_does(
+    tmp_path: Path,
+) -> None:
+    """The router's group uses the consumer protocol, whose heartbeat the brokers set: at Kafka's
+    default (5 s) a partition changing hands waits that long. The Strimzi cluster, the Compose
+    broker and the embedded broker all carry the exchange's settings."""
+    assert BROKER_GROUP_SETTINGS["group.consumer.heartbeat.interval.ms"] <= 250
+    cluster = next(d for d in strimzi.resources("cbx", AGENCIES) if d["kind"] == "Kafka")
+    config = cluster["spec"]["kafka"]["config"]
+    start = (DEPLOY / "compose" / "kafka-start.sh").read_text().splitlines()
+    embedded = dict(
+        line.split("=", 1)
+        for line in local_kafka._server_properties(tmp_path, 1, 2, 3, "x").splitlines()
+    )
+    for name, value in BROKER_GROUP_SETTINGS.items():
+        assert config[name] == value, name
+        assert f"{name}={value}" in start, name
+        assert embedded[name] == str(value), name
 
 
 def test_strimzi_users_hold_exactly_the_acls_the_access_tests_prove() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from broker.errors import ConfigurationError
 from broker.kafka import txn
 from broker.kafka.settings import KafkaSettings
 from broker.kafka.txn import CallStuck
@@ -292,3 +293,59 @@ def test_an_instance_name_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
             router_service.instance_name()
     monkeypatch.delenv("CBX_ROUTER_INSTANCE")
     assert router_service.instance_name()  # the host's name
+
+
+def test_the_router_group_uses_the_consumer_protocol_unless_told_classic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CBX_ROUTER_GROUP_PROTOCOL", raising=False)
+    assert router_service.group_protocol() == "consumer"
+    monkeypatch.setenv("CBX_ROUTER_GROUP_PROTOCOL", "classic")
+    assert router_service.group_protocol() == "classic"
+    monkeypatch.setenv("CBX_ROUTER_GROUP_PROTOCOL", "eager")
+    with pytest.raises(ConfigurationError, match="CBX_ROUTER_GROUP_PROTOCOL: 'eager'"):
+        router_service.group_protocol()
+
+
+@pytest.mark.parametrize("protocol", ["consumer", "classic"])
+def test_the_consumer_is_made_with_the_settings_its_protocol_accepts(
+    protocol: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """librdkafka refuses the classic protocol's session, heartbeat and assignor settings with
+    the consumer protocol (the broker holds them): the pipe drops them, and keeps them for the
+    classic one. No broker is needed to make a consumer and subscribe it."""
+    pipe = txn.Pipe(
+        KafkaSettings("127.0.0.1:1"),
+        "g",
+        "g.a",
+        "^cbx\\.outbound\\..*",
+        lambda parts: None,
+        lambda parts: None,
+        consumer_conf={
+            "group.protocol": protocol,
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 500,
+        },
+    )
+    made: list[dict[str, Any]] = []
+    real = txn.Consumer
+
+    def consumer(conf: dict[str, Any]) -> Any:
+        made.append(conf)
+        return real(conf)
+
+    monkeypatch.setattr(txn, "Consumer", consumer)
+    c = pipe._new_consumer()
+    try:
+        (conf,) = made
+        classic = {"partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms"}
+        if protocol == "consumer":
+            assert conf["group.protocol"] == "consumer"
+            assert not classic & conf.keys()
+        else:
+            assert classic <= conf.keys()
+            assert conf["partition.assignment.strategy"] == "cooperative-sticky"
+    finally:
+        c.close()
+        pipe._thread.shutdown(wait=False)
+        pipe._meta_thread.shutdown(wait=False)

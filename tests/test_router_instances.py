@@ -1,7 +1,7 @@
 """Several router instances in one group share the outbound partitions, exactly once.
 
-The group shares the partitions out by cooperative rebalancing; each instance has one
-transactional producer, and the group's generation in each transaction's offsets (KIP-447) fences
+The group (the consumer protocol: the broker assigns) shares the partitions out; each instance has
+one transactional producer, and the member's epoch in each transaction's offsets (KIP-447) fences
 an instance that has lost its partitions. What the previous owner routed, the new owner must know
 before routing the partitions again.
 """
@@ -52,7 +52,7 @@ def _last(router: RouterProcess, event: str) -> dict[str, object] | None:
 
 
 def _owned(router: RouterProcess) -> set[str]:
-    """What ``router`` owns now, from its log: the increments of cooperative rebalancing."""
+    """What ``router`` owns now, from its log: the increments of each assignment."""
     owned: set[str] = set()
     for line in router.log_text().splitlines():
         if '"partitions_assigned"' in line:
@@ -67,7 +67,7 @@ async def test_routers_share_the_partitions_with_one_producer_each(
 ) -> None:
     """Two instances over some thirty outbound partitions: each partition is owned by exactly
     one, each instance has one transactional producer named after it, and the second joining
-    moves only the partitions it takes (cooperative rebalancing): the first keeps the rest."""
+    moves only the partitions it takes (incremental assignment): the first keeps the rest."""
     async with exchange(kafka_ns, tmp_path) as ex:
         await ex.agencies(ALL)
         every: set[str] = set()
@@ -118,10 +118,24 @@ async def test_two_routers_under_one_name_fence_each_other_and_say_so(
         await kent.send("PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING)
         await ex.wait_registered(LANCS_POLICE, CASE)
         sent = 0
+        # The group's assignor decides which instance owns which partitions (the broker's, with
+        # the consumer protocol, may give one instance whole topics that nobody writes to): one
+        # unreadable record on every outbound partition a round gives each a transaction.
+        outbound = {
+            kafka_ns.topics.outbound(a): await kafka.partitions(
+                kafka_ns, kafka_ns.topics.outbound(a)
+            )
+            for a in ALL
+        }
+        junk = kafka.producer(kafka_ns)
+        await junk.start()
 
         async def fenced() -> bool:
-            # Kent's bulk partitions and the force's lane: both instances own some of them.
             nonlocal sent
+            for topic, parts in outbound.items():
+                for p in parts:
+                    await junk.send(topic, b"\x00not an envelope", key=b"junk", partition=p)
+            await junk.flush()
             places = [
                 kent.prepare(
                     "PlacementNotified",
@@ -143,7 +157,10 @@ async def test_two_routers_under_one_name_fence_each_other_and_say_so(
             await asyncio.sleep(0.5)
             return any('"router_instance_fenced"' in r.log_text() for r in routers)
 
-        await ex.wait_for(fenced, within_s=90, what="an instance to say it was fenced")
+        try:
+            await ex.wait_for(fenced, within_s=90, what="an instance to say it was fenced")
+        finally:
+            await junk.stop()
         line = next(
             json.loads(x)
             for r in routers

@@ -16,6 +16,7 @@ from typing import Any
 from broker.admin.provision import SERVICES
 from broker.kafka.acls import Grant, grants
 from broker.kafka.clients import REPLICAS
+from broker.kafka.settings import BROKER_GROUP_SETTINGS
 from broker.kafka.topics import Topics, TopicSpec, check_agency_id
 from broker.policy.profiles import agency_topics
 
@@ -113,6 +114,7 @@ def kafka(
                     "unclean.leader.election.enable": False,
                     "auto.create.topics.enable": False,
                     "allow.everyone.if.no.acl.found": False,
+                    **BROKER_GROUP_SETTINGS,
                 },
             },
             "entityOperator": {"topicOperator": {}, "userOperator": {}},

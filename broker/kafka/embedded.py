@@ -37,7 +37,7 @@ from pathlib import Path
 from broker import env
 from broker.errors import EmbeddedKafkaError, JavaNotFoundError
 from broker.files import write_private, write_private_json
-from broker.kafka.settings import KafkaSettings
+from broker.kafka.settings import BROKER_GROUP_SETTINGS, KafkaSettings
 from broker.kafka.tls import ensure_dev_pki
 from broker.paths import cbx_cache, cbx_home, project_root
 
@@ -317,6 +317,7 @@ def _server_properties(
         # A replica that fell behind may not become leader: acknowledged writes are never lost.
         "unclean.leader.election.enable": "false",
         "group.initial.rebalance.delay.ms": "0",
+        **{name: str(value) for name, value in BROKER_GROUP_SETTINGS.items()},
         "auto.create.topics.enable": "false",
         "log.retention.hours": "168",
         "log.segment.bytes": str(64 * 1024 * 1024),

@@ -13,6 +13,18 @@ from broker import env as cbx_env
 from broker.errors import ConfigurationError
 from broker.kafka.topics import Topics
 
+#: What the exchange asks of every broker for the router's group, which uses the consumer group
+#: protocol (KIP-848): the broker assigns the partitions and tells each member of a change at its
+#: next heartbeat, so the interval is what a partition changing hands waits (the default, 5 s,
+#: would hold an urgent lane that long whenever a router instance stops or starts). A member gone
+#: without leaving is dropped after 10 s (45 s by default), as the classic protocol's router did.
+BROKER_GROUP_SETTINGS: dict[str, int] = {
+    "group.consumer.min.heartbeat.interval.ms": 100,
+    "group.consumer.heartbeat.interval.ms": 250,
+    "group.consumer.min.session.timeout.ms": 6_000,
+    "group.consumer.session.timeout.ms": 10_000,
+}
+
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 

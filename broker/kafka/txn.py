@@ -1,10 +1,11 @@
 """Consume-transform-produce with confluent-kafka, driven from asyncio.
 
 librdkafka has what aiokafka lacks for it: KIP-447, where ``send_offsets_to_transaction`` carries
-the consumer group's generation, so the group fences a zombie and one transactional producer
-serves every partition a process owns; offset fetches that wait for pending transactions
-(``require_stable``); and cooperative rebalancing, where a rebalance stops only the partitions
-that move. Its calls block, so they run on one worker thread of their own: the clients are not
+the consumer group's generation (the member's epoch), so the group fences a zombie and one
+transactional producer serves every partition a process owns; offset fetches that wait for
+pending transactions (``require_stable``); and incremental assignment (the consumer group
+protocol of KIP-848, or the classic one's cooperative rebalancing), where only the partitions
+that move stop. Its calls block, so they run on one worker thread of their own: the clients are not
 thread-safe, and one thread serialises them. Rebalance callbacks run on that thread, inside a
 ``consume``, while the asyncio side waits for it.
 
@@ -50,6 +51,11 @@ METADATA_EVERY_S = 30.0
 #: coordinating the router's group and transactions was killed, ``send_offsets_to_transaction``
 #: was seen blocked for minutes with a 30 s timeout.
 STUCK_S = CALL_TIMEOUT_S + 5
+
+
+#: Consumer settings of the classic group protocol that the consumer protocol (KIP-848) moves to
+#: the broker, and librdkafka refuses with it.
+CLASSIC_ONLY = ("partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms")
 
 
 class CallStuck(KafkaUnavailableError):
@@ -203,6 +209,10 @@ class Pipe:
             "error_cb": self._log_error,
             **self._consumer_conf,
         }
+        if conf.get("group.protocol") == "consumer":
+            # The broker assigns and times the group (KIP-848): these are its settings.
+            for name in CLASSIC_ONLY:
+                conf.pop(name, None)
         consumer = Consumer(conf)
         consumer.subscribe(
             [self.pattern],

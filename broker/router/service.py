@@ -1,9 +1,10 @@
 """``cbx router``: the router as a Kafka service, exactly once.
 
 Consume-transform-produce runs in Kafka transactions with confluent-kafka (:mod:`broker.kafka.txn`):
-one consumer in the router group with cooperative rebalancing, and one transactional producer per
-instance. ``send_offsets_to_transaction`` carries the group's generation (KIP-447), so the group
-coordinator refuses the offsets of an instance that has lost its partitions, and its transaction
+one consumer in the router group, which uses the consumer group protocol (KIP-848: the broker
+assigns, and only the partitions that move stop), and one transactional producer per instance.
+``send_offsets_to_transaction`` carries the member's epoch (KIP-447), so the group coordinator
+refuses the offsets of an instance that has lost its partitions, and its transaction
 is aborted: the producer's transactional id no longer has to name the partitions, and one
 producer serves all an instance owns. The id names the instance (``CBX_ROUTER_INSTANCE``, by
 default the host's name), stable across its restarts, so an instance started again aborts the
@@ -97,6 +98,9 @@ MOVED_ON = frozenset(
         KafkaError.UNKNOWN_MEMBER_ID,
         KafkaError.REBALANCE_IN_PROGRESS,
         KafkaError.FENCED_INSTANCE_ID,
+        # The consumer protocol's words for the same (KIP-848: the member's epoch moved on).
+        KafkaError.STALE_MEMBER_EPOCH,
+        KafkaError.FENCED_MEMBER_EPOCH,
     }
 )
 
@@ -110,6 +114,18 @@ def instance_name(given: str | None = None) -> str:
             f"CBX_ROUTER_INSTANCE: {name!r} is not 1 to 100 letters, digits, '.', '_' or '-'"
         )
     return name
+
+
+def group_protocol() -> str:
+    """The router group's protocol: ``consumer`` (KIP-848, Kafka 4.0 and later: the broker
+    assigns, and only the partitions that move stop), unless ``CBX_ROUTER_GROUP_PROTOCOL`` says
+    ``classic`` (a cluster older than 4.0; cooperative-sticky, assigned by a group member)."""
+    protocol = env.get("CBX_ROUTER_GROUP_PROTOCOL") or "consumer"
+    if protocol not in ("consumer", "classic"):
+        raise ConfigurationError(
+            f"CBX_ROUTER_GROUP_PROTOCOL: {protocol!r} is not 'consumer' or 'classic'"
+        )
+    return protocol
 
 
 def _where(parts: set[Part] | list[Part]) -> list[str]:
@@ -210,6 +226,7 @@ class RouterService:
             self._acquire,
             self._release,
             consumer_conf={
+                "group.protocol": group_protocol(),
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 500,
                 # A new agency's outbound topic is read within seconds of its creation. Each

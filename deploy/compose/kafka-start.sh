@@ -35,6 +35,11 @@ share.coordinator.state.topic.min.isr=2
 unclean.leader.election.enable=false
 auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
+# The router's group (consumer protocol): a partition changing hands waits a heartbeat at most.
+group.consumer.min.heartbeat.interval.ms=100
+group.consumer.heartbeat.interval.ms=250
+group.consumer.min.session.timeout.ms=6000
+group.consumer.session.timeout.ms=10000
 PROPS
 /opt/kafka/bin/kafka-storage.sh format --ignore-formatted --cluster-id "$cluster_id" \
   --config "$config" --add-scram "SCRAM-SHA-512=[name=admin,password=${password}]"
