@@ -45,6 +45,7 @@ class TopicFollower:
         self._task: asyncio.Task[None] | None = None
         self._tps: list[TopicPartition] = []
         self._progress = asyncio.Condition()
+        self.asked_s = 0.0
 
     async def start(self) -> None:
         parts = await kafka.partitions(self.settings, self.topic)
@@ -89,8 +90,11 @@ class TopicFollower:
         from the start takes as long as it takes, so long as it moves."""
         if not self._tps:
             return
-        end = await self._consumer.end_offsets(self._tps)
         loop = asyncio.get_running_loop()
+        asked = loop.time()
+        end = await self._consumer.end_offsets(self._tps)
+        #: Seconds the last sync spent asking for the end offsets (the rest was reading to them).
+        self.asked_s = loop.time() - asked
         seen = -1
         moved = loop.time()
         while True:

@@ -423,10 +423,15 @@ class RouterService:
             # owner's transactions are committed or aborted: catch up with the routed ids they
             # wrote before deciding, or a message that owner routed and its sender published
             # again would be routed a second time.
+            syncing = time.monotonic()
             await self.routed_follower.sync()
             self._unsynced -= behind
             log.info(
-                "routed_ids_caught_up", partitions=len(behind), routed_ids=len(self.state.routed)
+                "routed_ids_caught_up",
+                partitions=len(behind),
+                routed_ids=len(self.state.routed),
+                seconds=round(time.monotonic() - syncing, 3),
+                end_offsets_s=round(self.routed_follower.asked_s, 3),
             )
         outcomes: list[tuple[Outcome, Any]] = []
         offsets: dict[Part, int] = {}
