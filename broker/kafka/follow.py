@@ -45,6 +45,7 @@ class TopicFollower:
         self._task: asyncio.Task[None] | None = None
         self._tps: list[TopicPartition] = []
         self._progress = asyncio.Condition()
+        #: Seconds the last sync spent asking for the end offsets (the rest was reading to them).
         self.asked_s = 0.0
 
     async def start(self) -> None:
@@ -93,7 +94,6 @@ class TopicFollower:
         loop = asyncio.get_running_loop()
         asked = loop.time()
         end = await self._consumer.end_offsets(self._tps)
-        #: Seconds the last sync spent asking for the end offsets (the rest was reading to them).
         self.asked_s = loop.time() - asked
         seen = -1
         moved = loop.time()
