@@ -18,7 +18,14 @@ PACKAGES = ("broker", "connectors", "cbx")
 # Lowest first. A module may import its own rank or lower; same-rank imports are checked for loops.
 LAYERS: list[tuple[str, ...]] = [
     ("broker.env", "broker.errors", "broker.model"),
-    ("broker.paths", "broker.logging", "broker.files", "broker.web", "broker.health"),
+    (
+        "broker.paths",
+        "broker.logging",
+        "broker.files",
+        "broker.web",
+        "broker.health",
+        "broker.heap",
+    ),
     ("broker.kafka", "broker.schema"),
     ("broker.policy", "broker.crypto"),
     ("broker.envelope", "broker.directory", "broker.delivery_log"),

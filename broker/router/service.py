@@ -25,7 +25,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 from prometheus_client import Counter, Histogram, start_http_server
 
-from broker import env
+from broker import env, heap
 from broker.admin.identity import ensure_identity
 from broker.crypto.sealing import BodyForms, Sealer
 from broker.directory import Directory, DirectoryCodec, apply
@@ -205,9 +205,12 @@ class RouterService:
         # Read side by side. The routed ids are followed, not read once: a partition taken over
         # from another instance must be routed knowing every id its previous owner routed (see
         # _route).
-        await asyncio.gather(
-            self.placement_follower.start(), self.routed_follower.start(), self.follower.start()
-        )
+        with heap.loading("router state"):
+            await asyncio.gather(
+                self.placement_follower.start(),
+                self.routed_follower.start(),
+                self.follower.start(),
+            )
         log.info(
             "router_state_loaded",
             placements=len(self.state.registry),
@@ -235,7 +238,7 @@ class RouterService:
                 "topic.metadata.refresh.interval.ms": 10_000,
                 # What the client fetches ahead is small: an urgent record fetched behind it
                 # reaches the router once it is taken, and the router takes it all at once.
-                "queued.min.messages": 1_000,
+                "queued.min.messages": 10_000,
                 "queued.max.messages.kbytes": 8_192,
                 # A fetch the broker holds until a record is committed or this passes: it
                 # answers as soon as one is, so this is not a latency. Each answer makes the
@@ -345,6 +348,7 @@ class RouterService:
         assert self.core is not None
         assert self.placement_follower is not None
         if self.state.registry.settle(SETTLE_CHUNK):
+            heap.keep("registry decoded")
             return 0  # cases still encoded: decoded a step at a time, then swept
         cutoff = dt.datetime.now(dt.UTC) - self.ended_case_kept
         due = self.state.registry.ended_before(cutoff)

@@ -23,6 +23,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from broker import heap
 from broker.admin.identity import ensure_identity
 from broker.crypto.sealing import BodyForms, Sealer
 from broker.crypto.signing import Signer, Verifier
@@ -426,8 +427,9 @@ class TrackerService:
         self._signer = Signer(keys)
         self._sealer = Sealer(keys, self.directory, SharingPolicy.load(), self.forms)
         async with kafka.access(self.settings):
-            for f in self._followers:
-                await f.start()
+            with heap.loading("tracker views"):
+                for f in self._followers:
+                    await f.start()
             self._producer = kafka.producer(self.settings)
             await self._producer.start()
             self._consumer = kafka.consumer(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from broker import heap
 from broker.crypto.keys import AgencyKeys
 from broker.crypto.sealing import BodyForms, KeyReuse, Sealer
 from broker.crypto.signing import Verifier
@@ -134,8 +135,9 @@ class Connector:
                     lambda r: self.statuses.apply(self._logs.decode(r.value)),
                 ),
             ]
-            for f in self._followers:
-                await f.start()
+            with heap.loading("connector views"):
+                for f in self._followers:
+                    await f.start()
             self._producer = kafka.producer(self.settings, client_id=f"cbx-connector-{self.agency}")
             await self._producer.start()
 
