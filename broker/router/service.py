@@ -236,14 +236,18 @@ class RouterService:
                 # refresh reads every topic (the subscription is a pattern): at national size,
                 # some 13,000, which cost an idle router a third of a core every 3 s.
                 "topic.metadata.refresh.interval.ms": 10_000,
-                # What the client fetches ahead is small: an urgent record fetched behind it
-                # reaches the router once it is taken, and the router takes it all at once.
+                # What the client fetches ahead is small (bounded in bytes): an urgent record
+                # fetched behind it reaches the router once it is taken, and the router takes it
+                # all at once. The count counts transaction markers read past too, about one a
+                # partition taken over: a bound of 1,000 stopped every fetch, the lanes' too,
+                # after a takeover of 2,000 partitions until the router had taken them.
                 "queued.min.messages": 10_000,
                 "queued.max.messages.kbytes": 8_192,
                 # A fetch the broker holds until a record is committed or this passes: it
-                # answers as soon as one is, so this is not a latency. Each answer makes the
-                # broker look at every partition of the instance's fetch session (about 2,000
-                # at national size), which at 100 ms cost it half a core with nothing to route.
+                # answers as soon as one is, so this is not a latency. Each fetch names every
+                # partition of the instance (about 2,000 at national size; librdkafka has no
+                # fetch sessions), which at 100 ms cost the broker half a core with nothing to
+                # route.
                 "fetch.wait.max.ms": 500,
             },
         )
