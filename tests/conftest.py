@@ -7,6 +7,7 @@ in a private ``CBX_HOME``, so a developer's own ``cbx kafka start`` broker is le
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import uuid
@@ -65,6 +66,16 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSe
         EMBEDDED.clear()
         local_kafka.stop(purge=True)
         mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def _heap_given_back() -> Iterator[None]:
+    """Services started in a test keep what they read out of the collector's walk
+    (``broker.heap``). A service process lives as long as what it keeps; a test's services end
+    with the test, so what they kept goes back to the collector, or cycles among them would
+    stay for the rest of the session."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture
