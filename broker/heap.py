@@ -2,7 +2,7 @@
 
 CPython's cyclic garbage collector walks every container object of its oldest generation at
 each full collection. A router holding a nation's placement registry (about 90,000 cases) was
-seen spending 400 to 800 ms in one, its event loop stopped the while, and an urgent report
+seen spending 400 to 1,040 ms in one, its event loop stopped the while, and an urgent report
 waited as long; while it read that registry at start, it spent 270 to 425 ms in each of several.
 
 :func:`loading` holds the collector off while a service reads its views (nothing it reads makes
