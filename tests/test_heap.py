@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import gc
 import weakref
+from pathlib import Path
+
+from agencies import PLACING
+from exchange import exchange
 
 from broker import heap
+from broker.kafka.settings import KafkaSettings
 
 
 class _Node:
@@ -78,3 +83,15 @@ def test_a_collector_turned_off_before_stays_off() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+async def test_a_connector_keeps_its_views_out_of_the_walk_once_read(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    async with exchange(kafka_ns, tmp_path, start_router=False) as ex:
+        conn = await ex.agency(PLACING)
+
+        assert gc.isenabled()
+        walked = {id(o) for g in range(3) for o in gc.get_objects(generation=g)}
+        assert id(conn.registry) not in walked
+        assert id(conn.directory) not in walked
