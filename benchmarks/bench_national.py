@@ -251,7 +251,9 @@ async def play_day(
     routine = 0
     restart: dict[str, Any] = {}
 
-    async def report(bucket: list[float]) -> None:
+    async def report(
+        bucket: list[float], timeline: list[tuple[float, float]] | None = None
+    ) -> None:
         # One of the cases the home is a party to (bench_registry's first ten).
         case = case_id(KENT, f"KCC-LAC-{rng.randrange(HOME_CASES):06d}")
         out = missing_report(force, case)
@@ -262,19 +264,24 @@ async def play_day(
         try:
             await asyncio.wait_for(waiting[mid].wait(), 120)
             bucket.append((arrived[mid] - started) * 1000)
+            if timeline is not None:
+                timeline.append((started, bucket[-1]))
         except TimeoutError:
             lost.append(mid)
 
     async def restart_router() -> None:
         router = await lane_owner(ns, routers, LANCS_POLICE)
         restart["router_restarted"] = router.name
+        signalled = time.perf_counter()
         assert router.stop() == 0, "the router did not stop cleanly on SIGTERM"
+        restart["router_stop_s"] = round(time.perf_counter() - signalled, 3)
         since = router.start()
         pending = []
+        timeline: list[tuple[float, float]] = []
 
         async def posting() -> None:
             while True:
-                pending.append(asyncio.create_task(report(warm_ms)))
+                pending.append(asyncio.create_task(report(warm_ms, timeline)))
                 await asyncio.sleep(0.2)
 
         poster = asyncio.create_task(posting())
@@ -289,6 +296,11 @@ async def play_day(
         await asyncio.sleep(1.0)
         poster.cancel()
         await asyncio.gather(*pending)
+        # Each report's posting (seconds from the SIGTERM) and its time to the last recipient:
+        # where in the restart the worst ones fell.
+        restart["immediate_during_router_warm_up_each"] = [
+            [round(at - signalled, 3), round(ms, 1)] for at, ms in sorted(timeline)
+        ]
 
     tasks: list[asyncio.Task[Any]] = []
     started = time.perf_counter()
