@@ -55,6 +55,7 @@ bench: kafka-jars
 	$(BIN)/python -m benchmarks.bench_urgent
 	$(BIN)/python -m benchmarks.bench_registry
 	$(BIN)/python -m benchmarks.bench_clients
+	$(BIN)/python -m benchmarks.bench_handover
 
 # Every council, force and ICB and 3,000 providers on one broker, 83,000 placements and a day of
 # traffic with restarts (benchmarks/bench_national.py).

@@ -133,7 +133,7 @@ async def _probe(settings: KafkaSettings, topics: list[str], seconds: float) -> 
         await producer.stop()
 
 
-async def _every_partition_led(settings: KafkaSettings, topics: list[str]) -> None:
+async def every_partition_led(settings: KafkaSettings, topics: list[str]) -> None:
     """One record on every partition, so that no client is measured while leaders are still
     being elected for topics made a moment ago."""
     producer = kafka.producer(settings, linger_ms=5)
@@ -184,7 +184,7 @@ async def run(partitions: int, seconds: float) -> dict[str, Any]:
     try:
         await kafka.ensure_topics(settings, [TopicSpec(t, TOPIC_PARTITIONS) for t in topics])
         print(f"{len(topics)} topics of {TOPIC_PARTITIONS} partitions made", flush=True)
-        await asyncio.wait_for(_every_partition_led(settings, topics), 300)
+        await asyncio.wait_for(every_partition_led(settings, topics), 300)
         pattern = re.escape(f"{settings.topic_prefix}.many.") + ".*"
         result: dict[str, Any] = {
             "benchmark": "clients",
