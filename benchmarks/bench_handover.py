@@ -78,8 +78,8 @@ class Member:
     def _assign(self, consumer: Any, partitions: list[Any]) -> None:
         if not partitions:
             return
-        self.assigned_at.append(time.perf_counter())
         began = time.perf_counter()
+        self.assigned_at.append(began)
         consumer.incremental_assign(partitions)
         self.assign_s.append(time.perf_counter() - began)
         self.owned |= {(p.topic, p.partition) for p in partitions}
@@ -114,6 +114,9 @@ class Member:
             raise TimeoutError("the commit did not complete")
 
     def leave(self) -> None:
+        """Stop polling and leave the group (once: a second call does nothing)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join()
         self.consumer.close()
@@ -182,6 +185,8 @@ async def handover(settings: KafkaSettings, size: int) -> dict[str, Any]:
                 "first_record_s": round(first - left, 3),
             }
         finally:
+            # Both, whatever failed: a member left polling would hold the partitions' group.
+            leaves.leave()
             stays.leave()
     finally:
         try:
