@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from console_harness import (
+    PASSWORDS,
     Played,
     audit_topic,
     console,
@@ -222,12 +223,32 @@ async def test_refusals_are_refused_and_audited(played: Played, tmp_path: Path) 
         assert wrong.status_code == 401
         assert "not right" in wrong.text
         assert client.cookies.get("cbx_console_session") is None
-        # A sign-in form posted without its token.
+        # A sign-in form posted without its token; then one from a browser with no sign-in
+        # cookie (a forged cross-site form), which must not be taken either.
         form = await client.get("/sign-in")
         forged = await client.post(
             "/sign-in", data={"username": "olive", "password": "operator password 1"}
         )
         assert forged.status_code == 403
+        held = client.cookies.get("cbx_console_signin")
+        client.cookies.delete("cbx_console_signin")
+        cookieless = await client.post(
+            "/sign-in",
+            data={
+                "username": "olive",
+                "password": PASSWORDS["olive"],
+                "csrf_token": csrf_of(form.text),
+            },
+        )
+        assert cookieless.status_code == 403
+        assert client.cookies.get("cbx_console_session") is None
+        # A token that is not the cookie's.
+        client.cookies.set("cbx_console_signin", held, domain="console")
+        mismatched = await client.post(
+            "/sign-in",
+            data={"username": "olive", "password": PASSWORDS["olive"], "csrf_token": "x" * 32},
+        )
+        assert mismatched.status_code == 403
         # A viewer trying to replay, and to write a note.
         token = await sign_in(client, "victor")
         replay = await client.post(
@@ -255,7 +276,10 @@ async def test_refusals_are_refused_and_audited(played: Played, tmp_path: Path) 
         if a.outcome == "REFUSED"
     ]
     assert ("olive", "sign-in", "wrong password") in refused
-    assert ("olive", "sign-in", "missing or wrong CSRF token") in refused
+    csrf = "missing or wrong CSRF token"
+    assert ("olive", "sign-in", f"{csrf}: the form had no token") in refused
+    assert ("olive", "sign-in", f"{csrf}: the browser sent no sign-in cookie") in refused
+    assert ("olive", "sign-in", f"{csrf}: the form's token is not the cookie's") in refused
     assert ("victor", "replay", "the viewer role may not replay") in refused
     assert ("olive", "note", "missing or wrong CSRF token") in refused
     assert refused.count(("olive", "note", "missing or wrong CSRF token")) >= 2
@@ -478,3 +502,32 @@ async def test_a_batch_the_view_cannot_store_is_read_again(played: Played, tmp_p
     entries = await log_entries(played.admin)
     assert store.counts()["entries"] == len(entries)
     assert store.counts()["messages"] == len({e.message_id for e in entries if e.message_id})
+
+
+async def test_two_sign_in_pages_open_at_once_both_sign_in(played: Played, tmp_path: Path) -> None:
+    """A second sign-in page (another tab, a reload, a redirect that crosses a submit) keeps the
+    browser's sign-in token, so the form opened first still signs in."""
+    async with console(played, tmp_path / "view.sqlite") as (_r, client):
+        first = await client.get("/sign-in")
+        second = await client.get("/sign-in?next=/escalations")
+        assert csrf_of(first.text) == csrf_of(second.text)
+        answer = await client.post(
+            "/sign-in",
+            data={
+                "username": "olive",
+                "password": PASSWORDS["olive"],
+                "csrf_token": csrf_of(first.text),
+                "next": "/board",
+            },
+        )
+        assert answer.status_code == 303, answer.text[-2000:]
+        assert answer.headers["location"] == "/board"
+        # Signed in, the sign-in token is spent: the next sign-in page has a new one.
+        assert client.cookies.get("cbx_console_signin") is None
+        again = await client.get("/sign-in")
+        assert csrf_of(again.text) != csrf_of(first.text)
+        # A cookie that is not a token this console made is replaced, never echoed back.
+        client.cookies.set("cbx_console_signin", '"><script>', domain="console")
+        page = await client.get("/sign-in")
+        assert "<script>" not in csrf_of(page.text)
+        assert len(csrf_of(page.text)) == 32

@@ -114,6 +114,10 @@ def _session(
     find("#password").send_keys(PASSWORDS["olive"])
     shot("sign-in")
     find("#sign-in").click()
+    # The submit is a navigation of its own: wait for it to land before going anywhere else,
+    # or a second navigation can cross it.
+    wait_for(lambda: "/sign-in" not in browser.current_url, what="the sign-in to complete")
+    assert find("#signed-in-as").text == "olive"
 
     # The board (over the week): each agency's numbers as the delivery log has them.
     browser.get(base + "/board?window=week")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
 import secrets
 import time
 import urllib.parse
@@ -47,6 +48,8 @@ from .store import STATUSES, Search, ViewStore, utc
 HERE = Path(__file__).parent
 COOKIE = "cbx_console_session"
 LOGIN_CSRF_COOKIE = "cbx_console_signin"
+CSRF_REFUSED = "missing or wrong CSRF token"
+_SIGN_IN_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
 WINDOWS = {"hour": 3600, "day": 86_400, "week": 7 * 86_400}
 MAX_FORM_BYTES = 64 * 1024
 ROTATE_AFTER_DAYS = 365
@@ -249,7 +252,7 @@ def create_app(c: Console) -> FastAPI:
                 action,
                 "REFUSED",
                 actor_role=str(s.role),
-                reason="missing or wrong CSRF token",
+                reason=CSRF_REFUSED,
                 client=client(request),
                 **about,
             )
@@ -304,8 +307,11 @@ def create_app(c: Console) -> FastAPI:
         error: str | None = None,
         username: str = "",
     ) -> Response:
-        """The sign-in form, with a fresh double-submit token in the form and a cookie."""
-        token = secrets.token_urlsafe(24)
+        """The sign-in form, with a double-submit token in the form and a cookie. A browser that
+        already holds a well-formed sign-in token keeps it, so a second sign-in page (another
+        tab, a reload, a redirect racing a submit) does not invalidate a form already open."""
+        held = request.cookies.get(LOGIN_CSRF_COOKIE) or ""
+        token = held if _SIGN_IN_TOKEN.fullmatch(held) else secrets.token_urlsafe(24)
         r = page(
             request,
             "sign_in.html",
@@ -338,14 +344,13 @@ def create_app(c: Console) -> FastAPI:
         name = (_text(form.get("username")) or "").strip().lower()
         password = _text(form.get("password")) or ""
         nxt = _safe_next(_text(form.get("next")) or "/board")
-        expected = request.cookies.get(LOGIN_CSRF_COOKIE) or ""
-        reason = None
+        reason = _sign_in_token_refusal(
+            request.cookies.get(LOGIN_CSRF_COOKIE), _text(form.get("csrf_token"))
+        )
         role = None
-        if not expected or not csrf_matches(expected, _text(form.get("csrf_token"))):
-            reason = "missing or wrong CSRF token"
-        elif not name or not password:
+        if reason is None and (not name or not password):
             reason = "account name or password missing"
-        else:
+        elif reason is None:
             role = c.accounts.verify(name, password)
             if role is None:
                 reason = "wrong password" if c.accounts.exists(name) else "no such account"
@@ -357,7 +362,7 @@ def create_app(c: Console) -> FastAPI:
                 reason=reason,
                 client=client(request),
             )
-            status = 403 if reason == "missing or wrong CSRF token" else 401
+            status = 403 if reason and reason.startswith(CSRF_REFUSED) else 401
             return sign_in_page(
                 request,
                 nxt,
@@ -834,6 +839,18 @@ def create_app(c: Console) -> FastAPI:
         return JSONResponse(_jsonable(c.store.actions()))
 
     return app
+
+
+def _sign_in_token_refusal(cookie: str | None, given: str | None) -> str | None:
+    """Why a sign-in form's double-submit token is refused, naming the half that was wrong (the
+    operator who reports "the form had expired" can then be told why), or None."""
+    if not cookie:
+        return f"{CSRF_REFUSED}: the browser sent no sign-in cookie"
+    if not given:
+        return f"{CSRF_REFUSED}: the form had no token"
+    if not csrf_matches(cookie, given):
+        return f"{CSRF_REFUSED}: the form's token is not the cookie's"
+    return None
 
 
 def _text(v: Any) -> str | None:
