@@ -384,10 +384,10 @@ async def measure_cbx(settings: KafkaSettings, bulk: int, concurrency: int, home
     routed_at: dict[str, float] = {}
 
     def note(r: Any) -> None:
-        entry = logs.decode(r.value)
-        if entry.message_id in posted and entry.status == Status.ROUTED:
-            t = entry.at.timestamp()
-            routed_at[entry.message_id] = max(routed_at.get(entry.message_id, 0.0), t)
+        for entry in logs.entries(r.value):
+            if entry.message_id in posted and entry.status == Status.ROUTED:
+                t = entry.at.timestamp()
+                routed_at[entry.message_id] = max(routed_at.get(entry.message_id, 0.0), t)
 
     await kafka.read_to_end(ns, ns.topics.delivery_log, note)
     phases: dict[str, list[float]] = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -42,6 +42,15 @@ class Status(StrEnum):
 
 
 @dataclass(frozen=True)
+class RoutedTo:
+    """A recipient the router wrote a message to, carried on the message's ACCEPTED record."""
+
+    recipient: str
+    role: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class LogEntry:
     """One delivery-log record."""
 
@@ -64,17 +73,57 @@ class LogEntry:
     """The sharing decision (purpose, lawful_basis, consent, decision_maker_role), on ACCEPTED."""
     facts: dict[str, str] | None = None
     """Clear body fields statutory clocks read, as text, on ACCEPTED (obligations.yaml)."""
+    routed: tuple[RoutedTo, ...] | None = None
+    """On the router's ACCEPTED record: the recipients written to in the same transaction, each
+    a ROUTED entry once read (:meth:`LogCodec.entries`). None on every entry a reader sees."""
 
     def to_record(self) -> dict[str, Any]:
-        # Every field is a scalar: a shallow copy (dataclasses.asdict deep-copies, and cost the
-        # router a fifth of its time).
+        # A shallow copy (dataclasses.asdict deep-copies, and cost the router a fifth of its
+        # time); only the routed list holds records.
         d = {f: getattr(self, f) for f in _FIELDS}
         d["status"] = str(self.status)
+        if self.routed is not None:
+            d["routed"] = [
+                {"recipient": r.recipient, "role": r.role, "reason": r.reason} for r in self.routed
+            ]
         return d
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> LogEntry:
-        return cls(**{**r, "status": Status(r["status"])})
+        routed = r.get("routed")
+        return cls(
+            **{
+                **r,
+                "status": Status(r["status"]),
+                "routed": None if routed is None else tuple(RoutedTo(**x) for x in routed),
+            }
+        )
+
+    def expanded(self) -> list[LogEntry]:
+        """This entry as the readers know it: an ACCEPTED record carrying its recipients is the
+        ACCEPTED entry and one ROUTED entry for each, as they were once written one by one."""
+        if self.routed is None:
+            return [self]
+        routed = [
+            LogEntry(
+                message_id=self.message_id,
+                status=Status.ROUTED,
+                at=self.at,
+                event_type=self.event_type,
+                sender=self.sender,
+                recipient=r.recipient,
+                role=r.role,
+                case_ref=self.case_ref,
+                urgency=self.urgency,
+                occurred_at=self.occurred_at,
+                ack_deadline=self.ack_deadline,
+                reason=r.reason,
+                source=self.source,
+                writer=self.writer,
+            )
+            for r in self.routed
+        ]
+        return [replace(self, routed=None), *routed]
 
     def as_json(self) -> dict[str, Any]:
         d = self.to_record()
@@ -92,8 +141,12 @@ class LogCodec:
     def encode(self, entry: LogEntry) -> bytes:
         return codec.encode(self._v.parsed, self._v.fingerprint, entry.to_record())
 
-    def decode(self, data: bytes) -> LogEntry:
-        return LogEntry.from_record(codec.decode(data, self._store.writer_for, self._v.parsed))
+    def entries(self, data: bytes) -> list[LogEntry]:
+        """The entries one record holds: one, or an ACCEPTED and its ROUTED entries (a record
+        the router writes for a routed message). Every reader reads through this."""
+        return LogEntry.from_record(
+            codec.decode(data, self._store.writer_for, self._v.parsed)
+        ).expanded()
 
 
 _FIELDS = tuple(f.name for f in fields(LogEntry))

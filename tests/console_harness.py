@@ -139,7 +139,9 @@ async def sign_in(client: httpx.AsyncClient, name: str, password: str | None = N
 async def log_entries(ns: KafkaSettings) -> list[LogEntry]:
     codec = LogCodec(CATALOGUE)
     out: list[LogEntry] = []
-    await kafka.read_to_end(ns, ns.topics.delivery_log, lambda r: out.append(codec.decode(r.value)))
+    await kafka.read_to_end(
+        ns, ns.topics.delivery_log, lambda r: out.extend(codec.entries(r.value))
+    )
     return out
 
 

@@ -215,7 +215,7 @@ class Exchange:
         await kafka.read_to_end(
             self.settings,
             self.settings.topics.delivery_log,
-            lambda r: out.append(LOGS.decode(r.value)),
+            lambda r: out.extend(LOGS.entries(r.value)),
         )
         return out
 

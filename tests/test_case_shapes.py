@@ -162,7 +162,12 @@ class Exchange:
         outcome = self.core.process(rec)
         self.core.state.commit()
         self.last = outcome.outputs
-        entries = [LOGS.decode(o.value) for o in outcome.outputs if o.topic == TOPICS.delivery_log]
+        entries = [
+            e
+            for o in outcome.outputs
+            if o.topic == TOPICS.delivery_log
+            for e in LOGS.entries(o.value)
+        ]
         if outcome.status == "rejected":
             return Result(refused=next(e.reason for e in entries), by="router")
         assert outcome.status == "routed"

@@ -29,7 +29,9 @@ KENT, LANCS = "la-e10000016", "la-e10000017"
 async def _log(ns: KafkaSettings) -> list[LogEntry]:
     codec = LogCodec(CATALOGUE)
     out: list[LogEntry] = []
-    await kafka.read_to_end(ns, ns.topics.delivery_log, lambda r: out.append(codec.decode(r.value)))
+    await kafka.read_to_end(
+        ns, ns.topics.delivery_log, lambda r: out.extend(codec.entries(r.value))
+    )
     return out
 
 

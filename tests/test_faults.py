@@ -375,9 +375,9 @@ async def assert_all_delivered(ex: Exchange, sent: list[str]) -> None:
     done: set[tuple[str, str]] = set()
 
     def take(record: Any) -> None:
-        entry = LOGS.decode(record.value)
-        if entry.status == Status.DELIVERED and entry.message_id in wanted:
-            done.add((entry.message_id, entry.recipient))
+        for entry in LOGS.entries(record.value):
+            if entry.status == Status.DELIVERED and entry.message_id in wanted:
+                done.add((entry.message_id, entry.recipient))
 
     follower = TopicFollower(ex.settings, ex.settings.topics.delivery_log, take)
     await follower.start()

@@ -30,7 +30,7 @@ from agencies import (
 from broker.crypto.keys import AgencyKeys
 from broker.crypto.sealing import Sealer
 from broker.crypto.signing import Signer, Verifier
-from broker.delivery_log import LogCodec, Status
+from broker.delivery_log import LogCodec, LogEntry, Status
 from broker.directory import AgencyEntry, Directory
 from broker.envelope import Outgoing, Protector
 from broker.kafka.topics import Topics
@@ -105,7 +105,12 @@ def _inboxes(o: Outcome) -> set[str]:
 
 
 def _log(o: Outcome) -> list[Any]:
-    return [LOGS.decode(x.value) for x in o.outputs if x.topic == TOPICS.delivery_log and x.value]
+    return [
+        e
+        for x in o.outputs
+        if x.topic == TOPICS.delivery_log and x.value
+        for e in LOGS.entries(x.value)
+    ]
 
 
 def _placed(core: RouterCore, net: Network, feed: Feed) -> None:
@@ -143,6 +148,36 @@ def test_a_missing_report_reaches_the_statutory_recipients(core: RouterCore, net
     assert _inboxes(o) == MISSING_TO
     accepted = next(e for e in _log(o) if e.status == Status.ACCEPTED)
     assert accepted.reason is None  # the case is known: its recipients were checked
+
+
+def test_a_routed_message_is_one_delivery_log_record_read_as_one_entry_a_recipient(
+    core: RouterCore, net: Network
+) -> None:
+    """The router writes a message's ACCEPTED and ROUTED entries as one record; every reader
+    expands it into the entries it always read, each with the message's own fields."""
+    feed = Feed()
+    _placed(core, net, feed)
+    o = core.process(feed.signed(net, _missing(net)))
+    records = [x for x in o.outputs if x.topic == TOPICS.delivery_log]
+    assert len(records) == 1
+    assert records[0].key == str(o.message_id).encode()
+    accepted, *routed = LOGS.entries(records[0].value)
+    assert accepted.status == Status.ACCEPTED
+    assert accepted.routed is None
+    assert accepted.sharing is not None
+    assert {e.recipient for e in routed} == MISSING_TO
+    for e in routed:
+        assert e.status == Status.ROUTED
+        assert e.role
+        for same in ("message_id", "at", "sender", "case_ref", "urgency", "ack_deadline"):
+            assert getattr(e, same) == getattr(accepted, same), same
+        assert e.sharing is None
+        assert e.facts is None
+    # A record written one entry at a time (by an earlier router) reads as it always did.
+    old = LogEntry(
+        message_id="m-1", status=Status.ROUTED, at=accepted.at, recipient=HOST, role="HOST"
+    )
+    assert LOGS.entries(LOGS.encode(old)) == [old]
 
 
 def test_a_left_out_recipient_is_a_route_gap_with_a_notice_to_the_sender(

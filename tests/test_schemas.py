@@ -152,10 +152,13 @@ def _has_tag(raw: dict[str, Any], path: str) -> bool:
     node: Any = raw
     field: dict[str, Any] = {}
     for part in path.replace("[]", "").split("."):
-        while isinstance(node, dict) and node.get("type") in ("array", "map"):
-            node = node.get("items", node.get("values"))
-        if isinstance(node, list):
-            node = next(n for n in node if isinstance(n, dict))
+        while True:  # through unions, arrays and maps, in any nesting, to the record
+            if isinstance(node, list):
+                node = next(n for n in node if isinstance(n, dict))
+            elif isinstance(node, dict) and node.get("type") in ("array", "map"):
+                node = node.get("items", node.get("values"))
+            else:
+                break
         field = next(f for f in node["fields"] if f["name"] == part)
         node = field["type"]
     return "sensitivity" in field

@@ -11,11 +11,12 @@ import pytest
 from agencies import SHARING
 from cli import cbx
 from conftest import EMBEDDED
-from exchange import exchange
+from exchange import LOGS, exchange
 from test_router import ALL, CASE, KENT, KENT_POLICE, LANCS, LANCS_POLICE, PROVIDER, placement_body
 
 from broker import model
 from broker.delivery_log import Status
+from broker.kafka import clients as kafka
 from broker.kafka import principals
 from broker.kafka.settings import KafkaSettings
 from broker.tracker.service import TrackerService
@@ -79,6 +80,30 @@ async def test_receipts_acknowledgement_and_escalation(
                 return states if done and Status.ACKNOWLEDGED in states.get(KENT, set()) else None
 
             states = await ex.wait_for(escalated, what="acknowledgement and escalations")
+            told = {a for a, seen in states.items() if Status.ROUTED in seen}
+            assert told >= {KENT, KENT_POLICE, LANCS, PROVIDER}
+
+            # The sender's status topic: one entry a record, as its readers have always read
+            # it, though the router wrote the report's ACCEPTED and ROUTED entries as one.
+            async def copied() -> list[list[Any]] | None:
+                records: list[list[Any]] = []
+                await kafka.read_to_end(
+                    kafka_ns,
+                    kafka_ns.topics.status(LANCS_POLICE),
+                    lambda r: records.append(LOGS.entries(r.value)),
+                )
+                routed = {
+                    es[0].recipient
+                    for es in records
+                    if es[0].message_id == mid and es[0].status == Status.ROUTED
+                }
+                return records if routed == told else None
+
+            status_records = await ex.wait_for(copied, what="the sender's status copies")
+            assert all(len(es) == 1 for es in status_records)
+            summary = ex.connectors[LANCS_POLICE].delivery_status(mid)
+            assert summary is not None
+            assert {r["agency"] for r in summary["recipients"] if "routed_at" in r} == told
         finally:
             tracker.stop_event.set()
             await tracker_task

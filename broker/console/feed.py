@@ -181,7 +181,11 @@ class Feed:
             records = [r for _p, rs in parts for r in rs]
             self.state.read += len(records)
             if topic == t.delivery_log:
-                self.store.apply_log(self._decode(records, self.logs.decode), topic, positions)
+                self.store.apply_log(
+                    [e for es in self._decode(records, self.logs.entries) for e in es],
+                    topic,
+                    positions,
+                )
             elif topic == t.audit:
                 self.store.apply_actions(
                     self._decode(records, self.actions.decode), topic, positions

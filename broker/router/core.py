@@ -17,7 +17,7 @@ from typing import Any
 
 from broker.crypto.sealing import BodyForms, Sealer, unsealed_for
 from broker.crypto.signing import Signer, Verifier
-from broker.delivery_log import LogCodec, LogEntry, Status
+from broker.delivery_log import LogCodec, LogEntry, RoutedTo, Status
 from broker.envelope import EnvelopeCodec, Header, system_sharing
 from broker.errors import (
     CbxError,
@@ -349,6 +349,16 @@ class RouterCore:
                     related_message_id=(
                         str(header.related_message_id) if header.related_message_id else None
                     ),
+                    # Its ROUTED entries ride on it: one record, not one a recipient. They are
+                    # written in the same transaction as the inbox records either way.
+                    routed=tuple(
+                        RoutedTo(
+                            r.agency,
+                            r.role_names,
+                            f"also notified: {r.reason}" if r.reason else None,
+                        )
+                        for r in decision.deliver
+                    ),
                     **common,
                 )
             )
@@ -362,18 +372,6 @@ class RouterCore:
                     rec.value,
                     headers,
                     urgent,
-                )
-            )
-            outs.append(
-                self._log(
-                    LogEntry(
-                        status=Status.ROUTED,
-                        recipient=r.agency,
-                        role=r.role_names,
-                        ack_deadline=deadline,
-                        reason=f"also notified: {r.reason}" if r.reason else None,
-                        **common,
-                    )
                 )
             )
             if repair:

@@ -127,9 +127,9 @@ class TrackerService:
         self._status_checked = 0.0
 
     def _fold(self, r: Any) -> None:
-        entry = self.logs.decode(r.value)
-        self.view.apply(entry)
-        self.obligations.apply(entry)
+        for entry in self.logs.entries(r.value):
+            self.view.apply(entry)
+            self.obligations.apply(entry)
 
     async def check_obligations(self, now: dt.datetime | None = None) -> int:
         """Send an ObligationOverdue for each statutory clock that ran out unmet; how many."""
@@ -374,24 +374,33 @@ class TrackerService:
         topics = self.settings.topics
         while not self.stop_event.is_set():
             batch = await self._mirror_consumer.getmany(timeout_ms=200, max_records=1000)
-            pending = []
+            pending: list[tuple[str, bytes | None, bytes]] = []
             for records in batch.values():
                 for r in records:
                     try:
-                        entry = self.logs.decode(r.value)
+                        entries = self.logs.entries(r.value)
                     except Exception as exc:  # one entry's failure is its own
                         log.warning(
                             "log_entry_unreadable", offset=r.offset, error_class=type(exc).__name__
                         )
                         continue
-                    for agency in _told(entry):
-                        if topics.is_agency_id(agency) and not agency.startswith(SERVICE_PREFIX):
-                            pending.append((topics.status(agency), r))
+                    for entry in entries:
+                        # A record holding one entry is copied as it is; one holding a message's
+                        # ACCEPTED and ROUTED entries is copied entry by entry, so a status
+                        # topic has one entry a record, as its readers have always read it.
+                        value = r.value if len(entries) == 1 else self.logs.encode(entry)
+                        for agency in _told(entry):
+                            if topics.is_agency_id(agency) and not agency.startswith(
+                                SERVICE_PREFIX
+                            ):
+                                pending.append((topics.status(agency), r.key, value))
 
-            async def copy(pending: list[tuple[str, Any]] = pending) -> None:
-                known = await self._known_status_topics({t for t, _ in pending})
-                todo = [(t, r) for t, r in pending if t in known]
-                futures = [await kafka.send(self._producer, t, r.value, key=r.key) for t, r in todo]
+            async def copy(pending: list[tuple[str, bytes | None, bytes]] = pending) -> None:
+                known = await self._known_status_topics({t for t, _, _ in pending})
+                todo = [p for p in pending if p[0] in known]
+                futures = [
+                    await kafka.send(self._producer, t, value, key=key) for t, key, value in todo
+                ]
                 results = await asyncio.gather(*futures, return_exceptions=True)
                 failed = [
                     p for p, res in zip(todo, results, strict=True) if isinstance(res, Exception)
@@ -405,7 +414,7 @@ class TrackerService:
                     errors = sorted({type(r).__name__ for r in results if isinstance(r, Exception)})
                     raise KafkaUnavailableError(
                         f"{len(failed)} status copies not written ({', '.join(errors)}) to "
-                        f"{', '.join(sorted({t for t, _ in failed}))}"
+                        f"{', '.join(sorted({t for t, _, _ in failed}))}"
                     )
 
             await self._patiently("status copies", copy)

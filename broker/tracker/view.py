@@ -46,6 +46,10 @@ class DeliveryView:
     def __init__(self) -> None:
         self.messages: dict[str, MessageState] = {}
 
+    def apply_all(self, entries: list[LogEntry]) -> None:
+        for e in entries:
+            self.apply(e)
+
     def apply(self, e: LogEntry) -> None:
         if e.message_id is None:
             return

@@ -51,7 +51,7 @@ async def _entries(settings: KafkaSettings) -> list[LogEntry]:
     out: list[LogEntry] = []
     async with kafka.access(settings):
         await kafka.read_to_end(
-            settings, settings.topics.delivery_log, lambda r: out.append(logs.decode(r.value))
+            settings, settings.topics.delivery_log, lambda r: out.extend(logs.entries(r.value))
         )
     return out
 

@@ -378,9 +378,9 @@ class Runner:
             acked: set[tuple[str | None, str | None]] = set()
 
             def take(r: Any) -> None:
-                e = codec.decode(r.value)
-                if e.status == Status.ACKNOWLEDGED:
-                    acked.add((e.message_id, e.recipient))
+                for e in codec.entries(r.value):
+                    if e.status == Status.ACKNOWLEDGED:
+                        acked.add((e.message_id, e.recipient))
 
             await kafka.read_to_end(self.ns, self.ns.topics.delivery_log, take)
             return wanted <= acked
@@ -396,9 +396,9 @@ class Runner:
         found: set[tuple[str, str]] = set()
 
         def take(r: Any) -> None:
-            e = codec.decode(r.value)
-            if e.status == status and e.message_id and e.recipient:
-                found.add((e.message_id, e.recipient))
+            for e in codec.entries(r.value):
+                if e.status == status and e.message_id and e.recipient:
+                    found.add((e.message_id, e.recipient))
 
         await kafka.read_to_end(self.ns, self.ns.topics.delivery_log, take)
         return found
@@ -435,7 +435,7 @@ class Runner:
         codec = LogCodec(catalogue)
         entries: list[Any] = []
         await kafka.read_to_end(
-            self.ns, self.ns.topics.delivery_log, lambda r: entries.append(codec.decode(r.value))
+            self.ns, self.ns.topics.delivery_log, lambda r: entries.extend(codec.entries(r.value))
         )
         self.progress("searching the raw bytes of every topic for the case's sensitive values")
         values = sensitive_values(

@@ -132,7 +132,7 @@ class Connector:
                 TopicFollower(
                     self.settings,
                     self.topics.status(self.agency),
-                    lambda r: self.statuses.apply(self._logs.decode(r.value)),
+                    lambda r: self.statuses.apply_all(self._logs.entries(r.value)),
                 ),
             ]
             with heap.loading("connector views"):
