@@ -8,6 +8,7 @@ import datetime as dt
 import io
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from console_harness import (
@@ -232,22 +233,12 @@ async def test_refusals_are_refused_and_audited(played: Played, tmp_path: Path) 
         assert forged.status_code == 403
         held = client.cookies.get("cbx_console_signin")
         client.cookies.delete("cbx_console_signin")
-        cookieless = await client.post(
-            "/sign-in",
-            data={
-                "username": "olive",
-                "password": PASSWORDS["olive"],
-                "csrf_token": csrf_of(form.text),
-            },
-        )
+        cookieless = await _olive_signs_in(client, csrf_of(form.text))
         assert cookieless.status_code == 403
         assert client.cookies.get("cbx_console_session") is None
         # A token that is not the cookie's.
         client.cookies.set("cbx_console_signin", held, domain="console")
-        mismatched = await client.post(
-            "/sign-in",
-            data={"username": "olive", "password": PASSWORDS["olive"], "csrf_token": "x" * 32},
-        )
+        mismatched = await _olive_signs_in(client, "x" * 32)
         assert mismatched.status_code == 403
         # A viewer trying to replay, and to write a note.
         token = await sign_in(client, "victor")
@@ -511,15 +502,7 @@ async def test_two_sign_in_pages_open_at_once_both_sign_in(played: Played, tmp_p
         first = await client.get("/sign-in")
         second = await client.get("/sign-in?next=/escalations")
         assert csrf_of(first.text) == csrf_of(second.text)
-        answer = await client.post(
-            "/sign-in",
-            data={
-                "username": "olive",
-                "password": PASSWORDS["olive"],
-                "csrf_token": csrf_of(first.text),
-                "next": "/board",
-            },
-        )
+        answer = await _olive_signs_in(client, csrf_of(first.text), next="/board")
         assert answer.status_code == 303, answer.text[-2000:]
         assert answer.headers["location"] == "/board"
         # Signed in, the sign-in token is spent: the next sign-in page has a new one.
@@ -531,3 +514,11 @@ async def test_two_sign_in_pages_open_at_once_both_sign_in(played: Played, tmp_p
         page = await client.get("/sign-in")
         assert "<script>" not in csrf_of(page.text)
         assert len(csrf_of(page.text)) == 32
+
+
+async def _olive_signs_in(client: Any, token: str, **more: str) -> Any:
+    """The operator's sign-in form, posted with ``token`` as its double-submit token."""
+    return await client.post(
+        "/sign-in",
+        data={"username": "olive", "password": PASSWORDS["olive"], "csrf_token": token, **more},
+    )
