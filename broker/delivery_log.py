@@ -105,21 +105,16 @@ class LogEntry:
         if self.routed is None:
             return [self]
         routed = [
-            LogEntry(
-                message_id=self.message_id,
+            replace(
+                self,
                 status=Status.ROUTED,
-                at=self.at,
-                event_type=self.event_type,
-                sender=self.sender,
                 recipient=r.recipient,
                 role=r.role,
-                case_ref=self.case_ref,
-                urgency=self.urgency,
-                occurred_at=self.occurred_at,
-                ack_deadline=self.ack_deadline,
                 reason=r.reason,
-                source=self.source,
-                writer=self.writer,
+                related_message_id=None,
+                sharing=None,
+                facts=None,
+                routed=None,
             )
             for r in self.routed
         ]

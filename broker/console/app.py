@@ -344,13 +344,13 @@ def create_app(c: Console) -> FastAPI:
         name = (_text(form.get("username")) or "").strip().lower()
         password = _text(form.get("password")) or ""
         nxt = _safe_next(_text(form.get("next")) or "/board")
-        reason = _sign_in_token_refusal(
+        reason = token_refused = _sign_in_token_refusal(
             request.cookies.get(LOGIN_CSRF_COOKIE), _text(form.get("csrf_token"))
         )
         role = None
-        if reason is None and (not name or not password):
+        if token_refused is None and (not name or not password):
             reason = "account name or password missing"
-        elif reason is None:
+        elif token_refused is None:
             role = c.accounts.verify(name, password)
             if role is None:
                 reason = "wrong password" if c.accounts.exists(name) else "no such account"
@@ -362,7 +362,7 @@ def create_app(c: Console) -> FastAPI:
                 reason=reason,
                 client=client(request),
             )
-            status = 403 if reason and reason.startswith(CSRF_REFUSED) else 401
+            status = 403 if token_refused else 401
             return sign_in_page(
                 request,
                 nxt,
