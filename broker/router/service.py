@@ -54,7 +54,9 @@ BULK_CHUNK = 200
 #: Wall time a bulk transaction routes for before it commits what it has (the rest goes back):
 #: what an urgent record read meanwhile waits at most, whatever a bulk record costs (a placement
 #: told to six parties writes some twenty records).
-BULK_BUDGET_S = 0.1
+BULK_BUDGET_S = 0.04
+#: How soon the client fetches again after its read-ahead queue was full (see ``start``).
+FETCH_QUEUE_BACKOFF_MS = 10
 #: Bulk records read and not yet routed, at most (then the bulk partitions pause).
 BULK_KEPT = 5_000
 #: Records taken from the client's queue at once.
@@ -243,6 +245,12 @@ class RouterService:
                 # after a takeover of 2,000 partitions until the router had taken them.
                 "queued.min.messages": 10_000,
                 "queued.max.messages.kbytes": 8_192,
+                # Once past either bound, librdkafka postpones the next fetch of every
+                # partition by this long (1 s by default), the urgent lanes' too, even though
+                # the router takes the whole queue each round: it held IMMEDIATE reports for a
+                # second behind a bulk load. It only re-checks the bound this often; no request
+                # is sent while the queue is full.
+                "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
                 # A fetch the broker holds until a record is committed or this passes: it
                 # answers as soon as one is, so this is not a latency. Each fetch names every
                 # partition of the instance (about 2,000 at national size; librdkafka has no
