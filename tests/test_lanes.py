@@ -208,3 +208,69 @@ async def test_an_emergency_placement_overtakes_a_nightly_export(
         assert position <= 2 * LANE_CHECK_EVERY, f"handed over after {position} export records"
         assert len(set(delivered)) == backlog + 1, "nothing lost or handed over twice"
         assert all(uuid.UUID(m) for m in delivered)
+
+
+@pytest.mark.kafka
+async def test_a_childrens_home_without_a_lane_gets_an_emergency_before_its_backlog(
+    kafka_ns: KafkaSettings, tmp_path: Path
+) -> None:
+    """A children's home's inbox has one partition and no lane. Its connector was down while a
+    council's export of placements into the home was routed; an emergency placement was routed
+    after it, so it sits behind the whole backlog. When the connector comes back it hands the
+    emergency over before most of the backlog: it reads what it has fetched for urgent messages,
+    not only the lanes it does not have. Nothing is lost or handed over twice."""
+    backlog = 600
+    delivered: list[str] = []
+
+    async def sink(d: Any) -> None:
+        delivered.append(str(d.header.message_id))
+
+    async with exchange(kafka_ns, tmp_path) as ex:
+        await ex.agencies(PARTIES)
+        kent = ex.connectors[KENT]
+        body = body_of("PlacementNotified", host_authority=LANCS, provider=PROVIDER)
+        for start in range(0, backlog, 200):
+            await kent.publish(
+                [
+                    kent.prepare(
+                        "PlacementNotified", body, case_ref=f"KCC-HOME-{i:06d}", sharing=SHARING
+                    )
+                    for i in range(start, start + 200)
+                ]
+            )
+
+        def home_holds(n: int) -> Any:
+            async def check() -> bool:
+                return len(await ex.inbox(PROVIDER)) >= n
+
+            return check
+
+        await ex.wait_for(home_holds(backlog), within_s=180, what="the export routed")
+        emergency = await kent.send(
+            "PlacementNotified",
+            body,
+            case_ref="KCC-HOME-EMG-1",
+            sharing=SHARING,
+            urgency="IMMEDIATE",
+        )
+        urgent_id = str(emergency.header.message_id)
+        await ex.wait_for(home_holds(backlog + 1), within_s=60, what="it routed")
+        inbox = await ex.inbox(PROVIDER)
+        assert {r.partition for _, r in inbox} == {0}, "a children's home has one partition"
+        (urgent_rec,) = [r for h, r in inbox if str(h.message_id) == urgent_id]
+        assert urgent_rec.offset == max(r.offset for _, r in inbox), "behind the whole backlog"
+
+        home = ex.connectors[PROVIDER]
+        home.start_inbox(sink)
+
+        async def handed_over() -> bool:
+            return len(delivered) >= backlog + 1
+
+        await ex.wait_for(handed_over, within_s=120, what="the home's inbox handed over")
+        position = delivered.index(urgent_id)
+        assert position < backlog // 4, f"handed over after {position} of {backlog} placements"
+        assert len(set(delivered)) == backlog + 1, "nothing lost or handed over twice"
+        # The rest keep their order: the backlog as it was routed.
+        rest = [m for m in delivered if m != urgent_id]
+        routed = [str(h.message_id) for h, r in sorted(inbox, key=lambda hr: hr[1].offset)]
+        assert rest == [m for m in routed if m != urgent_id]

@@ -15,6 +15,7 @@ logs why at CRITICAL and calls ``on_fatal`` so the process exits non-zero and is
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 import uuid
@@ -35,6 +36,7 @@ from broker.kafka.topics import Topics
 from broker.logging import get_logger
 from broker.model import ROUTE_GAP_NOTICE, ROUTER, Recipient, Role, Withheld
 from broker.policy.profiles import Profile
+from broker.policy.routing import Rules
 from broker.policy.sharing import SharingPolicy
 from connectors.gateway.delivered import DeliveredStore
 from connectors.gateway.quarantine import Quarantine
@@ -42,6 +44,9 @@ from connectors.gateway.quarantine import Quarantine
 log = get_logger("inbox")
 #: Bulk records handed over between two looks at the urgent lane.
 LANE_CHECK_EVERY = 10
+#: Records of an inbox without a lane handed over between two commits, at most, when more are
+#: taken in to find the urgent ones among them.
+UNLANED_BATCH_MOST = 5_000
 #: The longest the broker may hold an inbox fetch that finds nothing new (aiokafka's default is
 #: 500 ms); each empty fetch at idle is one request: ten a second per connector.
 INBOX_FETCH_WAIT_MS = 100
@@ -77,6 +82,7 @@ class Gateway(Protocol):
     stats: Any
     state_dir: Path
     policy: SharingPolicy
+    rules: Rules
 
     def open(self, value: bytes, headers: Any) -> tuple[Header, dict[str, Any]]: ...
     def make_receipt(self, subject: Header, status: str, reason: str | None = None) -> Outgoing: ...
@@ -362,24 +368,80 @@ class Inbox:
         receipts: list[Outgoing],
     ) -> None:
         """Hand a fetch to the agency's system, the urgent lane first; between every
-        ``LANE_CHECK_EVERY`` bulk records, whatever reached the lane meanwhile goes first."""
+        ``LANE_CHECK_EVERY`` bulk records, whatever reached the lane meanwhile goes first. An
+        inbox without a lane puts its urgent messages first instead (``_deliver_unlaned``)."""
+
+        def partitions(tp: Any) -> int:
+            return len(consumer.partitions_for_topic(tp.topic) or ())
 
         def lane(tp: Any) -> bool:
-            return lanes.read_first(
-                tp.partition, len(consumer.partitions_for_topic(tp.topic) or ())
-            )
+            return lanes.read_first(tp.partition, partitions(tp))
 
         for tp, records in sorted(batch.items(), key=lambda item: not lane(item[0])):
+            if not lanes.has_lane(partitions(tp)):
+                await self._deliver_unlaned(consumer, tp, records, sink, receipts)
+                continue
             urgent = lane(tp)
             for i, r in enumerate(records):
                 if not urgent and i and i % LANE_CHECK_EVERY == 0:
                     lane_tps = [t for t in consumer.assignment() if lane(t)]
                     if lane_tps:
-                        waiting = await consumer.getmany(*lane_tps, timeout_ms=0)
+                        waiting = await self._fetched(consumer, lane_tps)
                         for more in waiting.values():
                             for m in more:
                                 await self.handle(m, sink, receipts)
                 await self.handle(r, sink, receipts)
+
+    async def _deliver_unlaned(
+        self,
+        consumer: Any,
+        tp: Any,
+        records: list[Any],
+        sink: Sink | None,
+        receipts: list[Outgoing],
+    ) -> None:
+        """Hand over a fetch of an inbox without a lane (a small agency's one partition), the
+        messages that would travel a lane first. What the client has fetched of the partition
+        since is taken in every ``LANE_CHECK_EVERY`` records (up to ``UNLANED_BATCH_MOST`` in
+        all), so an urgent message behind a backlog of others' bulk goes next, not after it.
+        Urgent messages keep their order among themselves, as do the others: an episode's
+        messages all count as urgent, so a found report never goes before its missing report."""
+        urgent: collections.deque[Any] = collections.deque()
+        other: collections.deque[Any] = collections.deque()
+
+        def take(more: list[Any]) -> None:
+            for r in more:
+                (urgent if self._travels_lane(r) else other).append(r)
+
+        take(records)
+        taken = len(records)
+        handed = 0
+        while urgent or other:
+            if handed and handed % LANE_CHECK_EVERY == 0 and taken < UNLANED_BATCH_MOST:
+                more = (await self._fetched(consumer, [tp])).get(tp, [])
+                taken += len(more)
+                take(more)
+            await self.handle((urgent or other).popleft(), sink, receipts)
+            handed += 1
+            await asyncio.sleep(0)  # the client fetches meanwhile (see _fetched)
+
+    @staticmethod
+    async def _fetched(consumer: Any, tps: list[Any]) -> dict[Any, list[Any]]:
+        """What the client has fetched of ``tps`` since, without waiting for more. It fetches on
+        the event loop, which a run of records handed to a sink that never waits would not give
+        it: let it run once first."""
+        await asyncio.sleep(0)
+        result: dict[Any, list[Any]] = await consumer.getmany(*tps, timeout_ms=0)
+        return result
+
+    def _travels_lane(self, record: Any) -> bool:
+        """Whether ``record`` would travel an urgent lane (an inbox without one reads its
+        envelope's header to know; a record whose header cannot be read is not urgent, and is
+        refused in its turn)."""
+        header = self._header_of(record)
+        return header is not None and self.connector.rules.urgent_lane(
+            header.event_type, header.urgency
+        )
 
     async def _finish(self, consumer: Any, receipts: list[Outgoing], commit: bool) -> None:
         """Send a batch's receipts, then commit it; transient failures are retried with backoff."""
