@@ -391,6 +391,8 @@ class Inbox:
                             for m in more:
                                 await self.handle(m, sink, receipts)
                 await self.handle(r, sink, receipts)
+                if not urgent:
+                    await asyncio.sleep(0)  # the client fetches the lane meanwhile (_fetched)
 
     async def _deliver_unlaned(
         self,
