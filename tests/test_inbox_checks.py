@@ -6,13 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from agencies import HOME_FORCE, HOST, HOST_FORCE, PLACING, SHARING, body_of, network
+from agencies import HOME_FORCE, HOST, HOST_FORCE, PLACING, SHARING, body_of, header, network
+from aiokafka import TopicPartition
 
 from broker.envelope import Header, Outgoing
 from broker.errors import PolicyError
 from broker.kafka.settings import KafkaSettings
 from broker.model import Recipient, Role, Withheld
+from connectors.gateway import inbox as inbox_module
 from connectors.gateway.connector import Connector
+from connectors.gateway.inbox import LANE_CHECK_EVERY
 
 SETTINGS = KafkaSettings(bootstrap_servers="127.0.0.1:9")
 
@@ -63,8 +66,6 @@ async def test_a_recipient_refuses_what_was_not_sealed_for_it(tmp_path: Any) -> 
 
 
 def _header(recipients: list[Recipient]) -> Header:
-    from agencies import header
-
     h = header("ChildMissingReported", HOST_FORCE, Role.HOST_FORCE, recipients)
     assert h.sharing == SHARING
     return h
@@ -120,3 +121,71 @@ async def test_a_message_is_acknowledgeable_once_handed_and_never_handed_twice(
     reopened = Connector(SETTINGS, net.keys[PLACING], state_dir=tmp_path / "kent")
     assert reopened.inbox.delivered.handed(mid)
     assert reopened.inbox.delivered.get(mid) is None  # acknowledged before its record: still so
+
+
+class _FetchedMeanwhile:
+    """An inbox consumer of one partition whose client fetched ``later`` while a batch was being
+    handed over: each look (aiokafka's ``getmany``) takes the next list."""
+
+    def __init__(self, later: list[list[Any]]) -> None:
+        self.later = list(later)
+        self.looks = 0
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+    async def getmany(self, *tps: Any, timeout_ms: int = 0) -> dict[Any, list[Any]]:
+        self.looks += 1
+        return {tps[0]: self.later.pop(0)} if self.later else {}
+
+
+def _home_inbox(tmp_path: Any) -> tuple[Connector, Any, list[Any]]:
+    """A connector whose inbox records what it would hand over, in order, without opening it."""
+    net = network()
+    sender = net.protector(HOST_FORCE)
+    kent = Connector(SETTINGS, net.keys[PLACING], state_dir=tmp_path / "kent")
+    handed: list[Any] = []
+
+    async def handle(record: Any, sink: Any, receipts: list[Outgoing]) -> None:
+        handed.append(record)
+
+    kent.inbox.handle = handle  # type: ignore[method-assign]
+
+    def record(event_type: str, urgency: str) -> Record:
+        to = [Recipient(PLACING, Role.PLACING_AUTHORITY)]
+        h = header(event_type, HOST_FORCE, Role.HOST_FORCE, to, urgency=urgency)
+        return Record(sender.seal(h, body_of(event_type)))
+
+    return kent, record, handed
+
+
+async def test_an_inbox_without_a_lane_hands_what_would_travel_one_first(tmp_path: Any) -> None:
+    """One partition, no lane: of what is fetched, the messages that would travel a lane go first;
+    what the client fetched meanwhile is looked at every LANE_CHECK_EVERY records, and its urgent
+    ones go next. Urgent messages keep their order (a missing report before its risk grading,
+    which travels with it whatever its urgency); so do the rest."""
+    kent, record, handed = _home_inbox(tmp_path)
+    bulk = [record("PlacementNotified", "ROUTINE") for _ in range(LANE_CHECK_EVERY + 3)]
+    missing = record("ChildMissingReported", "IMMEDIATE")
+    graded = record("MissingRiskGraded", "ROUTINE")  # an episode's: urgent whatever its urgency
+    late_bulk = record("PlacementNotified", "ROUTINE")
+    consumer = _FetchedMeanwhile([[late_bulk, graded]])
+    tp = TopicPartition("unit.inbox.x", 0)
+    await kent.inbox._deliver(consumer, {tp: [*bulk, missing]}, None, [])
+    first = LANE_CHECK_EVERY - 1  # bulk handed before the first look, after the missing report
+    assert handed == [missing, *bulk[:first], graded, *bulk[first:], late_bulk]
+
+
+async def test_an_inbox_without_a_lane_takes_in_no_more_than_its_bound(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its bound a batch takes nothing more in: what was fetched meanwhile waits for the
+    next batch (after this one's commit), in its order."""
+    kent, record, handed = _home_inbox(tmp_path)
+    batch = [record("PlacementNotified", "ROUTINE") for _ in range(3 * LANE_CHECK_EVERY)]
+    monkeypatch.setattr(inbox_module, "UNLANED_BATCH_MOST", LANE_CHECK_EVERY + 1)
+    consumer = _FetchedMeanwhile([[record("PlacementNotified", "ROUTINE")] for _ in range(5)])
+    await kent.inbox._deliver(consumer, {TopicPartition("unit.inbox.x", 0): batch}, None, [])
+    assert handed == batch
+    assert consumer.looks == 0
+    assert len(consumer.later) == 5

@@ -44,9 +44,10 @@ from connectors.gateway.quarantine import Quarantine
 log = get_logger("inbox")
 #: Bulk records handed over between two looks at the urgent lane.
 LANE_CHECK_EVERY = 10
-#: Records of an inbox without a lane handed over between two commits, at most, when more are
-#: taken in to find the urgent ones among them.
+#: Records (and their bytes) of an inbox without a lane handed over between two commits, at most,
+#: when more are taken in to find the urgent ones among them.
 UNLANED_BATCH_MOST = 5_000
+UNLANED_BATCH_BYTES = 16 * 1024 * 1024
 #: The longest the broker may hold an inbox fetch that finds nothing new (aiokafka's default is
 #: 500 ms); each empty fetch at idle is one request: ten a second per connector.
 INBOX_FETCH_WAIT_MS = 100
@@ -404,25 +405,28 @@ class Inbox:
     ) -> None:
         """Hand over a fetch of an inbox without a lane (a small agency's one partition), the
         messages that would travel a lane first. What the client has fetched of the partition
-        since is taken in every ``LANE_CHECK_EVERY`` records (up to ``UNLANED_BATCH_MOST`` in
-        all), so an urgent message behind a backlog of others' bulk goes next, not after it.
-        Urgent messages keep their order among themselves, as do the others: an episode's
-        messages all count as urgent, so a found report never goes before its missing report."""
+        since is taken in every ``LANE_CHECK_EVERY`` records (up to ``UNLANED_BATCH_MOST``
+        records or ``UNLANED_BATCH_BYTES`` in all), so an urgent message behind a backlog of
+        others' bulk goes next, not after it. Urgent messages keep their order among themselves,
+        as do the others: an episode's messages all count as urgent, so a found report never
+        goes before its missing report."""
         urgent: collections.deque[Any] = collections.deque()
         other: collections.deque[Any] = collections.deque()
+
+        taken = [0, 0]  # records, bytes
 
         def take(more: list[Any]) -> None:
             for r in more:
                 (urgent if self._travels_lane(r) else other).append(r)
+                taken[0] += 1
+                taken[1] += len(r.value or b"")
 
         take(records)
-        taken = len(records)
         handed = 0
         while urgent or other:
-            if handed and handed % LANE_CHECK_EVERY == 0 and taken < UNLANED_BATCH_MOST:
-                more = (await self._fetched(consumer, [tp])).get(tp, [])
-                taken += len(more)
-                take(more)
+            room = taken[0] < UNLANED_BATCH_MOST and taken[1] < UNLANED_BATCH_BYTES
+            if handed and handed % LANE_CHECK_EVERY == 0 and room:
+                take((await self._fetched(consumer, [tp])).get(tp, []))
             await self.handle((urgent or other).popleft(), sink, receipts)
             handed += 1
             await asyncio.sleep(0)  # the client fetches meanwhile (see _fetched)
