@@ -142,6 +142,44 @@ async def test_an_existing_exchange_gains_its_lanes_and_no_case_moves(
     assert await provision.upgrade_topics(kafka_ns) == []  # once is enough
 
 
+async def _export(kent: Any, n: int, prefix: str) -> dict[str, Any]:
+    """Kent's export of ``n`` ROUTINE placements into Lancashire, with the children's home, in
+    batches of 200; returns the placement's body."""
+    body = body_of("PlacementNotified", host_authority=LANCS, provider=PROVIDER)
+    for start in range(0, n, 200):
+        await kent.publish(
+            [
+                kent.prepare(
+                    "PlacementNotified", body, case_ref=f"{prefix}-{i:06d}", sharing=SHARING
+                )
+                for i in range(start, min(n, start + 200))
+            ]
+        )
+    return body
+
+
+async def _emergency(kent: Any, body: dict[str, Any], case_ref: str) -> str:
+    """Kent's emergency placement (IMMEDIATE): its message id."""
+    sent = await kent.send(
+        "PlacementNotified", body, case_ref=case_ref, sharing=SHARING, urgency="IMMEDIATE"
+    )
+    return str(sent.header.message_id)
+
+
+async def _hand_over(ex: Any, agency: str, delivered: list[str], n: int) -> None:
+    """Start ``agency``'s inbox, noting the id of each message handed over in ``delivered``,
+    until ``n`` are."""
+
+    async def sink(d: Any) -> None:
+        delivered.append(str(d.header.message_id))
+
+    async def handed_over() -> bool:
+        return len(delivered) >= n
+
+    ex.connectors[agency].start_inbox(sink)
+    await ex.wait_for(handed_over, within_s=120, what=f"{agency}'s inbox handed over")
+
+
 @pytest.mark.kafka
 async def test_an_emergency_placement_overtakes_a_nightly_export(
     kafka_ns: KafkaSettings, tmp_path: Path
@@ -152,30 +190,11 @@ async def test_an_emergency_placement_overtakes_a_nightly_export(
     backlog = 1200
     delivered: list[str] = []
 
-    async def sink(d: Any) -> None:
-        delivered.append(str(d.header.message_id))
-
     async with exchange(kafka_ns, tmp_path, start_router=False) as ex:
         await ex.agencies(PARTIES)
         kent = ex.connectors[KENT]
-        body = body_of("PlacementNotified", host_authority=LANCS, provider=PROVIDER)
-        for start in range(0, backlog, 200):
-            await kent.publish(
-                [
-                    kent.prepare(
-                        "PlacementNotified", body, case_ref=f"KCC-EXP-{i:06d}", sharing=SHARING
-                    )
-                    for i in range(start, start + 200)
-                ]
-            )
-        emergency = await kent.send(
-            "PlacementNotified",
-            body,
-            case_ref="KCC-EMG-000001",
-            sharing=SHARING,
-            urgency="IMMEDIATE",
-        )
-        urgent_id = str(emergency.header.message_id)
+        body = await _export(kent, backlog, "KCC-EXP")
+        urgent_id = await _emergency(kent, body, "KCC-EMG-000001")
         ex.router.start()
 
         async def all_routed() -> bool:
@@ -195,13 +214,7 @@ async def test_an_emergency_placement_overtakes_a_nightly_export(
         ahead = sum(1 for _, r in inbox if r.timestamp < urgent_rec.timestamp)
         assert ahead < backlog // 2, f"{ahead} of {backlog} export records routed before it"
 
-        lancs = ex.connectors[LANCS]
-        lancs.start_inbox(sink)
-
-        async def handed_over() -> bool:
-            return len(delivered) >= backlog + 1
-
-        await ex.wait_for(handed_over, within_s=120, what="the host council's inbox handed over")
+        await _hand_over(ex, LANCS, delivered, backlog + 1)
         position = delivered.index(urgent_id)
         # Within the connector's first looks at its lane (the lane's first fetch can come a
         # moment after the bulk partitions'), not after the export.
@@ -222,22 +235,10 @@ async def test_a_childrens_home_without_a_lane_gets_an_emergency_before_its_back
     backlog = 600
     delivered: list[str] = []
 
-    async def sink(d: Any) -> None:
-        delivered.append(str(d.header.message_id))
-
     async with exchange(kafka_ns, tmp_path) as ex:
         await ex.agencies(PARTIES)
         kent = ex.connectors[KENT]
-        body = body_of("PlacementNotified", host_authority=LANCS, provider=PROVIDER)
-        for start in range(0, backlog, 200):
-            await kent.publish(
-                [
-                    kent.prepare(
-                        "PlacementNotified", body, case_ref=f"KCC-HOME-{i:06d}", sharing=SHARING
-                    )
-                    for i in range(start, start + 200)
-                ]
-            )
+        body = await _export(kent, backlog, "KCC-HOME")
 
         def home_holds(n: int) -> Any:
             async def check() -> bool:
@@ -246,27 +247,14 @@ async def test_a_childrens_home_without_a_lane_gets_an_emergency_before_its_back
             return check
 
         await ex.wait_for(home_holds(backlog), within_s=180, what="the export routed")
-        emergency = await kent.send(
-            "PlacementNotified",
-            body,
-            case_ref="KCC-HOME-EMG-1",
-            sharing=SHARING,
-            urgency="IMMEDIATE",
-        )
-        urgent_id = str(emergency.header.message_id)
+        urgent_id = await _emergency(kent, body, "KCC-HOME-EMG-1")
         await ex.wait_for(home_holds(backlog + 1), within_s=60, what="it routed")
         inbox = await ex.inbox(PROVIDER)
         assert {r.partition for _, r in inbox} == {0}, "a children's home has one partition"
         (urgent_rec,) = [r for h, r in inbox if str(h.message_id) == urgent_id]
         assert urgent_rec.offset == max(r.offset for _, r in inbox), "behind the whole backlog"
 
-        home = ex.connectors[PROVIDER]
-        home.start_inbox(sink)
-
-        async def handed_over() -> bool:
-            return len(delivered) >= backlog + 1
-
-        await ex.wait_for(handed_over, within_s=120, what="the home's inbox handed over")
+        await _hand_over(ex, PROVIDER, delivered, backlog + 1)
         position = delivered.index(urgent_id)
         assert position < backlog // 4, f"handed over after {position} of {backlog} placements"
         assert len(set(delivered)) == backlog + 1, "nothing lost or handed over twice"
