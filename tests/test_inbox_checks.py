@@ -176,6 +176,34 @@ async def test_an_inbox_without_a_lane_hands_what_would_travel_one_first(tmp_pat
     assert handed == [missing, *bulk[:first], graded, *bulk[first:], late_bulk]
 
 
+async def test_an_inbox_without_a_lane_moves_nothing_it_cannot_read_ahead(tmp_path: Any) -> None:
+    """Bytes that are no envelope, and an IMMEDIATE message addressed to another agency, are not
+    taken for urgent ones: they are handed over (to be refused) in their turn, behind a real
+    urgent message and among the rest, and nothing is dropped."""
+    kent, record, handed = _home_inbox(tmp_path)
+    bulk = [record("PlacementNotified", "ROUTINE") for _ in range(4)]
+    garbage = record("PlacementNotified", "ROUTINE")
+    garbage.value = b"\x00\xff" * 5_000
+    net = network()
+    elsewhere = Record(
+        net.protector(HOST_FORCE).seal(
+            header(
+                "ChildMissingReported",
+                HOST_FORCE,
+                Role.HOST_FORCE,
+                [Recipient(HOST, Role.HOST_AUTHORITY)],
+            ),
+            body_of("ChildMissingReported"),
+        )
+    )
+    missing = record("ChildMissingReported", "IMMEDIATE")
+    batch = [bulk[0], garbage, bulk[1], elsewhere, bulk[2], missing, bulk[3]]
+    await kent.inbox._deliver(
+        _FetchedMeanwhile([]), {TopicPartition("unit.inbox.x", 0): batch}, None, []
+    )
+    assert handed == [missing, bulk[0], garbage, bulk[1], elsewhere, bulk[2], bulk[3]]
+
+
 async def test_an_inbox_without_a_lane_takes_in_no_more_than_its_bound(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
