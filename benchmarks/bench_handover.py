@@ -7,7 +7,7 @@ of them waits until the survivor has taken them on. This measures that handover 
 router's own client (confluent-kafka, the consumer group protocol, read_committed, a 500 ms fetch
 hold) and nothing of cbx around it, for several numbers of partitions moved, in one run on the
 same broker. For each size N: topics of 100 partitions, 2N in all; two members of a fresh group,
-each owning N and having committed its offsets; then one leaves and, as it has left, a record is
+each owning N and having read a record of each; then one leaves and, as it has left, a record is
 written to ten of its partitions. In the member that stays:
 
 1. heard_s: from the leave until the group's new assignment reaches the application;
@@ -15,10 +15,17 @@ written to ten of its partitions. In the member that stays:
    called in the callback);
 3. first_record_s: from the leave until the first of the ten records arrives.
 
-The first size is the baseline: each row gives its times as ratios of the baseline's. The sizes
-run one after the other, each on topics of its own deleted after it (7,500 partitions in all by
-default): run it on a broker of its own, not next to an exchange already near the broker's file
-descriptor limit, which the deleted topics' files count against until the broker removes them.
+Each size runs twice: once with an offset committed for every partition, once with none for the
+partitions that move, as the router left a partition nothing had been routed from before it
+committed starting offsets (docs/architecture.md, "Where a partition begins"). Without an offset
+the member that stays must ask where each moved partition begins (ListOffsets, one request a
+partition). In both, the partitions' first records are deleted once read, so each begins past
+them and neither run reads anything but the probes again. Each row without offsets gives its
+times as ratios of the row with them, of the same size; the first size with offsets is also the
+baseline of every size's ratios. The runs go one after the other, each on topics of its own
+deleted after it (15,000 partitions in all by default): run it on a broker of its own, not next
+to an exchange already near the broker's file descriptor limit, which the deleted topics' files
+count against until the broker removes them.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.admin import RecordsToDelete
 
 from benchmarks.bench_clients import TOPIC_PARTITIONS, every_partition_led
 from broker.kafka import clients as kafka
@@ -130,10 +140,11 @@ async def _wait(check: Any, within_s: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def handover(settings: KafkaSettings, size: int) -> dict[str, Any]:
-    """Two members sharing 2 * ``size`` partitions; one leaves; the other's times."""
+async def handover(settings: KafkaSettings, size: int, offsets: bool) -> dict[str, Any]:
+    """Two members sharing 2 * ``size`` partitions; one leaves; the other's times. With
+    ``offsets``, every partition has a committed offset; without, the moved ones have none."""
     count = max(1, 2 * size // TOPIC_PARTITIONS)
-    name = f"{settings.topic_prefix}.h{size}"
+    name = f"{settings.topic_prefix}.h{size}{'c' if offsets else 'n'}"
     topics = [f"{name}.{i:03d}" for i in range(count)]
     await kafka.ensure_topics(settings, [TopicSpec(t, TOPIC_PARTITIONS) for t in topics])
     admin = kafka.admin(settings)
@@ -154,8 +165,18 @@ async def handover(settings: KafkaSettings, size: int) -> dict[str, Any]:
                 "the two members did not share the partitions and read them",
             )
             await asyncio.sleep(2.0)  # settled: no rebalance still under way
-            for m in (stays, leaves):
-                m.commit()
+            # Each partition now begins past its first record (read by then), as a partition
+            # whose early records retention removed: nothing but the probes is read again.
+            await admin.delete_records(
+                {
+                    TopicPartition(t, p): RecordsToDelete(1)
+                    for t in topics
+                    for p in range(TOPIC_PARTITIONS)
+                }
+            )
+            stays.commit()
+            if offsets:
+                leaves.commit()
             moved = sorted(leaves.owned)
             kept = len(stays.owned)
             stays.assigned_at.clear()
@@ -178,6 +199,7 @@ async def handover(settings: KafkaSettings, size: int) -> dict[str, Any]:
             )
             first = min(t for t, *_, v in stays.arrivals[before:] if v == b"probe")
             return {
+                "offsets": "committed" if offsets else "none",
                 "partitions_moved": len(moved),
                 "partitions_kept": kept,
                 "heard_s": round(stays.assigned_at[0] - left, 3) if stays.assigned_at else None,
@@ -203,14 +225,20 @@ async def run(sizes: list[int]) -> dict[str, Any]:
     rows = []
     try:
         for size in sizes:
-            print(f"{size} partitions moving", flush=True)
-            rows.append(await handover(settings, size))
+            for offsets in (True, False):
+                print(f"{size} partitions moving, offsets {offsets}", flush=True)
+                rows.append(await handover(settings, size, offsets))
     finally:
         if started_here:
             local_kafka.stop()
     baseline = rows[0]
+    keys = ("heard_s", "assign_s", "first_record_s")
+    for with_offsets, row in zip(rows[::2], rows[1::2], strict=True):
+        for key in keys:
+            if row[key] is not None and with_offsets[key]:
+                row[f"{key}_x_committed"] = round(row[key] / with_offsets[key], 2)
     for row in rows:
-        for key in ("heard_s", "assign_s", "first_record_s"):
+        for key in keys:
             if row[key] is not None and baseline[key]:
                 row[f"{key}_x_baseline"] = round(row[key] / baseline[key], 2)
     return {
@@ -234,10 +262,15 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / args.out).write_text(json.dumps(result, indent=2) + "\n")
     for r in result["rows"]:
+        against = (
+            f", {r['first_record_s_x_committed']}x with offsets"
+            if "first_record_s_x_committed" in r
+            else ""
+        )
         print(
-            f"  {r['partitions_moved']:5} moved: heard {r['heard_s']} s, client's assign "
-            f"{r['assign_s']} s ({r.get('assign_s_x_baseline')}x), first record "
-            f"{r['first_record_s']} s ({r.get('first_record_s_x_baseline')}x)"
+            f"  {r['partitions_moved']:5} moved, offsets {r['offsets']:9}: heard {r['heard_s']} s, "
+            f"client's assign {r['assign_s']} s ({r.get('assign_s_x_baseline')}x), first record "
+            f"{r['first_record_s']} s ({r.get('first_record_s_x_baseline')}x{against})"
         )
 
 

@@ -42,6 +42,8 @@ VARIABLES: dict[str, str] = {
     "host's name): the same across its restarts, different from every other instance's",
     "CBX_ROUTER_GROUP_PROTOCOL": "the router group's protocol: consumer (the broker assigns, "
     "KIP-848) or classic",
+    "CBX_ROUTER_KAFKA_DEBUG": "librdkafka debug contexts for the router's group consumer, "
+    "such as cgrp,protocol: every request it makes and why, on stderr (none)",
 }
 
 

@@ -62,7 +62,7 @@ class RouterProcess:
         self.log_path = home / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
-        #: Killed by the test (not exited by itself) and not started since.
+        #: Killed or stopped by the test (not exited by itself) and not started since.
         self.killed = False
 
     def start(self) -> None:
@@ -90,9 +90,11 @@ class RouterProcess:
             self.killed = True
 
     def terminate(self, timeout: float = 60) -> int:
+        """Stop it as an operator does (SIGTERM): the test's doing, like a kill."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            self.killed = True
         return self.proc.wait(timeout)
 
     def alive(self) -> bool:

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 from agencies import SHARING, body_of
+from aiokafka import TopicPartition
+from aiokafka.admin import RecordsToDelete
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from exchange import Exchange, RouterProcess, exchange
 from test_router import (
     ALL,
@@ -208,6 +211,88 @@ async def test_a_message_published_again_after_its_partition_moved_is_routed_onc
         await ex.wait_for(later_routed, within_s=90, what="the surviving instance to route")
         ids = await ex.inbox_ids(LANCS)
         assert ids[mid] == 1, f"routed {ids[mid]} times"
+        assert (await ex.dead_letters()) == []
+
+
+async def _router_offsets(settings: KafkaSettings) -> dict[str, int]:
+    """The router group's committed offsets ("topic/n" -> offset)."""
+    admin = kafka.admin(settings)
+    await admin.start()
+    try:
+        got = await admin.list_consumer_group_offsets(settings.topics.group("router"))
+    finally:
+        await admin.close()
+    return {f"{tp.topic}/{tp.partition}": m.offset for tp, m in got.items() if m.offset >= 0}
+
+
+async def test_a_takeover_asks_no_broker_where_a_partition_begins(
+    kafka_ns: KafkaSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition nothing was routed from has no committed offset, and whoever is given it must
+    first ask the broker where it begins: one ListOffsets request a partition, answered in order
+    ahead of the next fetch, the urgent lanes' too (some 2,000 of them after a takeover at
+    national size). Once idle, the router commits each such partition's log start offset, so
+    the instance that takes it over asks nothing and fetches at once. Where retention has removed
+    a partition's first records, that is after them; a message sent later is routed, once."""
+    monkeypatch.setenv("CBX_ROUTER_KAFKA_DEBUG", "protocol")  # every request, in the log
+    async with exchange(kafka_ns, tmp_path, start_router=False) as ex:
+        await ex.agencies(ALL)
+        out = kafka_ns.topics.outbound(KENT)
+        # Three records on a bulk partition, gone (as retention removes them) before any router
+        # ran: the partition now begins at 3.
+        producer = kafka.producer(kafka_ns)
+        await producer.start()
+        try:
+            for _ in range(3):
+                await producer.send_and_wait(out, b"expired", partition=0)
+        finally:
+            await producer.stop()
+        admin = kafka.admin(kafka_ns)
+        await admin.start()
+        try:
+            await admin.delete_records({TopicPartition(out, 0): RecordsToDelete(3)})
+        finally:
+            await admin.close()
+        every: set[str] = set()
+        for agency in ALL:
+            topic = kafka_ns.topics.outbound(agency)
+            every |= {f"{topic}/{p}" for p in await kafka.partitions(kafka_ns, topic)}
+        ex.router.start()
+
+        async def started() -> bool:
+            try:
+                return every <= set(await _router_offsets(kafka_ns))
+            except GroupCoordinatorNotAvailableError:  # the group is not there yet
+                return False
+
+        await ex.wait_for(started, within_s=90, what="a committed offset for every partition")
+        offsets = await _router_offsets(kafka_ns)
+        assert offsets[f"{out}/0"] == 3
+        assert {offsets[p] for p in every - {f"{out}/0"}} == {0}  # nothing sent on them yet
+        first_start = ex.router.log_text()
+        assert "Sent ListOffsetsRequest" in first_start  # the first owner did have to ask
+        assert '"starting_offsets_committed"' in first_start
+
+        second = ex.add_router()
+        await _both_own_partitions(ex, [ex.router, second])
+        assert ex.router.terminate() == 0
+
+        async def took_over() -> bool:
+            return every <= _owned(second)
+
+        await ex.wait_for(took_over, what="the second instance to own every partition")
+        kent = ex.connectors[KENT]
+        msg = kent.prepare("PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING)
+        await kent.publish([msg])
+        mid = str(msg.header.message_id)
+
+        async def delivered() -> bool:
+            return mid in await ex.inbox_ids(LANCS)
+
+        await ex.wait_for(delivered, what="the placement routed by the second instance")
+        assert (await ex.inbox_ids(LANCS))[mid] == 1
+        assert "Sent FetchRequest" in second.log_text()  # the debug log is there to be read
+        assert "Sent ListOffsetsRequest" not in second.log_text()
         assert (await ex.dead_letters()) == []
 
 

@@ -279,6 +279,30 @@ class Pipe:
 
         await self._call(seek_all)
 
+    async def committed(self, parts: Iterable[Part]) -> dict[Part, int | None]:
+        """The group's committed offset of each of ``parts`` (None: nothing committed), in
+        one request to the group's coordinator."""
+        tps = [TopicPartition(t, p) for t, p in parts]
+        if not tps:
+            return {}
+        got = await self._call(self.consumer.committed, tps, CALL_TIMEOUT_S)
+        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in got}
+
+    async def log_starts(self, parts: Iterable[Part]) -> dict[Part, int]:
+        """Where each of ``parts`` begins, as the last fetch response said (each gives the
+        partition's log start offset): no request is made. A partition not fetched yet is
+        left out."""
+
+        def read() -> dict[Part, int]:
+            out = {}
+            for t, p in parts:
+                low, _ = self.consumer.get_watermark_offsets(TopicPartition(t, p), cached=True)
+                if low is not None and low >= 0:
+                    out[(t, p)] = low
+            return out
+
+        return dict(await self._call(read))
+
     async def pause(self, parts: Iterable[Part]) -> None:
         tps = [TopicPartition(t, p) for t, p in parts]
         if tps:

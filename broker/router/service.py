@@ -70,6 +70,15 @@ SETTLE_CHUNK = 500
 #: The first sweep after a start waits this long (or the sweep interval, if shorter): the
 #: registry is decoded for it, and a restart should route first.
 FIRST_SWEEP_S = 60.0
+#: A partition given to an instance without a committed offset is read from its beginning, which
+#: the client first asks for, one ListOffsets request a partition; on one connection the broker
+#: answers them in order, and the fetch of every other partition, the urgent lanes', waits
+#: behind them (some 2,000 at national size, most of them agencies that have sent nothing yet).
+#: Once this long has passed since partitions were last given and nothing waits to be routed,
+#: the router commits where each such partition begins, so the next owner reads it from there.
+SEED_AFTER_S = 2.0
+#: How long a failed commit of starting offsets waits before it is tried again.
+SEED_RETRY_S = 30.0
 #: What an instance name may hold (it ends the producer's transactional id).
 INSTANCE_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 
@@ -168,6 +177,9 @@ class RouterService:
         #: Partitions routed one to a transaction until each commits once (one of them failed
         #: a transaction shared with others; the others must not wait on it).
         self._alone: set[Part] = set()
+        #: Partitions given to this instance and not known to have a committed offset.
+        self._unseeded: set[Part] = set()
+        self._next_seed = 0.0
         #: Bulk partitions paused while the bulk read and not routed is at its bound.
         self._paused: set[Part] = set()
         #: Transactions in a row that a rebalance caught (the first is tried again at once).
@@ -223,6 +235,7 @@ class RouterService:
 
     async def start(self) -> None:
         keys = await ensure_identity(self.settings, ROUTER, "cbx router", "SERVICE", publish=False)
+        debug = env.get("CBX_ROUTER_KAFKA_DEBUG")
         self.pipe = Pipe(
             self.settings,
             self.group,
@@ -257,6 +270,8 @@ class RouterService:
                 # fetch sessions), which at 100 ms cost the broker half a core with nothing to
                 # route.
                 "fetch.wait.max.ms": 500,
+                # What the client asks the brokers, on stderr (librdkafka's debug contexts).
+                **({"debug": debug} if debug else {}),
             },
         )
         # The producer and the state side by side: both are needed before the first record.
@@ -284,6 +299,8 @@ class RouterService:
         caught up with (see :meth:`_route`)."""
         self.assigned |= set(parts)
         self._unsynced |= set(parts)
+        self._unseeded |= set(parts)
+        self._next_seed = time.monotonic() + SEED_AFTER_S
         self._assigned_once = True
         if parts:
             log.info("partitions_assigned", partitions=_where(parts))
@@ -296,6 +313,7 @@ class RouterService:
         self.assigned -= gone
         self._paused -= gone
         self._alone -= gone
+        self._unseeded -= gone
         dropped = self.work.drop(gone)
         if parts:
             log.info("partitions_revoked", partitions=_where(parts), unrouted=dropped)
@@ -535,6 +553,7 @@ class RouterService:
             return False
         self.state.commit()
         self._alone -= parts
+        self._unseeded -= parts
         self._moved_on = 0
         now = time.time()
         log.info(
@@ -562,6 +581,52 @@ class RouterService:
             elif outcome.status == "rejected":
                 DEAD.labels(outcome.reason or "unknown").inc()
         return True
+
+    async def _seed(self) -> None:
+        """Commit where each partition given without a committed offset begins (see
+        :data:`SEED_AFTER_S`). Nothing routes meanwhile, and a partition's first routed batch
+        commits its offset, so a partition the group has no offset for has had nothing of it
+        routed: starting it at its log start offset is what reading it from the beginning
+        does. Where it begins comes from the fetch responses (no request); a partition not
+        fetched yet (a bulk partition paused) waits for the next round."""
+        assert self.pipe is not None
+        self._next_seed = time.monotonic() + SEED_AFTER_S
+        parts = self._unseeded & self.assigned
+        if not parts or self.pipe.producer is None:
+            return  # without a producer: made again by the next transaction
+        try:
+            committed = await self.pipe.committed(parts)
+            self._unseeded -= {p for p, o in committed.items() if o is not None}
+            starts = await self.pipe.log_starts(p for p, o in committed.items() if o is None)
+        except Exception as exc:
+            log.info("offsets_not_read", error_class=type(exc).__name__)
+            self._next_seed = time.monotonic() + SEED_RETRY_S
+            return
+        starts = {p: o for p, o in starts.items() if p in self._unseeded & self.assigned}
+        if not starts:
+            return
+        began = time.monotonic()
+        try:
+            self.pipe.begin()
+            await self.pipe.commit(starts)
+        except Exception as exc:
+            err = kafka_error(exc)
+            log.info(
+                "starting_offsets_not_committed",
+                partitions=len(starts),
+                error_class=err.name() if err is not None else type(exc).__name__,
+            )
+            if not await self.pipe.abort():
+                await self._renew_quietly()
+            self._next_seed = time.monotonic() + SEED_RETRY_S
+            return
+        self._unseeded -= set(starts)
+        log.info(
+            "starting_offsets_committed",
+            partitions=len(starts),
+            left=len(self._unseeded),
+            commit_ms=round((time.monotonic() - began) * 1000, 1),
+        )
 
     async def _renew_quietly(self) -> bool:
         """Make the producer again after a transaction it cannot abort. On failure the pipe is
@@ -633,6 +698,8 @@ class RouterService:
                 batch = self.work.take()
                 if batch:
                     await self._route(batch, None if urgent else BULK_BUDGET_S)
+                elif self._unseeded and time.monotonic() >= self._next_seed:
+                    await self._seed()
                 elif self.ready.is_set() and time.monotonic() >= self._next_sweep:
                     try:
                         await self._sweep()
