@@ -22,10 +22,10 @@ the member that stays must ask where each moved partition begins (ListOffsets, o
 partition). In both, the partitions' first records are deleted once read, so each begins past
 them and neither run reads anything but the probes again. Each row without offsets gives its
 times as ratios of the row with them, of the same size; the first size with offsets is also the
-baseline of every size's ratios. The runs go one after the other, each on topics of its own
-deleted after it (15,000 partitions in all by default): run it on a broker of its own, not next
-to an exchange already near the broker's file descriptor limit, which the deleted topics' files
-count against until the broker removes them.
+baseline of every size's ratios. The runs go one after the other, each size on topics of its own
+(both its runs on the same ones) deleted after it (7,500 partitions in all by default): run it on
+a broker of its own, not next to an exchange already near the broker's file descriptor limit,
+which the deleted topics' files count against until the broker removes them.
 """
 
 from __future__ import annotations
@@ -140,20 +140,20 @@ async def _wait(check: Any, within_s: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def handover(settings: KafkaSettings, size: int, offsets: bool) -> dict[str, Any]:
-    """Two members sharing 2 * ``size`` partitions; one leaves; the other's times. With
+async def handover(
+    settings: KafkaSettings, name: str, topics: list[str], offsets: bool
+) -> dict[str, Any]:
+    """Two members of a fresh group sharing ``topics``; one leaves; the other's times. With
     ``offsets``, every partition has a committed offset; without, the moved ones have none."""
-    count = max(1, 2 * size // TOPIC_PARTITIONS)
-    name = f"{settings.topic_prefix}.h{size}{'c' if offsets else 'n'}"
-    topics = [f"{name}.{i:03d}" for i in range(count)]
-    await kafka.ensure_topics(settings, [TopicSpec(t, TOPIC_PARTITIONS) for t in topics])
     admin = kafka.admin(settings)
     await admin.start()
     try:
+        # A record on every partition, for the members to read: then each is fetching them all.
         await asyncio.wait_for(every_partition_led(settings, topics), 300)
         pattern = "^" + re.escape(f"{name}.") + ".*"
         group = f"{name}-{uuid.uuid4().hex[:6]}"
-        total = count * TOPIC_PARTITIONS
+        total = len(topics) * TOPIC_PARTITIONS
+        probe = f"probe {group}".encode()  # this run's, not one the other run wrote
         stays, leaves = Member(settings, group, pattern), Member(settings, group, pattern)
         try:
             await _wait(
@@ -165,15 +165,10 @@ async def handover(settings: KafkaSettings, size: int, offsets: bool) -> dict[st
                 "the two members did not share the partitions and read them",
             )
             await asyncio.sleep(2.0)  # settled: no rebalance still under way
-            # Each partition now begins past its first record (read by then), as a partition
+            # Each partition now begins past what was read of it (-1: its end), as a partition
             # whose early records retention removed: nothing but the probes is read again.
-            await admin.delete_records(
-                {
-                    TopicPartition(t, p): RecordsToDelete(1)
-                    for t in topics
-                    for p in range(TOPIC_PARTITIONS)
-                }
-            )
+            every = [TopicPartition(t, p) for t in topics for p in range(TOPIC_PARTITIONS)]
+            await admin.delete_records({tp: RecordsToDelete(-1) for tp in every})
             stays.commit()
             if offsets:
                 leaves.commit()
@@ -187,17 +182,17 @@ async def handover(settings: KafkaSettings, size: int, offsets: bool) -> dict[st
             producer = kafka.producer(settings, linger_ms=0)
             await producer.start()
             try:
-                probes = random.Random(size).sample(moved, PROBES)
+                probes = random.Random(total).sample(moved, PROBES)
                 for topic, partition in probes:
-                    await producer.send_and_wait(topic, b"probe", partition=partition)
+                    await producer.send_and_wait(topic, probe, partition=partition)
             finally:
                 await producer.stop()
             await _wait(
-                lambda: any(v == b"probe" for *_, v in stays.arrivals[before:]),
+                lambda: any(v == probe for *_, v in stays.arrivals[before:]),
                 120,
                 "no probe arrived in the member that stayed",
             )
-            first = min(t for t, *_, v in stays.arrivals[before:] if v == b"probe")
+            first = min(t for t, *_, v in stays.arrivals[before:] if v == probe)
             return {
                 "offsets": "committed" if offsets else "none",
                 "partitions_moved": len(moved),
@@ -211,6 +206,25 @@ async def handover(settings: KafkaSettings, size: int, offsets: bool) -> dict[st
             leaves.leave()
             stays.leave()
     finally:
+        await admin.close()
+
+
+async def both_ways(settings: KafkaSettings, size: int) -> list[dict[str, Any]]:
+    """``handover`` with offsets, then without, over the same 2 * ``size`` partitions (a fresh
+    group each time), deleted after."""
+    count = max(1, 2 * size // TOPIC_PARTITIONS)
+    name = f"{settings.topic_prefix}.h{size}"
+    topics = [f"{name}.{i:03d}" for i in range(count)]
+    await kafka.ensure_topics(settings, [TopicSpec(t, TOPIC_PARTITIONS) for t in topics])
+    try:
+        rows = []
+        for offsets in (True, False):
+            print(f"{size} partitions moving, offsets {offsets}", flush=True)
+            rows.append(await handover(settings, name, topics, offsets))
+        return rows
+    finally:
+        admin = kafka.admin(settings)
+        await admin.start()
         try:
             await admin.delete_topics(topics)  # thousands of the broker's file descriptors
         finally:
@@ -225,9 +239,7 @@ async def run(sizes: list[int]) -> dict[str, Any]:
     rows = []
     try:
         for size in sizes:
-            for offsets in (True, False):
-                print(f"{size} partitions moving, offsets {offsets}", flush=True)
-                rows.append(await handover(settings, size, offsets))
+            rows += await both_ways(settings, size)
     finally:
         if started_here:
             local_kafka.stop()
