@@ -32,6 +32,7 @@ from test_router import (
 )
 from test_router_crash import KILLS, drain, kill_at_points
 
+from broker.envelope import Outgoing
 from broker.kafka import clients as kafka
 from broker.kafka import lanes
 from broker.kafka.settings import KafkaSettings
@@ -52,6 +53,20 @@ def _last(router: RouterProcess, event: str) -> dict[str, object] | None:
         if f'"{event}"' in line:
             found = json.loads(line)
     return found
+
+
+async def _placed(ex: Exchange, what: str) -> Outgoing:
+    """A placement Kent publishes, once Lancashire has it: the message."""
+    kent = ex.connectors[KENT]
+    msg = kent.prepare("PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING)
+    await kent.publish([msg])
+    mid = str(msg.header.message_id)
+
+    async def delivered() -> bool:
+        return mid in await ex.inbox_ids(LANCS)
+
+    await ex.wait_for(delivered, what=what)
+    return msg
 
 
 def _owned(router: RouterProcess) -> set[str]:
@@ -187,15 +202,9 @@ async def test_a_message_published_again_after_its_partition_moved_is_routed_onc
         await ex.agencies(ALL)
         second = ex.add_router()
         await _both_own_partitions(ex, [ex.router, second])
-        kent = ex.connectors[KENT]
-        first = kent.prepare("PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING)
-        await kent.publish([first])
+        first = await _placed(ex, "the placement routed")
         mid = str(first.header.message_id)
-
-        async def delivered() -> bool:
-            return mid in await ex.inbox_ids(LANCS)
-
-        await ex.wait_for(delivered, what="the placement routed")
+        kent = ex.connectors[KENT]
         n = len(await kafka.partitions(kafka_ns, kafka_ns.topics.outbound(KENT)))
         partition = lanes.partition_for(first.key, n, urgent=False)
         owner = ex.owner_of(f"{kafka_ns.topics.outbound(KENT)}/{partition}")
@@ -281,16 +290,8 @@ async def test_a_takeover_asks_no_broker_where_a_partition_begins(
             return every <= _owned(second)
 
         await ex.wait_for(took_over, what="the second instance to own every partition")
-        kent = ex.connectors[KENT]
-        msg = kent.prepare("PlacementNotified", placement_body(), case_ref=CASE, sharing=SHARING)
-        await kent.publish([msg])
-        mid = str(msg.header.message_id)
-
-        async def delivered() -> bool:
-            return mid in await ex.inbox_ids(LANCS)
-
-        await ex.wait_for(delivered, what="the placement routed by the second instance")
-        assert (await ex.inbox_ids(LANCS))[mid] == 1
+        msg = await _placed(ex, "the placement routed by the second instance")
+        assert (await ex.inbox_ids(LANCS))[str(msg.header.message_id)] == 1
         assert "Sent FetchRequest" in second.log_text()  # the debug log is there to be read
         assert "Sent ListOffsetsRequest" not in second.log_text()
         assert (await ex.dead_letters()) == []
