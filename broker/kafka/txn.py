@@ -301,7 +301,8 @@ class Pipe:
                     out[(t, p)] = low
             return out
 
-        return dict(await self._call(read))
+        starts: dict[Part, int] = await self._call(read)
+        return starts
 
     async def pause(self, parts: Iterable[Part]) -> None:
         tps = [TopicPartition(t, p) for t, p in parts]

@@ -602,7 +602,6 @@ class RouterService:
             log.info("offsets_not_read", error_class=type(exc).__name__)
             self._next_seed = time.monotonic() + SEED_RETRY_S
             return
-        starts = {p: o for p, o in starts.items() if p in self._unseeded & self.assigned}
         if not starts:
             return
         began = time.monotonic()
